@@ -1,0 +1,138 @@
+"""Runs as CSV: the export format of `runs.csv` and what `hpscale import` reads back.
+
+One column per run field, `loss_curve` as JSON text, `extra.<key>` for each extra key.
+On import, `--map csv_column=field` renames columns; a column that is neither a run
+field nor mapped goes into `extra` (so nothing in the file is silently dropped), and
+bookkeeping columns of our own export (`id`, `created_at`, `created_by`) are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from store.queries import RUN_FIELDS
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "id",
+    *(field for field in RUN_FIELDS if field != "extra"),
+    "created_at",
+    "created_by",
+)
+IGNORED_ON_IMPORT = frozenset({"id", "created_at", "created_by"})
+_INT_FIELDS = frozenset({"width", "depth", "seq_len", "batch_size", "seed"})
+_TEXT_FIELDS = frozenset({"run_key", "status"})
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back to the same float
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    if hasattr(value, "isoformat"):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def export_header(extra_keys: Iterable[str]) -> list[str]:
+    return [*EXPORT_COLUMNS, *(f"extra.{key}" for key in sorted(extra_keys))]
+
+
+def csv_lines(runs: Iterable[Mapping[str, Any]], extra_keys: Iterable[str]) -> Iterator[str]:
+    """The CSV text of `runs`, line by line (header first), for streaming."""
+    header = export_header(extra_keys)
+    keys = [column[len("extra.") :] for column in header[len(EXPORT_COLUMNS) :]]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(header)
+    yield flush()
+    for run in runs:
+        extra = run.get("extra") or {}
+        writer.writerow(
+            [_format(run.get(c)) for c in EXPORT_COLUMNS] + [_format(extra.get(k)) for k in keys]
+        )
+        yield flush()
+
+
+def _number(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _field_value(field: str, text: str) -> Any:
+    if field in _TEXT_FIELDS:
+        return text
+    if field == "loss_curve":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text  # validation reports it as the wrong type, naming the field
+    value = _number(text)
+    if field in _INT_FIELDS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
+    """`["csv col=field", ...]` → {csv column: field}; the last `=` splits (fields have none)."""
+    mapping = {}
+    for pair in pairs:
+        column, sep, field = pair.rpartition("=")
+        if not sep or not column or not field:
+            raise ValueError(f"--map takes csv_column=field, got {pair!r}")
+        mapping[column] = field.strip()
+    return mapping
+
+
+def read_runs(
+    lines: Iterable[str], mapping: Mapping[str, str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, run dict) for each CSV row, ready for the API's run validation."""
+    mapping = dict(mapping or {})
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:
+        return
+    unknown = [f for f in mapping.values() if f not in RUN_FIELDS and not f.startswith("extra.")]
+    if unknown:
+        raise ValueError(f"--map names unknown run field(s): {', '.join(unknown)}")
+    missing = [c for c in mapping if c not in reader.fieldnames]
+    if missing:
+        raise ValueError(f"--map names column(s) not in the CSV header: {', '.join(missing)}")
+    targets: dict[str, str] = {}
+    for column in reader.fieldnames:
+        field = mapping.get(column, column)
+        if field in IGNORED_ON_IMPORT and column not in mapping:
+            continue
+        targets[column] = field if (field in RUN_FIELDS or field.startswith("extra.")) else f"extra.{field}"
+    for row in reader:
+        run: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for column, field in targets.items():
+            text = (row.get(column) or "").strip()
+            if text == "":
+                continue
+            if field.startswith("extra."):
+                extra[field[len("extra.") :]] = _number(text)
+            else:
+                run[field] = _field_value(field, text)
+        if extra:
+            run["extra"] = {**extra, **(run.get("extra") or {})}
+        yield reader.line_num, run

@@ -1,0 +1,117 @@
+"""Engines and transactions: SQLite (embedded default) or PostgreSQL, chosen by URL.
+
+SQLite runs in WAL mode with foreign keys on. Write transactions start with
+`BEGIN IMMEDIATE` so that two processes never both hold a read lock and then deadlock
+upgrading it; a writer that still finds the database locked is retried with backoff
+instead of surfacing `database is locked` to the client.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+DEFAULT_DATABASE_URL = "sqlite:///./hpscale.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITE_OPTION = "hpscale_write"
+
+T = TypeVar("T")
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain `postgresql://` URLs (psycopg2 is not a dependency)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    if url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url[len("postgres://") :]
+    return url
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 10) -> Engine:
+    """An engine for `url`, with SQLite's pragmas and write-transaction mode set up."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        )
+
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's "begin" hook below emit BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _is_retryable(error: DBAPIError) -> bool:
+    message = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    if "database is locked" in message or "database is busy" in message:
+        return True
+    # PostgreSQL serialization failures and deadlocks are safe to retry as a whole.
+    code = getattr(error.orig, "sqlstate", None)
+    return code in {"40001", "40P01"}
+
+
+def run_in_transaction(
+    engine: Engine, work: Callable[[Connection], T], *, write: bool = True, attempts: int = 8
+) -> T:
+    """Run `work(conn)` in one transaction; retry it whole on lock/serialization errors."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            with engine.connect() as conn:
+                if write:
+                    conn = conn.execution_options(**{_WRITE_OPTION: True})
+                with conn.begin():
+                    return work(conn)
+        except OperationalError as error:
+            if attempt == attempts - 1 or not _is_retryable(error):
+                raise
+        except DBAPIError as error:
+            if attempt == attempts - 1 or not _is_retryable(error):
+                raise
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a (deferred) read transaction, rolled back on exit."""
+    with engine.connect() as conn:
+        with conn.begin():
+            yield conn

@@ -1,0 +1,148 @@
+"""SQLAlchemy 2.0 models: studies, their runs, fits, and API tokens.
+
+A run's `loss_curve` and `extra` are JSON columns rather than child tables: a curve is
+always read and written whole together with its run and is never queried point by
+point, so a child table would only multiply the rows a 10,000-run batch writes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    """One model family + optimizer + parameterization + data recipe; its runs are comparable."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    parameterization: Mapped[str] = mapped_column(String(16), default="sp")
+    optimizer: Mapped[str] = mapped_column(String(64), default="adamw")
+    base_width: Mapped[int | None] = mapped_column(Integer)
+    base_depth: Mapped[int | None] = mapped_column(Integer)
+    seq_len: Mapped[int | None] = mapped_column(Integer)
+    # Bumped in the same transaction as every insert or delete of the study's runs, so a
+    # stored fit knows whether it still describes the data.
+    data_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Run(Base):
+    """One proxy training run: its scale, hyperparameters and outcome (fields of the HTTP contract)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("study_id", "run_key", name="uq_runs_study_id_run_key"),
+        # Keyset paging walks (study_id, id); the filtered listings get their own prefixes.
+        Index("ix_runs_study_id_id", "study_id", "id"),
+        Index("ix_runs_study_id_status_id", "study_id", "status", "id"),
+        Index("ix_runs_study_id_width_id", "study_id", "width", "id"),
+        Index("ix_runs_study_id_depth_id", "study_id", "depth", "id"),
+        Index("ix_runs_study_id_created_by_id", "study_id", "created_by", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    run_key: Mapped[str | None] = mapped_column(String(128))
+    n_params: Mapped[float] = mapped_column(Double)
+    tokens: Mapped[float] = mapped_column(Double)
+    width: Mapped[int | None] = mapped_column(Integer)
+    depth: Mapped[int | None] = mapped_column(Integer)
+    seq_len: Mapped[int | None] = mapped_column(Integer)
+    learning_rate: Mapped[float] = mapped_column(Double)
+    batch_size: Mapped[int] = mapped_column(BigInteger)
+    weight_decay: Mapped[float] = mapped_column(Double, default=0.0)
+    status: Mapped[str] = mapped_column(String(16), default="completed")
+    final_loss: Mapped[float | None] = mapped_column(Double)
+    loss_curve: Mapped[list[list[float]] | None] = mapped_column(JSON)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Fit(Base):
+    """A fit of a study's laws, valid for the `data_version` it was computed from.
+
+    `status` is "running" while one process computes it and "done" afterwards; the
+    unique (study_id, data_version, bootstrap) row is what makes concurrent requests for
+    a stale fit compute it once across processes.
+    """
+
+    __tablename__ = "fits"
+    __table_args__ = (
+        UniqueConstraint(
+            "study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"
+        ),
+        Index("ix_fits_study_id_id", "study_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    data_version: Mapped[int] = mapped_column(BigInteger)
+    bootstrap: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    n_runs: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class ApiToken(Base):
+    """A bearer token: only its SHA-256 is stored; the token itself is shown once at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(8))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

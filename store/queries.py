@@ -1,0 +1,299 @@
+"""Queries the API makes: studies, runs (idempotent batch insert, keyset paging), tokens.
+
+Every function takes a `Connection` already inside a transaction (see
+`store.db.run_in_transaction`), so a caller composes several into one atomic unit.
+Values always travel as bound parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from store.models import ApiToken, Fit, Run, Study, utcnow
+
+RUN_FIELDS: tuple[str, ...] = (
+    "run_key",
+    "n_params",
+    "tokens",
+    "width",
+    "depth",
+    "seq_len",
+    "learning_rate",
+    "batch_size",
+    "weight_decay",
+    "status",
+    "final_loss",
+    "loss_curve",
+    "seed",
+    "extra",
+)
+_RUN_COLUMNS = [Run.__table__.c[name] for name in ("id", *RUN_FIELDS, "created_at", "created_by")]
+# Stay under SQLite's 32,766 bound-parameter limit in IN (...) lists.
+_KEY_CHUNK = 900
+
+
+# --- studies -----------------------------------------------------------------------
+
+
+def get_study(conn: Connection, name: str) -> Study | None:
+    row = conn.execute(select(Study.__table__).where(Study.name == name)).first()
+    return None if row is None else Study(**row._mapping)
+
+
+def list_studies(conn: Connection) -> list[Study]:
+    rows = conn.execute(select(Study.__table__).order_by(Study.name)).all()
+    return [Study(**row._mapping) for row in rows]
+
+
+def create_study(conn: Connection, fields: Mapping[str, Any], created_by: str | None) -> Study | None:
+    """Insert a study; None when the name is taken (no exception, so the caller says 409)."""
+    values = {**fields, "data_version": 0, "created_at": utcnow(), "created_by": created_by}
+    stmt = (
+        _dialect_insert(conn, Study)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["name"])
+        .returning(Study.id)
+    )
+    # rowcount is unreliable with RETURNING (psycopg reports -1); the returned id is not.
+    if conn.execute(stmt).scalar_one_or_none() is None:
+        return None
+    return get_study(conn, fields["name"])
+
+
+def study_run_count(conn: Connection, study_id: int) -> int:
+    return conn.execute(select(func.count()).where(Run.study_id == study_id)).scalar_one()
+
+
+def latest_fit_id(conn: Connection, study_id: int) -> int | None:
+    return conn.execute(
+        select(func.max(Fit.id)).where(Fit.study_id == study_id, Fit.status == "done")
+    ).scalar_one()
+
+
+# --- runs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+    ids: list[int]
+
+
+def _dialect_insert(conn: Connection, model: type) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(model)
+
+
+def insert_runs(
+    conn: Connection, study_id: int, runs: Sequence[Mapping[str, Any]], created_by: str | None
+) -> InsertResult:
+    """Store `runs` (already validated) once each; a `run_key` already in the study is a duplicate.
+
+    Conflicts are resolved by the unique (study_id, run_key) constraint with
+    ON CONFLICT DO NOTHING, never by check-then-insert, so concurrent writers with
+    overlapping keys store each run exactly once.
+    """
+    now = utcnow()
+    ids: list[int | None] = [None] * len(runs)
+    first_index_of_key: dict[str, int] = {}
+    repeats: list[tuple[int, str]] = []
+    keyed_rows: list[dict[str, Any]] = []
+    unkeyed_rows: list[dict[str, Any]] = []
+    unkeyed_positions: list[int] = []
+    for position, run in enumerate(runs):
+        row = {name: run.get(name) for name in RUN_FIELDS}
+        row.update(study_id=study_id, created_at=now, created_by=created_by)
+        key = row["run_key"]
+        if key is None:
+            unkeyed_rows.append(row)
+            unkeyed_positions.append(position)
+        elif key in first_index_of_key:
+            repeats.append((position, key))
+        else:
+            first_index_of_key[key] = position
+            keyed_rows.append(row)
+
+    table = Run.__table__
+    inserted = 0
+    id_of_key: dict[str, int] = {}
+    if keyed_rows:
+        stmt = (
+            _dialect_insert(conn, Run)
+            .on_conflict_do_nothing(index_elements=["study_id", "run_key"])
+            .returning(table.c.id, table.c.run_key)
+        )
+        for new_id, key in conn.execute(stmt, keyed_rows):
+            id_of_key[key] = new_id
+        inserted += len(id_of_key)
+        missing = [key for key in first_index_of_key if key not in id_of_key]
+        for start in range(0, len(missing), _KEY_CHUNK):
+            chunk = missing[start : start + _KEY_CHUNK]
+            id_of_key.update(
+                (key, existing_id)
+                for existing_id, key in conn.execute(
+                    select(table.c.id, table.c.run_key).where(
+                        table.c.study_id == study_id, table.c.run_key.in_(chunk)
+                    )
+                )
+            )
+        for key, position in first_index_of_key.items():
+            ids[position] = id_of_key[key]
+        for position, key in repeats:
+            ids[position] = id_of_key[key]
+    if unkeyed_rows:
+        stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        for position, (new_id,) in zip(unkeyed_positions, conn.execute(stmt, unkeyed_rows)):
+            ids[position] = new_id
+        inserted += len(unkeyed_rows)
+
+    if inserted:
+        bump_data_version(conn, study_id)
+    return InsertResult(inserted=inserted, duplicates=len(runs) - inserted, ids=[int(i) for i in ids])  # type: ignore[arg-type]
+
+
+def bump_data_version(conn: Connection, study_id: int) -> None:
+    conn.execute(
+        update(Study).where(Study.id == study_id).values(data_version=Study.data_version + 1)
+    )
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    status: str | None = None
+    width: int | None = None
+    depth: int | None = None
+    created_by: str | None = None
+
+
+def _filtered(stmt: Any, study_id: int, filters: RunFilters) -> Any:
+    c = Run.__table__.c
+    stmt = stmt.where(c.study_id == study_id)
+    if filters.status is not None:
+        stmt = stmt.where(c.status == filters.status)
+    if filters.width is not None:
+        stmt = stmt.where(c.width == filters.width)
+    if filters.depth is not None:
+        stmt = stmt.where(c.depth == filters.depth)
+    if filters.created_by is not None:
+        stmt = stmt.where(c.created_by == filters.created_by)
+    return stmt
+
+
+def list_runs(
+    conn: Connection, study_id: int, *, after_id: int, limit: int, filters: RunFilters = RunFilters()
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of runs in id order after `after_id`, and the last id if more follow."""
+    c = Run.__table__.c
+    stmt = _filtered(select(*_RUN_COLUMNS), study_id, filters)
+    rows = conn.execute(stmt.where(c.id > after_id).order_by(c.id).limit(limit + 1)).all()
+    page = [dict(row._mapping) for row in rows[:limit]]
+    return page, (page[-1]["id"] if len(rows) > limit else None)
+
+
+def iter_runs(
+    engine: Engine, study_id: int, *, filters: RunFilters = RunFilters(), chunk: int = 5000
+) -> Iterator[dict[str, Any]]:
+    """Every run of a study in id order, read in keyset chunks (each in its own transaction)."""
+    after_id = 0
+    while True:
+        with engine.connect() as conn, conn.begin():
+            page, _ = list_runs(conn, study_id, after_id=after_id, limit=chunk, filters=filters)
+        yield from page
+        if len(page) < chunk:
+            return
+        after_id = page[-1]["id"]
+
+
+def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set[str]:
+    """Every key used in the study's runs' `extra` (the CSV export's extra.* columns)."""
+    c = Run.__table__.c
+    keys: set[str] = set()
+    after_id = 0
+    while True:
+        with engine.connect() as conn, conn.begin():
+            rows = conn.execute(
+                select(c.id, c.extra)
+                .where(c.study_id == study_id, c.id > after_id)
+                .order_by(c.id)
+                .limit(chunk)
+            ).all()
+        for _, extra in rows:
+            keys.update(extra or ())
+        if len(rows) < chunk:
+            return keys
+        after_id = rows[-1][0]
+
+
+# --- tokens -------------------------------------------------------------------------
+
+SCOPES = ("read", "write", "admin")
+TOKEN_PREFIX = "hps_"
+# Writing last_used_at on every request would turn every read into a write.
+_LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex: tokens are 256-bit random strings, so a slow KDF buys nothing here."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(conn: Connection, name: str, scope: str, token: str | None = None) -> str:
+    """Store a new token's hash and return the token (the only time it exists in clear)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    conn.execute(
+        insert(ApiToken).values(
+            name=name, scope=scope, token_hash=hash_token(token), created_at=utcnow()
+        )
+    )
+    return token
+
+
+def token_name_exists(conn: Connection, name: str) -> bool:
+    return conn.execute(select(ApiToken.id).where(ApiToken.name == name)).first() is not None
+
+
+def find_token(conn: Connection, token: str) -> ApiToken | None:
+    """The live token matching `token`, compared in constant time."""
+    digest = hash_token(token)
+    row = conn.execute(
+        select(ApiToken.__table__).where(
+            ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None)
+        )
+    ).first()
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return ApiToken(**row._mapping)
+
+
+def token_use_is_stale(token: ApiToken, now: datetime) -> bool:
+    """Whether `last_used_at` is old enough to be worth a write (once a minute at most)."""
+    return token.last_used_at is None or now - token.last_used_at >= _LAST_USED_RESOLUTION
+
+
+def touch_token(conn: Connection, token_id: int, now: datetime) -> None:
+    conn.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+
+
+def list_tokens(conn: Connection) -> list[ApiToken]:
+    rows = conn.execute(select(ApiToken.__table__).order_by(ApiToken.id)).all()
+    return [ApiToken(**row._mapping) for row in rows]
+
+
+def revoke_token(conn: Connection, name: str) -> bool:
+    result = conn.execute(
+        update(ApiToken)
+        .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return result.rowcount > 0
