@@ -1,0 +1,335 @@
+"""The `hpscale` command: serve, db upgrade, import/export CSV, tokens."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import TypeAdapter, ValidationError
+
+from hpscale.config import Settings
+
+DEFAULT_IMPORT_BATCH = 5_000
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    return args.database_url or Settings.from_env().database_url
+
+
+def _engine(args: argparse.Namespace, *, upgrade: bool = True):  # type: ignore[no-untyped-def]
+    from store import migrate
+    from store.db import make_engine
+
+    engine = make_engine(_database_url(args))
+    if upgrade:
+        migrate.upgrade(engine)
+    return engine
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` resolves only to loopback addresses (where --no-auth is allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+# --- serve / db ----------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.no_auth and not is_loopback(args.host):
+        print(
+            f"error: --no-auth is only allowed on a loopback address, not {args.host!r}; "
+            "create a token with 'hpscale tokens create --scope admin' instead",
+            file=sys.stderr,
+        )
+        return 2
+    url = _database_url(args)
+    os.environ["HPSCALE_DATABASE_URL"] = url
+    os.environ["HPSCALE_NO_AUTH"] = "1" if args.no_auth else "0"
+    engine = _engine(args)
+    _bootstrap_admin_token(engine)
+    engine.dispose()
+    print(f"hpscale: serving http://{args.host}:{args.port} on {_redact(url)}", file=sys.stderr)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _bootstrap_admin_token(engine) -> None:  # type: ignore[no-untyped-def]
+    """Register HPSCALE_BOOTSTRAP_ADMIN_TOKEN (a container's first admin) if it is set."""
+    token = os.environ.get("HPSCALE_BOOTSTRAP_ADMIN_TOKEN")
+    if not token:
+        return
+    from store import queries
+    from store.db import run_in_transaction
+
+    def register(conn) -> None:  # type: ignore[no-untyped-def]
+        if queries.find_token(conn, token) is None and not queries.token_name_exists(conn, "bootstrap-admin"):
+            queries.create_token(conn, "bootstrap-admin", "admin", token=token)
+
+    run_in_transaction(engine, register)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from store import migrate
+
+    engine = _engine(args, upgrade=False)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        print(f"database at revision {migrate.current_revision(conn)}")
+    return 0
+
+
+# --- import / export -----------------------------------------------------------------
+
+
+def _progress(done: int, total: int, started: float, stream: TextIO = sys.stderr) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs  {rate:,.0f} runs/s")
+    if done >= total:
+        stream.write("\n")
+    stream.flush()
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from app.csv_io import parse_mapping, read_runs
+    from app.errors import validation_details
+    from app.schemas import RunIn, StudyIn
+    from store import queries
+    from store.db import run_in_transaction
+
+    try:
+        mapping = parse_mapping(args.map or [])
+        with open(args.file, newline="", encoding="utf-8") as handle:
+            rows = list(read_runs(handle, mapping))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    # Validate the whole file first: a file with a bad row stores nothing at all.
+    adapter = TypeAdapter(RunIn)
+    runs: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for line, row in rows:
+        try:
+            runs.append(adapter.validate_python(row).model_dump())
+        except ValidationError as error:
+            for detail in validation_details(error.errors()):
+                problems.append(f"line {line}: {detail['field']}: {detail['message']}")
+    if problems:
+        print(f"error: {len(problems)} problem(s) in {args.file}; nothing was imported", file=sys.stderr)
+        for problem in problems[:50]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(problems) > 50:
+            print(f"  … and {len(problems) - 50} more", file=sys.stderr)
+        return 1
+
+    engine = _engine(args)
+    with engine.connect() as conn, conn.begin():
+        study = queries.get_study(conn, args.study)
+    if study is None:
+        if not args.create:
+            print(f"error: study '{args.study}' does not exist (pass --create to create it)", file=sys.stderr)
+            return 1
+        try:
+            fields = StudyIn(name=args.study, seq_len=args.seq_len).model_dump()
+        except ValidationError as error:
+            print(f"error: {validation_details(error.errors())[0]['message']}", file=sys.stderr)
+            return 2
+        run_in_transaction(engine, lambda conn: queries.create_study(conn, fields, "cli"))
+        with engine.connect() as conn, conn.begin():
+            study = queries.get_study(conn, args.study)
+    assert study is not None
+    for run in runs:
+        if run["seq_len"] is None:
+            run["seq_len"] = study.seq_len
+
+    inserted = duplicates = 0
+    started = time.perf_counter()
+    for start in range(0, len(runs), args.batch_size):
+        batch = runs[start : start + args.batch_size]
+        result = run_in_transaction(
+            engine, lambda conn: queries.insert_runs(conn, study.id, batch, "cli")
+        )
+        inserted += result.inserted
+        duplicates += result.duplicates
+        if not args.quiet:
+            _progress(start + len(batch), len(runs), started)
+    print(f"imported {inserted} runs into '{study.name}' ({duplicates} duplicates skipped)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.csv_io import csv_lines
+    from store import queries
+
+    engine = _engine(args)
+    with engine.connect() as conn, conn.begin():
+        study = queries.get_study(conn, args.study)
+    if study is None:
+        print(f"error: study '{args.study}' does not exist", file=sys.stderr)
+        return 1
+    keys = queries.run_extra_keys(engine, study.id)
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for line in csv_lines(queries.iter_runs(engine, study.id), keys):
+            out.write(line)
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+# --- tokens --------------------------------------------------------------------------
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    import secrets
+
+    from store import queries
+    from store.db import run_in_transaction
+
+    engine = _engine(args)
+    name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
+
+    def create(conn) -> str | None:  # type: ignore[no-untyped-def]
+        if queries.token_name_exists(conn, name):
+            return None
+        return queries.create_token(conn, name, args.scope)
+
+    token = run_in_transaction(engine, create)
+    if token is None:
+        print(f"error: a token named '{name}' already exists", file=sys.stderr)
+        return 1
+    print(f"created {args.scope} token '{name}'; it is shown only once:")
+    print(token)
+    return 0
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    from store import queries
+
+    engine = _engine(args)
+    with engine.connect() as conn, conn.begin():
+        tokens = queries.list_tokens(conn)
+    print(f"{'name':<24} {'scope':<6} {'created':<20} {'last used':<20} status")
+    for t in tokens:
+        fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"  # noqa: E731
+        status = "revoked" if t.revoked_at else "active"
+        print(f"{t.name:<24} {t.scope:<6} {fmt(t.created_at):<20} {fmt(t.last_used_at):<20} {status}")
+    return 0
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    from store import queries
+    from store.db import run_in_transaction
+
+    engine = _engine(args)
+    if not run_in_transaction(engine, lambda conn: queries.revoke_token(conn, args.name)):
+        print(f"error: no active token named '{args.name}'", file=sys.stderr)
+        return 1
+    print(f"revoked token '{args.name}'")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpscale", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL (default: $HPSCALE_DATABASE_URL or sqlite:///./hpscale.db)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP API (upgrades the schema first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--no-auth", action="store_true", help="every request is admin (loopback only)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", parents=[common], help="migrate to the latest schema")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    imp = sub.add_parser("import", parents=[common], help="load runs from a CSV file")
+    imp.add_argument("file")
+    imp.add_argument("--study", required=True)
+    imp.add_argument(
+        "--map",
+        action="append",
+        metavar="CSV_COLUMN=FIELD",
+        help="rename a column to a run field (repeatable); unmapped unknown columns go to extra",
+    )
+    imp.add_argument("--create", action="store_true", help="create the study if it does not exist")
+    imp.add_argument("--seq-len", type=int, help="with --create: the study's sequence length")
+    imp.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH, help="runs per transaction")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    exp = sub.add_parser("export", parents=[common], help="write a study's runs as CSV")
+    exp.add_argument("--study", required=True)
+    exp.add_argument("--output", "-o", help="file (default: standard output)")
+    exp.set_defaults(func=cmd_export)
+
+    tokens = sub.add_parser("tokens", help="API tokens")
+    tok_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    create = tok_sub.add_parser("create", parents=[common], help="create a token (printed once)")
+    create.add_argument("--scope", choices=["read", "write", "admin"], required=True)
+    create.add_argument("--name")
+    create.set_defaults(func=cmd_tokens_create)
+    lst = tok_sub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")
+    lst.set_defaults(func=cmd_tokens_list)
+    revoke = tok_sub.add_parser("revoke", parents=[common], help="revoke a token by name")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_tokens_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # e.g. `hpscale export ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Shared fixtures: a migrated database per test on SQLite and (when available) PostgreSQL,
+an app client on it, and tokens of each scope.
+
+PostgreSQL tests run when HPSCALE_TEST_POSTGRES_URL names a server (`.ci/run` starts one);
+with HPSCALE_REQUIRE_POSTGRES=1 (set in CI) its absence is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+
+from app.main import create_app
+from hpscale.config import Settings
+from store import migrate, queries
+from store.db import make_engine, normalize_url, run_in_transaction
+from store.models import Base
+
+# The real data sits beside the repository, in ../shared/data (never copied in).
+SHARED_DATA = Path(
+    os.environ.get("HPSCALE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+POSTGRES_URL = os.environ.get("HPSCALE_TEST_POSTGRES_URL")
+REQUIRE_POSTGRES = os.environ.get("HPSCALE_REQUIRE_POSTGRES") == "1"
+
+STEPLAW_CSV = SHARED_DATA / "steplaw_dense_proxy.csv"
+STEPLAW_MAP = [
+    "h=width",
+    "numl=depth",
+    "N=n_params",
+    "D=tokens",
+    "lr=learning_rate",
+    "bs=batch_size",
+    "smooth loss=final_loss",
+    "exp_name=run_key",
+]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    if not POSTGRES_URL:
+        if REQUIRE_POSTGRES:
+            pytest.fail("HPSCALE_REQUIRE_POSTGRES=1 but HPSCALE_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL server (set HPSCALE_TEST_POSTGRES_URL)")
+    name = f"hpscale_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = normalize_url(POSTGRES_URL).rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database: a new SQLite file, or the session's PostgreSQL emptied."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hpscale.db'}"
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    url = request.getfixturevalue("postgres_database")
+    engine = make_engine(url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def tokens(engine: Engine) -> dict[str, str]:
+    """One token per scope, by scope name."""
+    return {
+        scope: run_in_transaction(engine, lambda conn, s=scope: queries.create_token(conn, f"test-{s}", s))
+        for scope in queries.SCOPES
+    }
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(engine: Engine, database_url: str, tokens: dict[str, str]) -> Iterator[TestClient]:
+    """An authenticated app client whose default token is admin."""
+    app = create_app(Settings(database_url=database_url), engine=engine)
+    with TestClient(app, headers=bearer(tokens["admin"])) as test_client:
+        yield test_client
+
+
+def make_run(i: int = 0, **overrides: object) -> dict[str, object]:
+    """A valid run whose numbers vary with `i`."""
+    run: dict[str, object] = {
+        "run_key": f"run-{i}",
+        "n_params": 1.0e8 * (1 + i % 3),
+        "tokens": 2.0e9,
+        "width": 512 * (1 + i % 3),
+        "depth": 8,
+        "learning_rate": 1e-3 * (1 + i % 7),
+        "batch_size": 64 * (1 + i % 4),
+        "final_loss": 3.0 + 0.001 * i,
+    }
+    run.update(overrides)
+    return run
