@@ -89,3 +89,13 @@ def test_token_hash_is_not_the_token(engine: Engine) -> None:
     assert run_in_transaction(engine, lambda c: queries.revoke_token(c, "t"))
     with engine.connect() as conn:
         assert queries.find_token(conn, token) is None
+
+
+def test_absent_json_values_are_sql_null(engine: Engine) -> None:
+    study = _study(engine)
+    run_in_transaction(engine, lambda c: queries.insert_runs(c, study.id, [_run("a")], None))
+    with engine.connect() as conn:
+        nulls = conn.execute(
+            select(func.count()).select_from(Run).where(Run.loss_curve.is_(None), Run.extra.is_(None))
+        ).scalar_one()
+    assert nulls == 1
