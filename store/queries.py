@@ -233,6 +233,87 @@ def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set
         after_id = rows[-1][0]
 
 
+def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
+    """The columns a fit reads, for every run of the study (no curves, no extras)."""
+    c = Run.__table__.c
+    columns = (c.n_params, c.tokens, c.width, c.depth, c.seq_len, c.learning_rate,
+               c.batch_size, c.weight_decay, c.final_loss, c.status)
+    return [dict(row._mapping) for row in conn.execute(select(*columns).where(c.study_id == study_id).order_by(c.id))]
+
+
+# --- fits ---------------------------------------------------------------------------
+
+_FIT_COLUMNS = Fit.__table__.c
+
+
+def get_fit(conn: Connection, study_id: int, fit_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(Fit.__table__).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.id == fit_id)
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def latest_done_fit(conn: Connection, study_id: int, data_version: int | None = None) -> dict[str, Any] | None:
+    """The newest finished fit of the study (of one data version, if given)."""
+    stmt = select(Fit.__table__).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status == "done")
+    if data_version is not None:
+        stmt = stmt.where(_FIT_COLUMNS.data_version == data_version)
+    row = conn.execute(stmt.order_by(_FIT_COLUMNS.id.desc()).limit(1)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def fit_for_version(conn: Connection, study_id: int, data_version: int, bootstrap: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(Fit.__table__).where(
+            _FIT_COLUMNS.study_id == study_id,
+            _FIT_COLUMNS.data_version == data_version,
+            _FIT_COLUMNS.bootstrap == bootstrap,
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def claim_fit(
+    conn: Connection, study_id: int, data_version: int, bootstrap: int, created_by: str | None
+) -> int | None:
+    """Insert the 'running' row for this fit; its id if this caller won, None if another did.
+
+    The unique (study_id, data_version, bootstrap) makes this the cross-process lock:
+    exactly one request computes a given fit, the others wait for its row to finish.
+    """
+    stmt = (
+        _dialect_insert(conn, Fit)
+        .values(study_id=study_id, data_version=data_version, bootstrap=bootstrap, status="running",
+                n_runs=0, created_at=utcnow(), created_by=created_by)
+        .on_conflict_do_nothing(index_elements=["study_id", "data_version", "bootstrap"])
+        .returning(_FIT_COLUMNS.id)
+    )
+    return conn.execute(stmt).scalar_one_or_none()
+
+
+def take_over_stale_fit(conn: Connection, fit_id: int, started_before: datetime, created_by: str | None) -> bool:
+    """Claim a 'running' fit whose process died (started before `started_before`)."""
+    result = conn.execute(
+        update(Fit)
+        .where(_FIT_COLUMNS.id == fit_id, _FIT_COLUMNS.status == "running", _FIT_COLUMNS.created_at < started_before)
+        .values(created_at=utcnow(), created_by=created_by)
+    )
+    return result.rowcount == 1
+
+
+def finish_fit(conn: Connection, fit_id: int, *, status: str, n_runs: int,
+               result: dict[str, Any] | None, error: str | None) -> None:
+    conn.execute(
+        update(Fit)
+        .where(_FIT_COLUMNS.id == fit_id)
+        .values(status=status, n_runs=n_runs, result=result, error=error, finished_at=utcnow())
+    )
+
+
+def delete_fit(conn: Connection, fit_id: int) -> None:
+    conn.execute(Fit.__table__.delete().where(_FIT_COLUMNS.id == fit_id))
+
+
 # --- tokens -------------------------------------------------------------------------
 
 SCOPES = ("read", "write", "admin")
