@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import error_response, install_error_handlers
@@ -48,17 +49,17 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    # An HTTPException, because FastAPI re-raises those from body reading
+                    # (anything else becomes a 400) and the error handlers render it.
+                    raise StarletteHTTPException(413, f"request body exceeds {self.max_bytes} bytes")
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
+        except StarletteHTTPException as error:
+            if error.status_code != 413:
+                raise
             await too_large(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
