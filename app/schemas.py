@@ -35,8 +35,14 @@ STUDY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 def _no_nul(value: str) -> str:
+    """Refuse what no database column can hold: NUL, and lone surrogates (JSON "\\ud800"),
+    which are not encodable as UTF-8 and would fail on insert or, worse, on every read."""
     if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("invalid_unicode", "must not contain unpaired surrogates") from None
     return value
 
 
@@ -50,9 +56,13 @@ def _extra_value(value: Any) -> float | str:
         if len(value) > 1024:
             raise PydanticCustomError("string_too_long", "must be at most 1024 characters")
         return _no_nul(value)
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # an int beyond ~1e308 overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
         raise PydanticCustomError("finite_number", "must be a finite number")
-    return float(value)
+    return number
 
 
 ExtraValue = Annotated[
