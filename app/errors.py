@@ -33,6 +33,9 @@ _STATUS_CODES = {
 }
 
 
+_BODY_PARSE_FAILED = "There was an error parsing the body"
+
+
 class ApiError(Exception):
     """Raised by handlers for any contract error; rendered as the error body."""
 
@@ -123,6 +126,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED:
+            # FastAPI's answer when json.loads fails with something other than a syntax
+            # error: nesting too deep (RecursionError) or an integer literal too long.
+            cause = exc.__cause__
+            reason = (
+                "nested too deeply" if isinstance(cause, RecursionError)
+                else "a number is too long" if isinstance(cause, ValueError)
+                else "unreadable"
+            )
+            detail = {"field": "body", "message": f"invalid JSON: {reason}", "index": None, "loc": ["body"]}
+            return error_response(422, "validation_error", f"invalid input: body: invalid JSON: {reason}", [detail])
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
