@@ -75,7 +75,7 @@ def list_runs(
     status: Literal["completed", "diverged", "failed"] | None = None,
     width: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
     depth: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
-    created_by: Annotated[str | None, Query(max_length=64, description="token name that submitted the run")] = None,
+    created_by: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$", description="token name that submitted the run")] = None,
 ) -> RunPage:
     after_id = decode_cursor(cursor) if cursor else 0
     filters = queries.RunFilters(status=status, width=width, depth=depth, created_by=created_by)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter
 from sqlalchemy import Connection
 
 from app.auth import Admin, EngineDep, Reader
 from app.errors import ApiError
-from app.schemas import ErrorResponse, StudyIn, StudyList, StudyOut
+from app.schemas import STUDY_NAME_PATTERN, ErrorResponse, StudyIn, StudyList, StudyOut
 from store import queries
 from store.db import read_connection, run_in_transaction
 from store.models import Study
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
+_VALID_NAME = re.compile(STUDY_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or invalid token"},
@@ -40,7 +43,10 @@ def study_out(study: Study, run_count: int | None = None, latest_fit_id: int | N
 
 
 def get_study_or_404(conn: Connection, name: str) -> Study:
-    study = queries.get_study(conn, name)
+    # A name that could never have been created (NUL bytes, odd characters, too long) is
+    # unknown without asking the database, which may refuse to even compare it (PostgreSQL
+    # and NUL).
+    study = queries.get_study(conn, name) if _VALID_NAME.fullmatch(name) else None
     if study is None:
         raise ApiError(404, "not_found", f"study '{name}' does not exist")
     return study
