@@ -1,0 +1,549 @@
+"""Chinchilla-style loss law L(N, D) = E + A/N^alpha + B/D^beta (RULES.md §5).
+
+The fit follows Hoffmann et al. (2022) as replicated by Besiroglu et al. (Epoch,
+arXiv 2404.10102): minimise the *sum* of Huber_δ(LSE(a − α log N, b − β log D, e) − log L)
+with δ = 1e-3 by L-BFGS-B from a grid of starting points, with A = eᵃ, B = eᵇ, E = eᵉ.
+Uncertainty comes from a nonparametric bootstrap over the points.
+
+Speed: the full grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25},
+4,500 starts) is evaluated in one vectorised pass and only the `polish` (default 64)
+starts with the lowest objective are refined by L-BFGS-B with an analytic gradient.
+Checked on the shared Chinchilla points (5 highest-loss dropped): polishing all 4,500
+starts takes ~100 s and reaches objective 1.018274e-3; 1,514 starts reach it, the
+lowest-objective grid start is one of them, and the top-64 polish returns the same
+parameters to 1e-7 in under 1 s (`tests/test_fitting_loss_transfer.py` re-checks this
+against a random sample of the other starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy
+from numpy.typing import ArrayLike
+from scipy.optimize import minimize
+
+FORM = "L = E + A/N^alpha + B/D^beta"
+PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
+HUBER_DELTA = 1e-3
+MIN_POINTS = 5
+INTERVAL_LEVEL = 0.90
+MAX_STORED_SAMPLES = 200
+DEFAULT_POLISH = 64
+# Default L-BFGS-B tolerances stop a warm-started bootstrap refit after a dozen steps,
+# long before the tiny Huber gradients (δ = 1e-3) have settled.
+_LBFGS_OPTIONS = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 10_000}
+
+
+class InsufficientDataError(ValueError):
+    """The data cannot identify the loss law; `missing` says what would be needed."""
+
+    def __init__(self, message: str, missing: str) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a central 90% interval, low ≤ value ≤ high."""
+
+    value: float
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (self.low <= self.value <= self.high):
+            raise ValueError(f"interval not ordered: low={self.low}, value={self.value}, high={self.high}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
+        return cls(float(d["value"]), float(d["low"]), float(d["high"]))
+
+    @classmethod
+    def from_samples(cls, value: float, samples: np.ndarray) -> Interval:
+        """Percentile interval of `samples` around `value`.
+
+        A percentile interval can miss the point estimate when the bootstrap
+        distribution is very skewed; it is widened to include it rather than
+        reporting an interval that contradicts the estimate.
+        """
+        samples = np.asarray(samples, dtype=float)
+        samples = samples[np.isfinite(samples)]
+        if samples.size == 0:
+            return cls(float(value), float(value), float(value))
+        tail = 100 * (1 - INTERVAL_LEVEL) / 2
+        lo, hi = np.percentile(samples, [tail, 100 - tail])
+        return cls(float(value), float(min(lo, value)), float(max(hi, value)))
+
+
+def _log_params(params: Mapping[str, float]) -> np.ndarray:
+    return np.array(
+        [math.log(params["A"]), math.log(params["B"]), math.log(params["E"]), params["alpha"], params["beta"]]
+    )
+
+
+def _theta_to_params(theta: np.ndarray) -> np.ndarray:
+    """(…, 5) internal [a, b, e, alpha, beta] → (…, 5) [E, A, B, alpha, beta]."""
+    theta = np.asarray(theta, dtype=float)
+    return np.stack(
+        [np.exp(theta[..., 2]), np.exp(theta[..., 0]), np.exp(theta[..., 1]), theta[..., 3], theta[..., 4]],
+        axis=-1,
+    )
+
+
+def _params_to_theta(params: np.ndarray) -> np.ndarray:
+    params = np.asarray(params, dtype=float)
+    return np.stack(
+        [np.log(params[..., 1]), np.log(params[..., 2]), np.log(params[..., 0]), params[..., 3], params[..., 4]],
+        axis=-1,
+    )
+
+
+def _log_predict(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.ndarray:
+    """log L = LSE(a − α log N, b − β log D, e); theta (K, 5), points (P,) → (K, P)."""
+    theta = np.atleast_2d(theta)
+    z1 = theta[:, [0]] - theta[:, [3]] * log_n
+    z2 = theta[:, [1]] - theta[:, [4]] * log_d
+    z3 = np.broadcast_to(theta[:, [2]], z1.shape)
+    m = np.maximum(np.maximum(z1, z2), z3)
+    return m + np.log(np.exp(z1 - m) + np.exp(z2 - m) + np.exp(z3 - m))
+
+
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _objective_and_grad(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
+    """Σ Huber_δ(LSE(a − α log N, b − β log D, e) − log L) and its exact gradient."""
+    a, b, e, alpha, beta = theta
+    z = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    m = z.max(axis=0)
+    w = np.exp(z - m)
+    s = w.sum(axis=0)
+    w /= s
+    r = m + np.log(s) - log_l
+    g = np.clip(r, -delta, delta)  # Huber'(r)
+    gw0, gw1 = g * w[0], g * w[1]
+    grad = np.array([gw0.sum(), gw1.sum(), (g * w[2]).sum(), -(gw0 * log_n).sum(), -(gw1 * log_d).sum()])
+    return float(_huber(r, delta).sum()), grad
+
+
+def initial_grid() -> np.ndarray:
+    """RULES.md §5 starting grid as rows [a, b, e, alpha, beta] (4,500 rows)."""
+    a = np.arange(0.0, 25.0 + 1e-9, 5.0)
+    e = np.arange(-1.0, 1.0 + 1e-9, 0.5)
+    ab = np.arange(0.0, 2.0 + 1e-9, 0.5)
+    return np.array(list(itertools.product(a, a, e, ab, ab)), dtype=float)
+
+
+def _scipy_openblas_thread_controls() -> list[tuple[Any, Any]]:
+    """(get, set) num-threads functions of the OpenBLAS bundled with scipy wheels, if any."""
+    controls = []
+    libdir = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
+    for path in sorted(libdir.glob("libscipy_openblas*.so*")) if libdir.is_dir() else ():
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        for get_name, set_name in (
+            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+            ("openblas_get_num_threads", "openblas_set_num_threads"),
+        ):
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get is not None and set_ is not None:
+                controls.append((get, set_))
+                break
+    return controls
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE: dict[str, Any] = {"depth": 0, "saved": [], "controls": None}
+
+
+@contextlib.contextmanager
+def _single_threaded_scipy_blas():
+    """Run L-BFGS-B with scipy's OpenBLAS on one thread, restoring the previous setting after.
+
+    L-BFGS-B's 5×5 BLAS calls gain nothing from threads, but when the cores are
+    busy (a loaded server, parallel tests) OpenBLAS's spinning worker threads made
+    the Chinchilla fit 8–10x slower in our measurements (3 s → 27 s on 2 cores).
+    """
+    with _BLAS_LOCK:
+        if _BLAS_STATE["controls"] is None:
+            _BLAS_STATE["controls"] = _scipy_openblas_thread_controls()
+        if _BLAS_STATE["depth"] == 0:
+            _BLAS_STATE["saved"] = [int(get()) for get, _ in _BLAS_STATE["controls"]]
+            for _, set_ in _BLAS_STATE["controls"]:
+                set_(1)
+        _BLAS_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0:
+                for (_, set_), n in zip(_BLAS_STATE["controls"], _BLAS_STATE["saved"]):
+                    set_(n)
+
+
+def _polish(theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float):
+    return minimize(
+        _objective_and_grad,
+        theta0,
+        args=(log_n, log_d, log_l, delta),
+        jac=True,
+        method="L-BFGS-B",
+        options=_LBFGS_OPTIONS,
+    )
+
+
+def _validate(n_params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[np.ndarray, ...]:
+    arrays = []
+    for name, values in (("n_params", n_params), ("tokens", tokens), ("loss", loss)):
+        arr = np.asarray(values, dtype=float).ravel()
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise ValueError(f"{name} must be finite and > 0 (the law is fitted in log space)")
+        arrays.append(arr)
+    if not (arrays[0].size == arrays[1].size == arrays[2].size):
+        raise ValueError(
+            f"n_params, tokens and loss must have equal lengths, got "
+            f"{arrays[0].size}, {arrays[1].size}, {arrays[2].size}"
+        )
+    n = arrays[0].size
+    if n < MIN_POINTS:
+        raise InsufficientDataError(
+            f"the loss law has 5 parameters and needs at least {MIN_POINTS} (n_params, tokens, loss) "
+            f"points; got {n}",
+            missing=f"{MIN_POINTS - n} more completed run(s)",
+        )
+    for name, arr in (("n_params", arrays[0]), ("tokens", arrays[1])):
+        distinct = np.unique(arr).size
+        if distinct < 2:
+            raise InsufficientDataError(
+                f"the loss law needs runs at >= 2 distinct {name} to separate its {name} term; "
+                f"all {n} points have {name} = {arr[0]:.6g}",
+                missing=f"runs at a second value of {name}",
+            )
+    corr = float(np.corrcoef(np.log(arrays[0]), np.log(arrays[1]))[0, 1])
+    if abs(corr) > 0.9999:
+        raise InsufficientDataError(
+            "n_params and tokens vary together (log-log correlation "
+            f"{corr:.4f}), so the N and D terms of the loss law cannot be told apart",
+            missing="runs at different token budgets for the same n_params",
+        )
+    return tuple(arrays)
+
+
+@dataclass(frozen=True, eq=False)
+class LossLawPrediction:
+    """Predicted loss with a 90% bootstrap interval of the fitted law (not of a new run's noise)."""
+
+    value: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def interval(self, i: int = 0) -> Interval:
+        return Interval(float(self.value.flat[i]), float(self.low.flat[i]), float(self.high.flat[i]))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.value.ndim == 0:
+            return self.interval().to_dict()
+        return {"value": self.value.tolist(), "low": self.low.tolist(), "high": self.high.tolist()}
+
+
+@dataclass(frozen=True, eq=False)
+class LossLawFit:
+    """Result of `fit_loss_law`.
+
+    `params` maps E, A, B, alpha, beta to 90% bootstrap intervals around the point
+    estimate. `samples` holds up to 200 bootstrap parameter vectors (columns E, A, B,
+    alpha, beta) so predictions made after a JSON round trip still carry intervals.
+    """
+
+    params: Mapping[str, Interval]
+    n_points: int
+    n_bootstrap: int
+    n_bootstrap_failed: int
+    objective: float
+    residual_mad: float
+    n_params_range: tuple[float, float]
+    tokens_range: tuple[float, float]
+    n_starts_polished: int
+    samples: np.ndarray = field(repr=False)
+    warnings: tuple[str, ...] = ()
+    form: str = FORM
+    huber_delta: float = HUBER_DELTA
+
+    def point(self) -> dict[str, float]:
+        return {k: v.value for k, v in self.params.items()}
+
+    def predict(self, n_params: ArrayLike, tokens: ArrayLike) -> LossLawPrediction:
+        """L = E + A/N^alpha + B/D^beta at (n_params, tokens); interval from the stored bootstrap samples."""
+        n = np.asarray(n_params, dtype=float)
+        d = np.asarray(tokens, dtype=float)
+        if np.any(~np.isfinite(n)) or np.any(n <= 0) or np.any(~np.isfinite(d)) or np.any(d <= 0):
+            raise ValueError("n_params and tokens must be finite and > 0")
+        n, d = np.broadcast_arrays(n, d)
+        shape = n.shape
+        log_n, log_d = np.log(n).ravel(), np.log(d).ravel()
+        theta = _log_params(self.point())
+        value = np.exp(_log_predict(theta, log_n, log_d)[0])
+        if len(self.samples):
+            boot = np.exp(_log_predict(_params_to_theta(self.samples), log_n, log_d))
+            tail = 100 * (1 - INTERVAL_LEVEL) / 2
+            low, high = np.percentile(boot, [tail, 100 - tail], axis=0)
+            low, high = np.minimum(low, value), np.maximum(high, value)
+        else:
+            low, high = value.copy(), value.copy()
+        return LossLawPrediction(value.reshape(shape), low.reshape(shape), high.reshape(shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.form,
+            "params": {k: v.to_dict() for k, v in self.params.items()},
+            "n_points": self.n_points,
+            "n_bootstrap": self.n_bootstrap,
+            "n_bootstrap_failed": self.n_bootstrap_failed,
+            "objective": self.objective,
+            "huber_delta": self.huber_delta,
+            "residual_mad": self.residual_mad,
+            "data_range": {"n_params": list(self.n_params_range), "tokens": list(self.tokens_range)},
+            "n_starts_polished": self.n_starts_polished,
+            "bootstrap_samples": {name: self.samples[:, j].tolist() for j, name in enumerate(PARAM_NAMES)},
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LossLawFit:
+        if d.get("form", FORM) != FORM:
+            raise ValueError(f"unsupported loss-law form {d.get('form')!r}; expected {FORM!r}")
+        raw = d.get("bootstrap_samples") or {}
+        cols = [np.asarray(raw.get(name, []), dtype=float) for name in PARAM_NAMES]
+        samples = np.stack(cols, axis=1) if cols[0].size else np.empty((0, len(PARAM_NAMES)))
+        rng = d.get("data_range", {})
+        return cls(
+            params={k: Interval.from_dict(d["params"][k]) for k in PARAM_NAMES},
+            n_points=int(d["n_points"]),
+            n_bootstrap=int(d.get("n_bootstrap", 0)),
+            n_bootstrap_failed=int(d.get("n_bootstrap_failed", 0)),
+            objective=float(d.get("objective", math.nan)),
+            residual_mad=float(d.get("residual_mad", math.nan)),
+            n_params_range=tuple(float(x) for x in rng.get("n_params", (math.nan, math.nan))),
+            tokens_range=tuple(float(x) for x in rng.get("tokens", (math.nan, math.nan))),
+            n_starts_polished=int(d.get("n_starts_polished", 0)),
+            samples=samples,
+            warnings=tuple(d.get("warnings", ())),
+            huber_delta=float(d.get("huber_delta", HUBER_DELTA)),
+        )
+
+
+def fit_loss_law(
+    n_params: ArrayLike,
+    tokens: ArrayLike,
+    loss: ArrayLike,
+    *,
+    bootstrap: int = 200,
+    seed: int | None = 0,
+    polish: int = DEFAULT_POLISH,
+) -> LossLawFit:
+    """Fit L = E + A/N^alpha + B/D^beta by Huber(δ=1e-3) on log L, multi-start L-BFGS-B, bootstrap intervals.
+
+    `bootstrap` resamples of the points are refitted warm-started from the point
+    estimate; `polish` grid starts (lowest grid objective first) are refined, or all
+    4,500 when `polish` ≥ 4,500. Raises `InsufficientDataError` with fewer than 5
+    points, fewer than 2 distinct n_params or tokens, n_params and tokens that vary
+    together (D ∝ N^k), or a best fit that diverges; `ValueError` on invalid input.
+    """
+    if bootstrap < 0 or polish < 1:
+        raise ValueError("bootstrap must be >= 0 and polish >= 1")
+    n, d, l = _validate(n_params, tokens, loss)
+    with _single_threaded_scipy_blas():
+        return _fit_validated(n, d, l, bootstrap=bootstrap, seed=seed, polish=polish)
+
+
+def _fit_validated(
+    n: np.ndarray, d: np.ndarray, l: np.ndarray, *, bootstrap: int, seed: int | None, polish: int
+) -> LossLawFit:
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
+    delta = HUBER_DELTA
+
+    grid = initial_grid()
+    grid_obj = _huber(_log_predict(grid, log_n, log_d) - log_l, delta).sum(axis=1)
+    starts = grid[np.argsort(grid_obj, kind="stable")[: min(polish, len(grid))]]
+    best = None
+    for theta0 in starts:
+        res = _polish(theta0, log_n, log_d, log_l, delta)
+        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
+            best = res
+    if best is None:
+        raise RuntimeError("no L-BFGS-B start produced a finite objective")
+    theta = best.x
+    with np.errstate(over="ignore"):
+        point = _theta_to_params(theta)
+    if not np.all(np.isfinite(point)):
+        raise InsufficientDataError(
+            "the data do not constrain the loss law: the best fit sends a parameter to infinity "
+            f"(E, A, B, alpha, beta = {', '.join(f'{v:.3g}' for v in point)})",
+            missing="runs spanning a wider range of n_params and tokens",
+        )
+
+    warnings: list[str] = []
+    if not best.success:
+        warnings.append(f"L-BFGS-B did not report convergence at the best start: {best.message}")
+    if theta[3] <= 0 or theta[4] <= 0:
+        warnings.append(
+            f"fitted exponents are not positive (alpha={theta[3]:.3g}, beta={theta[4]:.3g}): loss does not "
+            "fall with scale in these data; the law is not meaningful for extrapolation"
+        )
+    corr = float(np.corrcoef(log_n, log_d)[0, 1])
+    if abs(corr) > 0.99:
+        warnings.append(
+            f"log n_params and log tokens are nearly collinear (correlation {corr:.3f}): "
+            "A/alpha and B/beta trade off and their intervals are wide"
+        )
+    for name, arr in (("n_params", n), ("tokens", d)):
+        if np.unique(arr).size < 3:
+            warnings.append(
+                f"only {np.unique(arr).size} distinct {name}: the {name} exponent is barely identified"
+            )
+
+    rng = np.random.default_rng(seed)
+    boot: list[np.ndarray] = []
+    failed = 0
+    for _ in range(bootstrap):
+        idx = rng.integers(0, n.size, n.size)
+        if np.unique(n[idx]).size < 2 or np.unique(d[idx]).size < 2:
+            failed += 1
+            continue
+        res = _polish(theta, log_n[idx], log_d[idx], log_l[idx], delta)
+        if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun):
+            failed += 1
+            continue
+        boot.append(res.x)
+
+    boot_theta = np.array(boot) if boot else np.empty((0, 5))
+    with np.errstate(over="ignore"):
+        boot_params = _theta_to_params(boot_theta)
+    finite = np.all(np.isfinite(boot_params), axis=1)
+    failed += int((~finite).sum())
+    boot_params = boot_params[finite]
+    if bootstrap == 0:
+        warnings.append("bootstrap=0: intervals are collapsed onto the point estimate and carry no uncertainty")
+    if failed:
+        warnings.append(f"{failed} of {bootstrap} bootstrap resamples were unidentifiable or failed and were skipped")
+
+    if 0 < bootstrap and len(boot_params) < 50:
+        warnings.append(f"only {len(boot_params)} bootstrap refits succeeded: the 90% intervals are rough")
+    params = {
+        name: Interval.from_samples(float(point[j]), boot_params[:, j]) for j, name in enumerate(PARAM_NAMES)
+    }
+    resid = _log_predict(theta, log_n, log_d)[0] - log_l
+    return LossLawFit(
+        params=params,
+        n_points=int(n.size),
+        n_bootstrap=len(boot_params),
+        n_bootstrap_failed=failed,
+        objective=float(best.fun),
+        residual_mad=float(np.median(np.abs(resid - np.median(resid)))),
+        n_params_range=(float(n.min()), float(n.max())),
+        tokens_range=(float(d.min()), float(d.max())),
+        n_starts_polished=len(starts),
+        samples=boot_params[:MAX_STORED_SAMPLES],
+        warnings=tuple(warnings),
+    )
+
+
+@dataclass(frozen=True)
+class ComputeOptimal:
+    """Compute-optimal allocation for a FLOP budget C = 6·N·D; unpacks as (n_params, tokens)."""
+
+    flops: float
+    n_params: Interval
+    tokens: Interval
+    tokens_per_param: Interval
+    warnings: tuple[str, ...] = ()
+
+    def __iter__(self):
+        return iter((self.n_params, self.tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flops": self.flops,
+            "n_params": self.n_params.to_dict(),
+            "tokens": self.tokens.to_dict(),
+            "tokens_per_param": self.tokens_per_param.to_dict(),
+            "warnings": list(self.warnings),
+        }
+
+
+def _log_n_opt(params: np.ndarray, log_c6: float) -> np.ndarray:
+    """log N* = log G + β/(α+β)·log(C/6), G = (αA/(βB))^(1/(α+β)); params (K, 5) [E, A, B, alpha, beta]."""
+    A, B, alpha, beta = params[:, 1], params[:, 2], params[:, 3], params[:, 4]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = alpha + beta
+        log_g = (np.log(alpha) + np.log(A) - np.log(beta) - np.log(B)) / s
+        out = log_g + beta / s * log_c6
+    return np.where((alpha > 0) & (beta > 0), out, np.nan)
+
+
+def compute_optimal(fit: LossLawFit, flops: float) -> ComputeOptimal:
+    """N*, D* minimising E + A/N^alpha + B/D^beta subject to 6·N·D = C (closed form, bootstrap intervals)."""
+    c = float(flops)
+    if not math.isfinite(c) or c <= 0:
+        raise ValueError("flops must be finite and > 0")
+    point = np.array([[fit.params[k].value for k in PARAM_NAMES]])
+    if point[0, 3] <= 0 or point[0, 4] <= 0:
+        raise ValueError(
+            "compute-optimal allocation needs positive alpha and beta; the fitted law has "
+            f"alpha={point[0, 3]:.3g}, beta={point[0, 4]:.3g}"
+        )
+    log_c6 = math.log(c / 6.0)
+    log_n = float(_log_n_opt(point, log_c6)[0])
+    log_n_boot = _log_n_opt(fit.samples, log_c6) if len(fit.samples) else np.empty(0)
+    log_n_boot = log_n_boot[np.isfinite(log_n_boot)]
+    log_d, log_d_boot = log_c6 - log_n, log_c6 - log_n_boot
+    n_iv = Interval.from_samples(log_n, log_n_boot)
+    d_iv = Interval.from_samples(log_d, log_d_boot)
+    r_iv = Interval.from_samples(log_d - log_n, log_d_boot - log_n_boot)
+
+    def exp_iv(iv: Interval) -> Interval:
+        return Interval(math.exp(iv.value), math.exp(iv.low), math.exp(iv.high))
+
+    warnings = []
+    for name, value, (lo, hi) in (
+        ("n_params", math.exp(log_n), fit.n_params_range),
+        ("tokens", math.exp(log_d), fit.tokens_range),
+    ):
+        if value > hi or value < lo:
+            factor = max(value / hi, lo / value)
+            warnings.append(f"optimal {name} {value:.3g} is {factor:.3g}x outside the fitted range [{lo:.3g}, {hi:.3g}]")
+    return ComputeOptimal(c, exp_iv(n_iv), exp_iv(d_iv), exp_iv(r_iv), tuple(warnings))
+
+
+__all__: Sequence[str] = (
+    "FORM",
+    "ComputeOptimal",
+    "InsufficientDataError",
+    "Interval",
+    "LossLawFit",
+    "LossLawPrediction",
+    "compute_optimal",
+    "fit_loss_law",
+    "initial_grid",
+)
