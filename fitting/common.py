@@ -1,0 +1,84 @@
+"""Small shared types for the fitting modules: intervals, scale keys, named shortfalls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LEVEL = 0.90
+_TAIL = 100 * (1 - LEVEL) / 2
+
+AXES: tuple[str, ...] = ("learning_rate", "batch_size", "weight_decay")
+AXIS_LABEL = {"learning_rate": "learning rate", "batch_size": "batch size", "weight_decay": "weight decay"}
+SCALE_VARS: tuple[str, ...] = ("n_params", "tokens", "width", "depth", "compute")
+
+
+class InsufficientData(ValueError):
+    """The data cannot identify what was asked; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a central 90% interval, low ≤ value ≤ high."""
+
+    value: float
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (self.low <= self.value <= self.high):
+            raise ValueError(f"interval not ordered: {self.low} ≤ {self.value} ≤ {self.high}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
+        return cls(float(d["value"]), float(d["low"]), float(d["high"]))
+
+    @classmethod
+    def from_samples(cls, value: float, samples: np.ndarray) -> Interval:
+        """Percentile interval of `samples`, widened to contain `value` if a skewed bootstrap misses it."""
+        s = np.asarray(samples, dtype=float)
+        s = s[np.isfinite(s)]
+        if s.size == 0:
+            return cls(float(value), float(value), float(value))
+        lo, hi = np.percentile(s, [_TAIL, 100 - _TAIL])
+        return cls(float(value), float(min(lo, value)), float(max(hi, value)))
+
+    @classmethod
+    def exp_of(cls, log_value: float, log_samples: np.ndarray) -> Interval:
+        """Interval of exp(x) from a log-space point estimate and log-space samples."""
+        i = cls.from_samples(log_value, log_samples)
+        return cls(math.exp(i.value), math.exp(i.low), math.exp(i.high))
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+
+def percentile_bounds(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Central 90% percentile bounds along `axis`, ignoring NaN."""
+    return (np.nanpercentile(samples, _TAIL, axis=axis), np.nanpercentile(samples, 100 - _TAIL, axis=axis))
+
+
+def scale_variables(n_params: float, tokens: float, width: float, depth: float) -> dict[str, float]:
+    """The candidate law variables of one scale (compute = 6·N·D); NaN when unknown."""
+    return {
+        "n_params": float(n_params),
+        "tokens": float(tokens),
+        "width": float(width),
+        "depth": float(depth),
+        "compute": 6.0 * float(n_params) * float(tokens),
+    }
+
+
+def distinct_log_values(x: np.ndarray, rel_tol: float = 0.01) -> int:
+    """Number of values of positive `x` that differ by more than `rel_tol` in log space."""
+    v = np.sort(np.log(x[np.isfinite(x) & (x > 0)]))
+    if v.size == 0:
+        return 0
+    return int(1 + np.count_nonzero(np.diff(v) > rel_tol))

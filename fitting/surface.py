@@ -1,0 +1,236 @@
+"""Joint loss-surface ("bowl") model over the swept hyperparameters of many scales.
+
+Model, per run i at scale s(i), with u = log of the swept hyperparameters (lr, bs, wd):
+
+    log loss_i = l0_s + ½·zᵀ(L Lᵀ)z + Σ_a κ_a z_a³,   z = u_i − μ_s,   μ_{s,a} = X_a[s] · β_a
+
+The curvature L Lᵀ (positive definite by construction) and the asymmetry κ are shared by
+all scales: each scale then only has to locate its centre, which is what lets sparse or
+incomplete sweeps still place an optimum. Because the cubic terms have zero gradient and
+Hessian at z = 0, μ_s is exactly the local minimum. The centre design X_a is either
+one-hot (a free centre per scale: the per-scale optima) or [1, log x − x̄] (a power law:
+the centres follow log h* = c + Σ a_j log x_j and every run informs the law directly).
+
+Only the bottom of each bowl is modelled: runs more than `band` above the scale's best
+loss are left out, because far from the optimum (divergence walls, tiny learning rates)
+no low-order polynomial describes the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+DEFAULT_BAND = 0.01
+# A scale needs at least this many runs in its band; lower-loss runs are added up to this
+# count (never beyond MAX_BAND above the best) so that sparse sweeps still inform the shape.
+MIN_BAND_RUNS = 6
+MAX_BAND = 0.05
+_INIT_CURVATURE = 0.1
+
+
+@dataclass(frozen=True)
+class BowlData:
+    """Runs prepared for the bowl model (rows = runs inside the band of their scale)."""
+
+    u: np.ndarray  # (n, d) log hyperparameters
+    y: np.ndarray  # (n,) log loss
+    scale: np.ndarray  # (n,) scale index
+    active: np.ndarray  # (S, d) axis swept (≥ 2 distinct values) at the scale
+    cross: np.ndarray  # (d, d) bool, lower-triangular pairs whose interaction is identified
+    n_scales: int
+
+
+@dataclass(frozen=True)
+class BowlFit:
+    """Fitted bowl: centre coefficients per axis, shared shape, per-scale base loss."""
+
+    beta: tuple[np.ndarray, ...]
+    chol: np.ndarray  # (d, d) lower-triangular L, curvature H = L Lᵀ
+    kappa: np.ndarray  # (d,)
+    l0: np.ndarray  # (S,)
+    noise: float  # robust residual scale of log loss
+    params: np.ndarray  # packed parameter vector
+    jac: np.ndarray  # (n, P) Jacobian of residuals at the solution
+    resid: np.ndarray
+    weights: np.ndarray  # IRLS weights of the robust loss at the solution
+    success: bool
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return self.chol @ self.chol.T
+
+
+def select_band(
+    y: np.ndarray, scale: np.ndarray, n_scales: int, band: float = DEFAULT_BAND
+) -> np.ndarray:
+    """Boolean mask of runs within `band` (relative loss) of their scale's best, padded to MIN_BAND_RUNS."""
+    keep = np.zeros(y.shape[0], dtype=bool)
+    for s in range(n_scales):
+        idx = np.flatnonzero(scale == s)
+        if idx.size == 0:
+            continue
+        excess = np.exp(y[idx] - y[idx].min()) - 1
+        order = np.argsort(excess)
+        k = max(int(np.count_nonzero(excess <= band)), min(MIN_BAND_RUNS, idx.size))
+        chosen = order[:k]
+        chosen = chosen[excess[chosen] <= max(band, MAX_BAND)]
+        keep[idx[chosen]] = True
+    return keep
+
+
+def _layout(designs: tuple[np.ndarray, ...], d: int, n_scales: int, cross: np.ndarray):
+    sizes = [x.shape[1] for x in designs]
+    off = np.cumsum([n_scales, *sizes])
+    tri = [(j, k) for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
+    return sizes, off, tri
+
+
+def _unpack(p: np.ndarray, designs, d: int, n_scales: int, cross: np.ndarray):
+    sizes, off, tri = _layout(designs, d, n_scales, cross)
+    l0 = p[:n_scales]
+    beta = tuple(p[off[a] : off[a + 1]] for a in range(d))
+    lp = p[off[-1] : off[-1] + len(tri)]
+    chol = np.zeros((d, d))
+    for v, (j, k) in zip(lp, tri):
+        chol[j, k] = np.exp(v) if j == k else v
+    kappa = p[off[-1] + len(tri) :]
+    return l0, beta, chol, kappa, tri
+
+
+def residuals_and_jacobian(
+    p: np.ndarray, data: BowlData, designs: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals (model − log loss) of the bowl model and their analytic Jacobian."""
+    d = data.u.shape[1]
+    l0, beta, chol, kappa, tri = _unpack(p, designs, d, data.n_scales, data.cross)
+    s = data.scale
+    mask = data.active[s].astype(float)
+    mu = np.stack([(designs[a] @ beta[a])[s] for a in range(d)], axis=1)
+    z = (data.u - mu) * mask
+    m = z @ chol
+    f = 0.5 * np.sum(m * m, axis=1) + (z**3) @ kappa
+    r = l0[s] + f - data.y
+    grad_z = (m @ chol.T + 3 * kappa * z * z) * mask
+    cols = [np.zeros((r.size, data.n_scales))]
+    cols[0][np.arange(r.size), s] = 1.0
+    for a in range(d):
+        cols.append(-grad_z[:, [a]] * designs[a][s])
+    lcols = np.empty((r.size, len(tri)))
+    for c, (j, k) in enumerate(tri):
+        lcols[:, c] = m[:, k] * z[:, j] * (chol[j, j] if j == k else 1.0)
+    cols.append(lcols)
+    cols.append(z**3)
+    return r, np.concatenate(cols, axis=1)
+
+
+def pack(l0, beta, chol, kappa, cross) -> np.ndarray:
+    d = chol.shape[0]
+    lp = [np.log(chol[j, k]) if j == k else chol[j, k] for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
+    return np.concatenate([np.asarray(l0, float), *[np.asarray(b, float) for b in beta], np.asarray(lp, float), np.asarray(kappa, float)])
+
+
+def initial_shape(d: int, cross: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.eye(d) * _INIT_CURVATURE, np.zeros(d)
+
+
+def fit_bowl(
+    data: BowlData,
+    designs: tuple[np.ndarray, ...],
+    beta0: tuple[np.ndarray, ...],
+    chol0: np.ndarray | None = None,
+    kappa0: np.ndarray | None = None,
+    *,
+    cubic: bool = True,
+) -> BowlFit:
+    """Robust (soft-L1) least squares of the bowl model; returns the shape, centres and Jacobian.
+
+    log loss = l0_s + ½ zᵀ L Lᵀ z + Σ κ_a z_a³ with z = log h − X β.
+    """
+    d = data.u.shape[1]
+    if chol0 is None or kappa0 is None:
+        chol0, kappa0 = initial_shape(d, data.cross)
+    l0 = np.array([data.y[data.scale == s].min() if np.any(data.scale == s) else 0.0 for s in range(data.n_scales)])
+    p0 = pack(l0, beta0, chol0, kappa0 if cubic else np.zeros(d), data.cross)
+    n_kappa = d
+
+    def fun(p):
+        return residuals_and_jacobian(_with_kappa(p, cubic, n_kappa), data, designs)[0]
+
+    def jac(p):
+        J = residuals_and_jacobian(_with_kappa(p, cubic, n_kappa), data, designs)[1]
+        if not cubic:
+            J = J.copy()
+            J[:, -n_kappa:] = 0.0
+        return J
+
+    # Two passes: plain least squares to get a residual scale, then soft-L1 at that scale so
+    # a few odd runs (spikes, half-diverged runs inside the band) cannot drag the centre.
+    sol = least_squares(fun, p0, jac=jac, method="trf", x_scale="jac", max_nfev=200)
+    r = sol.fun
+    noise = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 1e-5)
+    sol = least_squares(fun, sol.x, jac=jac, method="trf", loss="soft_l1", f_scale=noise, x_scale="jac", max_nfev=200)
+    p = _with_kappa(sol.x, cubic, n_kappa)
+    r, J = residuals_and_jacobian(p, data, designs)
+    if not cubic:
+        J[:, -n_kappa:] = 0.0
+    w = 1.0 / np.sqrt(1.0 + (r / noise) ** 2)
+    l0, beta, chol, kappa, _ = _unpack(p, designs, d, data.n_scales, data.cross)
+    return BowlFit(
+        beta=tuple(np.array(b) for b in beta),
+        chol=chol,
+        kappa=np.array(kappa),
+        l0=np.array(l0),
+        noise=noise,
+        params=p,
+        jac=J,
+        resid=r,
+        weights=w,
+        success=bool(sol.success),
+    )
+
+
+def _with_kappa(p: np.ndarray, cubic: bool, n_kappa: int) -> np.ndarray:
+    if cubic:
+        return p
+    q = p.copy()
+    q[-n_kappa:] = 0.0
+    return q
+
+
+def one_step_bootstrap(
+    fit: BowlFit, groups: np.ndarray, counts: np.ndarray, columns: np.ndarray | None = None
+) -> np.ndarray:
+    """Linearised bootstrap: one weighted Gauss–Newton step from the fit per resample.
+
+    `groups` assigns each run to a resampling unit, `counts` (B, G) says how often each
+    unit is drawn. Returns (B, P) parameter vectors (only `columns` move when given). A
+    full refit per resample would cost seconds; one step from the solution is accurate
+    to second order in the resampling perturbation and costs B small linear solves.
+    """
+    J = fit.jac if columns is None else fit.jac[:, columns]
+    base = fit.params if columns is None else fit.params[columns]
+    return linear_bootstrap(J, fit.weights, fit.resid, base, groups, counts)
+
+
+def linear_bootstrap(
+    J: np.ndarray, w: np.ndarray, resid: np.ndarray, base: np.ndarray, groups: np.ndarray, counts: np.ndarray
+) -> np.ndarray:
+    """(B, P) one-step weighted Gauss–Newton updates of `base` for resampling `counts` (B, G) of `groups`."""
+    G = counts.shape[1]
+    P = J.shape[1]
+    Jw = J * w[:, None]
+    A = np.zeros((G, P, P))
+    g = np.zeros((G, P))
+    np.add.at(A, groups, Jw[:, :, None] * J[:, None, :])
+    np.add.at(g, groups, Jw * resid[:, None])
+    Ab = np.einsum("bg,gij->bij", counts, A)
+    gb = counts @ g
+    # Parameters that a resample does not inform (a scale drawn zero times) get a tiny
+    # ridge so they stay at the point estimate instead of making the system singular.
+    scale = np.maximum(np.einsum("bii->bi", Ab).max(axis=1), 1e-12)
+    Ab = Ab + (1e-9 * scale)[:, None, None] * np.eye(P)
+    step = np.linalg.solve(Ab, gb[:, :, None])[:, :, 0]
+    return base[None, :] - step
