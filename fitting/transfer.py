@@ -187,6 +187,9 @@ def per_layer_multipliers(
             adam_eps=None if eps0 is None or eps_mult is None else eps0 * eps_mult,
         )
 
+    hidden_eps: float | None
+    vector_eps: float | None
+    edge_eps: float | None
     if opt in _SGD:
         hidden_lr, vector_lr, edge_lr = 1.0, m, m
         hidden_eps = vector_eps = edge_eps = None
@@ -194,7 +197,7 @@ def per_layer_multipliers(
         hidden_lr, vector_lr, edge_lr = depth_factor / m, depth_factor, 1.0
         edge_eps = 1.0
         if uses_depth:
-            hidden_eps: float | None = branch / m
+            hidden_eps = branch / m
             vector_eps = None
             notes.append("Adam ε for hidden biases and norm gains is not specified in RULES.md §2; left to the study")
         else:
