@@ -9,7 +9,7 @@ Speed: the full grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1},
 4,500 starts) is evaluated in one vectorised pass and only the `polish` (default 64)
 starts with the lowest objective are refined by L-BFGS-B with an analytic gradient.
 Checked on the shared Chinchilla points (5 highest-loss dropped): polishing all 4,500
-starts takes ~100 s and reaches objective 1.018274e-3; 1,514 starts reach it, the
+starts takes about a minute and reaches objective 1.018274e-3; 1,514 starts reach it, the
 lowest-objective grid start is one of them, and the top-64 polish returns the same
 parameters to 1e-7 in about 1 s (`tests/test_fitting_loss_transfer.py` re-checks this
 against a random sample of the other starts).
