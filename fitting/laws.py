@@ -310,6 +310,11 @@ def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
         combo, m, rows, se, tau2 = meta[j]
         beta = joint.beta[j]
         bs = samples[:, offs[j] : offs[j + 1]]
+        # Few resampling units (scales) make a bootstrap too narrow; the usual small-sample
+        # correction widens deviations by √(G/(G − k)) for k law coefficients.
+        g = rows.size
+        if g > beta.size:
+            bs = beta[None, :] + (bs - beta[None, :]) * np.sqrt(g / (g - beta.size))
         Xr = designs[j][rows]
         pred = Xr @ beta
         y = analysis.centre[rows, j]

@@ -222,11 +222,12 @@ def analyse_sweeps(
 
     cross = np.zeros((d, d), dtype=bool)
     for s in range(S):
-        m = in_band & (sidx == s)
+        m = usable & (sidx == s)
         if not np.any(m):
             continue
-        b = U[np.flatnonzero(m)[np.argmin(y[m])]]
-        moved = np.abs(U[m] - b) > _TOL
+        # Moves are measured from each axis's most common value (a coordinate-wise study's baseline).
+        b = np.array([_modal(U[m][:, j]) for j in range(d)])
+        moved = np.abs(np.round(U[m], 6) - b) > _TOL
         for j in range(d):
             for k in range(j):
                 if np.count_nonzero(moved[:, j] & moved[:, k]) >= 3:
