@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import dashboard
 from app.errors import error_response, install_error_handlers
 from app.routers import runs, studies
 from hpscale.config import Settings
@@ -104,4 +105,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.include_router(studies.router)
     app.include_router(runs.router)
+    app.include_router(dashboard.router)
     return app
