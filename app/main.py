@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import dashboard
 from app.errors import error_response, install_error_handlers
-from app.routers import runs, studies
+from app.routers import fits, runs, studies
 from hpscale.config import Settings
 from store import migrate
 from store.db import make_engine
@@ -105,5 +105,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     app.include_router(studies.router)
     app.include_router(runs.router)
+    app.include_router(fits.router)
     app.include_router(dashboard.router)
     return app

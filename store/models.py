@@ -7,6 +7,7 @@ point, so a child table would only multiply the rows a 10,000-run batch writes.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,6 +46,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
         return value
+
+
+class FloatJSON(TypeDecorator[Any]):
+    """JSON kept as text so that NaN and infinities round-trip (fit states use NaN for
+    "unknown"); PostgreSQL's json type rejects them. Never queried inside, only stored whole."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Any) -> Any:
+        return None if value is None else json.loads(value)
 
 
 class Base(DeclarativeBase):
@@ -127,7 +142,7 @@ class Fit(Base):
     bootstrap: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="running")
     n_runs: Mapped[int] = mapped_column(Integer, default=0)
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(FloatJSON)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -60,7 +60,8 @@ def upgrade() -> None:
         sa.Column("bootstrap", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("n_runs", sa.Integer(), nullable=False),
-        sa.Column("result", sa.JSON(none_as_null=True), nullable=True),
+        # JSON as text: fit states hold NaN, which PostgreSQL's json type refuses.
+        sa.Column("result", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("finished_at", TIMESTAMP, nullable=True),

@@ -1,0 +1,226 @@
+"""Fits over HTTP: computed once per (study, data_version, bootstrap), across processes.
+
+The first request for a stale fit inserts the fit's 'running' row (unique per study,
+data version and bootstrap count) and computes it; concurrent requests in any process
+find that row and wait for it to finish instead of fitting again. Runs and the data
+version are read in one snapshot, so a fit's `data_version` is exactly the data it saw.
+Fitting runs in the request's worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from app.errors import ApiError
+from app.routers.studies import get_study_or_404
+from fitting.common import InsufficientData
+from fitting.recommend import StudyInfo
+from fitting.runs import RunTable
+from fitting.study_fit import StudyFit, fit_study
+from store import queries
+from store.db import run_in_transaction
+from store.models import Study, utcnow
+
+WAIT_FOR_OTHER_FIT_SECONDS = 300.0
+# A 'running' fit older than this belongs to a process that died; another may take it over.
+STALE_RUNNING_FIT = timedelta(minutes=10)
+FIT_SEED = 20250101
+
+
+@dataclass(frozen=True)
+class StoredFit:
+    """A finished fit as stored: its row's bookkeeping and the engine's result."""
+
+    id: int
+    study_id: int
+    data_version: int
+    bootstrap: int
+    n_runs: int
+    created_at: Any
+    created_by: str | None
+    result: StudyFit
+
+    def to_contract(self) -> dict[str, Any]:
+        """The contract's fit object; JSON has no NaN, so unknown numbers become null."""
+        return json_safe({
+            "id": self.id,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "n_runs": self.n_runs,
+            "data_version": str(self.data_version),
+            "bootstrap": self.bootstrap,
+            **self.result.to_dict(),
+        })
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON cannot carry them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class _FitCache:
+    """Finished fits are immutable: keep the rebuilt engine objects of recent ones per process.
+
+    Keyed by database, fit id and creation time: one process may serve (or test) several
+    databases, and a recreated database reuses ids.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._items: OrderedDict[tuple[str, int, int, str], StudyFit] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, engine: Engine, row: dict[str, Any]) -> StudyFit:
+        key = (str(engine.url), row["study_id"], row["id"], str(row["created_at"]))
+        with self._lock:
+            cached = self._items.get(key)
+            if cached is not None:
+                self._items.move_to_end(key)
+                return cached
+        rebuilt = StudyFit.from_state(row["result"])
+        with self._lock:
+            self._items[key] = rebuilt
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return rebuilt
+
+
+_cache = _FitCache()
+
+
+def _stored(engine: Engine, row: dict[str, Any]) -> StoredFit:
+    return StoredFit(
+        id=row["id"],
+        study_id=row["study_id"],
+        data_version=row["data_version"],
+        bootstrap=row["bootstrap"],
+        n_runs=row["n_runs"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        result=_cache.get(engine, row),
+    )
+
+
+def _insufficient(message: str) -> ApiError:
+    return ApiError(409, "insufficient_data", message)
+
+
+def _snapshot(engine: Engine, study_id: int) -> tuple[int, RunTable, int | None]:
+    """The study's data version and runs, read in one consistent snapshot."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            row = conn.execute(Study.__table__.select().where(Study.id == study_id)).one()
+            records = queries.fit_inputs(conn, study_id)
+    return row.data_version, RunTable.from_records(records, default_seq_len=row.seq_len), row.seq_len
+
+
+def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> bool:
+    """Compute and store the claimed fit; False when the data moved on meanwhile (row dropped)."""
+    version, table, seq_len = _snapshot(engine, study.id)
+    if version != claimed_version:
+        run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
+        return False
+    try:
+        result = fit_study(table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=seq_len)
+    except InsufficientData as error:
+        run_in_transaction(
+            engine,
+            lambda conn: queries.finish_fit(conn, fit_id, status="failed", n_runs=len(table), result=None, error=str(error)),
+        )
+        return True
+    except BaseException:
+        # Let the next request try again rather than wait on a fit that will never finish.
+        run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
+        raise
+    state = result.to_state()
+    run_in_transaction(
+        engine,
+        lambda conn: queries.finish_fit(conn, fit_id, status="done", n_runs=len(table), result=state, error=None),
+    )
+    return True
+
+
+def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
+                any_bootstrap: bool = False) -> StoredFit:
+    """The fit of the study's current data (computing it, once across processes, if needed).
+
+    With `any_bootstrap`, a finished fit of the current data with any bootstrap count will do
+    (what a recommendation wants); otherwise the fit must have exactly `bootstrap` resamples.
+    """
+    deadline = time.monotonic() + WAIT_FOR_OTHER_FIT_SECONDS
+    delay = 0.02
+    while True:
+        with engine.connect() as conn, conn.begin():
+            study = get_study_or_404(conn, study_name)
+            row = (
+                queries.latest_done_fit(conn, study.id, study.data_version) if any_bootstrap else None
+            ) or queries.fit_for_version(conn, study.id, study.data_version, bootstrap)
+        if row is not None and row["status"] == "done":
+            return _stored(engine, row)
+        if row is not None and row["status"] == "failed":
+            raise _insufficient(row["error"] or "the study's runs do not support a fit")
+        if row is None:
+            fit_id = run_in_transaction(
+                engine,
+                lambda conn: queries.claim_fit(conn, study.id, study.data_version, bootstrap, created_by),
+            )
+            if fit_id is not None:
+                _compute(engine, study, fit_id, study.data_version, bootstrap)
+            continue  # read the finished (or competing) row back
+        # Another request is computing it: wait, or take over if its process died.
+        started_before = utcnow() - STALE_RUNNING_FIT
+        if row["created_at"] < started_before and run_in_transaction(
+            engine, lambda conn: queries.take_over_stale_fit(conn, row["id"], started_before, created_by)
+        ):
+            _compute(engine, study, row["id"], study.data_version, bootstrap)
+            continue
+        if time.monotonic() > deadline:
+            raise ApiError(503, "unavailable", "another request is still computing this fit; try again")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> StoredFit:
+    with engine.connect() as conn, conn.begin():
+        study = get_study_or_404(conn, study_name)
+        row = queries.get_fit(conn, study.id, fit_id)
+    if row is None or row["status"] != "done":
+        raise ApiError(404, "not_found", f"study '{study_name}' has no fit {fit_id}")
+    return _stored(engine, row)
+
+
+def latest_fit(engine: Engine, study_name: str) -> StoredFit:
+    with engine.connect() as conn, conn.begin():
+        study = get_study_or_404(conn, study_name)
+        row = queries.latest_done_fit(conn, study.id)
+    if row is None:
+        raise ApiError(404, "not_found", f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
+    return _stored(engine, row)
+
+
+def study_info(engine: Engine, study_name: str) -> StudyInfo:
+    with engine.connect() as conn, conn.begin():
+        study = get_study_or_404(conn, study_name)
+    return StudyInfo(
+        parameterization=study.parameterization,
+        optimizer=study.optimizer,
+        base_width=study.base_width,
+        base_depth=study.base_depth,
+        seq_len=study.seq_len,
+    )

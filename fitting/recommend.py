@@ -1,0 +1,149 @@
+"""A recommendation at a target scale: what a launcher asks for right before a job starts.
+
+Composes the study's fit (`study_fit.predict`), the loss law (predicted loss; the
+compute-optimal n_params and tokens for a FLOP budget), batch rounding to a hardware
+multiple with the learning rate re-conditioned on the rounded batch, μP per-layer
+multipliers, and the published baselines at the same target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fitting.baselines import baselines
+from fitting.common import InsufficientData, Interval
+from fitting.loss_law import ComputeOptimal, compute_optimal
+from fitting.study_fit import MissingTarget, Prediction, StudyFit, predict
+from fitting.transfer import per_layer_multipliers
+
+MUP_FAMILY = ("mup", "depth-mup", "completep")
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What the recommendation needs to know of the study beyond its fit."""
+
+    parameterization: str = "sp"
+    optimizer: str = "adamw"
+    base_width: int | None = None
+    base_depth: int | None = None
+    seq_len: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    prediction: Prediction
+    target: Mapping[str, float]
+    batch_size: Interval | None
+    batch_tokens: float | None
+    per_layer: dict[str, Any] | None
+    compute_optimal: ComputeOptimal | None
+    baselines: dict[str, Any]
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's recommendation fields (the app adds fit_id and data_version)."""
+        p = self.prediction.to_dict()
+        return {
+            **p,
+            "batch_size": None if self.batch_size is None else self.batch_size.to_dict(),
+            "batch_tokens": self.batch_tokens,
+            "per_layer": self.per_layer,
+            "target": dict(self.target),
+            "compute_optimal": None if self.compute_optimal is None else self.compute_optimal.to_dict(),
+            "baselines": self.baselines,
+            "warnings": list(self.warnings),
+        }
+
+
+def round_to_multiple(batch: float, multiple: int) -> int:
+    """The multiple of `multiple` nearest to `batch` in log space (never 0)."""
+    lower = max(multiple, math.floor(batch / multiple) * multiple)
+    upper = max(multiple, math.ceil(batch / multiple) * multiple)
+    return lower if abs(math.log(batch / lower)) <= abs(math.log(upper / batch)) else upper
+
+
+def recommend(
+    fit: StudyFit,
+    target: Mapping[str, float],
+    study: StudyInfo = StudyInfo(),
+    *,
+    batch_size: float | None = None,
+    batch_multiple: int | None = None,
+    compute: float | None = None,
+) -> Recommendation:
+    """lr*, bs*, wd* (90% intervals) at `target`; lr conditioned on the batch actually used.
+
+    log lr*(target | bs) from the fitted laws and bowl; with `compute` = C FLOPs the target's
+    n_params and tokens are the loss law's compute-optimal N*, D* with 6·N*·D* = C.
+    Raises InsufficientData (a needed law is missing), MissingTarget, or ValueError.
+    """
+    target = {k: float(v) for k, v in target.items() if v is not None}
+    warnings: list[str] = []
+    seq_len = target.get("seq_len") or study.seq_len or fit.seq_len
+
+    allocation = None
+    if compute is not None:
+        if "n_params" in target or "tokens" in target:
+            raise ValueError("give either compute or n_params and tokens, not both")
+        if fit.loss_law is None:
+            raise InsufficientData(
+                "a compute target needs a loss law, and this study has none: "
+                + next((w for w in fit.warnings if w.startswith("no loss law")), "no loss law was fitted")
+            )
+        allocation = compute_optimal(fit.loss_law, compute)
+        target["n_params"] = allocation.n_params.value
+        target["tokens"] = allocation.tokens.value
+        warnings.extend(allocation.warnings)
+
+    prediction = predict(fit, target, batch_size)
+    chosen = prediction.batch_size
+    if batch_multiple is not None:
+        if batch_multiple < 1:
+            raise ValueError("batch_multiple must be a positive integer")
+        if chosen is None:
+            raise InsufficientData(
+                "batch_multiple needs a batch size: pass batch_size, or sweep batch size at ≥ 3 scales"
+            )
+        rounded = round_to_multiple(chosen.value, batch_multiple)
+        if rounded != chosen.value:
+            prediction = predict(fit, target, rounded)
+            warnings.append(
+                f"batch size rounded from {chosen.value:.4g} to {rounded} (a multiple of {batch_multiple}); "
+                "the learning rate is the optimum at the rounded batch"
+            )
+        chosen = Interval(float(rounded), min(chosen.low, rounded), max(chosen.high, rounded))
+    warnings = list(prediction.warnings) + warnings
+
+    per_layer = None
+    if study.parameterization in MUP_FAMILY:
+        try:
+            rules = per_layer_multipliers(
+                study.parameterization,
+                int(round(target["width"])) if "width" in target else None,  # type: ignore[arg-type]
+                int(round(target["depth"])) if "depth" in target else None,
+                study.base_width,
+                study.base_depth,
+                optimizer=study.optimizer,
+                base_lr=prediction.learning_rate.value,
+            )
+            per_layer = None if rules is None else rules.to_dict()
+        except ValueError as error:
+            warnings.append(f"no per-layer multipliers: {error}")
+
+    return Recommendation(
+        prediction=prediction,
+        target=target,
+        batch_size=chosen,
+        batch_tokens=chosen.value * seq_len if (chosen is not None and seq_len) else None,
+        per_layer=per_layer,
+        compute_optimal=allocation,
+        baselines=baselines({**target, **({"seq_len": seq_len} if seq_len else {})}),
+        warnings=tuple(warnings),
+    )
+
+
+__all__ = ["MissingTarget", "Recommendation", "StudyInfo", "recommend", "round_to_multiple"]

@@ -1,0 +1,185 @@
+"""Fit and recommendation endpoints on the shared real data, over HTTP."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+
+from fitting import baselines as published
+from store.models import Fit
+from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer
+from hpscale.cli import main
+
+TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
+
+
+def fit_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Fit)).scalar_one()
+
+
+@pytest.fixture
+def steplaw(client: TestClient, database_url: str) -> TestClient:
+    """The client, with the Step Law sweep imported as study 'steplaw' (seq_len 2048)."""
+    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048",
+            "--database-url", database_url, "--quiet"]
+    assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
+    return client
+
+
+def assert_interval(interval: dict) -> None:
+    assert interval["low"] <= interval["value"] <= interval["high"], interval
+    assert all(math.isfinite(interval[k]) for k in ("low", "value", "high"))
+
+
+def test_fit_object_follows_the_contract(steplaw: TestClient) -> None:
+    response = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 50})
+    assert response.status_code == 201, response.text
+    fit = response.json()
+    assert fit["n_runs"] == 1746 and isinstance(fit["data_version"], str)
+    assert len(fit["optima"]) == 15
+    for optimum in fit["optima"]:
+        assert set(optimum["scale"]) >= {"n_params", "tokens", "width", "depth"}
+        assert_interval(optimum["learning_rate"])
+        assert_interval(optimum["batch_size"])
+        assert optimum["n_runs"] > 0 and math.isfinite(optimum["loss"])
+    for name in ("learning_rate", "batch_size"):
+        law = fit["laws"][name]
+        assert law["form"].startswith("log") and law["variables"]
+        assert set(law["exponents"]) == set(law["variables"])
+        for exponent in law["exponents"].values():
+            assert_interval(exponent)
+    assert "weight_decay" not in fit["laws"]  # never varied in this sweep…
+    assert any("weight" in w for w in fit["warnings"])  # …and the fit says so
+    assert steplaw.get("/v1/studies/steplaw/fits/latest").json()["id"] == fit["id"]
+    assert steplaw.get(f"/v1/studies/steplaw/fits/{fit['id']}").json() == steplaw.get("/v1/studies/steplaw/fits/latest").json()
+    assert steplaw.get("/v1/studies/steplaw").json()["latest_fit_id"] == fit["id"]
+
+
+def test_fit_is_reused_until_the_data_change(steplaw: TestClient, engine: Engine) -> None:
+    first = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
+    again = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
+    assert again["id"] == first["id"] and fit_rows(engine) == 1
+    run = {"n_params": 2.1e8, "tokens": 4e9, "width": 960, "depth": 7, "learning_rate": 1e-3,
+           "batch_size": 128, "final_loss": 3.0, "run_key": "extra-run"}
+    assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
+    third = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
+    assert third["id"] != first["id"] and third["data_version"] != first["data_version"]
+    assert third["n_runs"] == 1747
+
+
+def test_fit_errors(client: TestClient, tokens: dict[str, str]) -> None:
+    assert client.post("/v1/studies/none/fits").status_code == 404
+    client.post("/v1/studies", json={"name": "empty"})
+    response = client.post("/v1/studies/empty/fits")
+    assert response.status_code == 409 and response.json()["error"]["code"] == "insufficient_data"
+    assert client.get("/v1/studies/empty/fits/latest").status_code == 404
+    assert client.get("/v1/studies/empty/fits/99").status_code == 404
+    assert client.get("/v1/studies/empty/fits/abc").status_code == 422
+    assert client.post("/v1/studies/empty/fits", json={"bootstrap": -1}).status_code == 422
+    assert client.post("/v1/studies/empty/fits", headers=bearer(tokens["read"])).status_code == 403
+
+
+def test_concurrent_recommendations_on_stale_data_fit_once(steplaw: TestClient, engine: Engine) -> None:
+    barrier = threading.Barrier(20)
+    statuses: list[int] = []
+    fit_ids: set[int] = set()
+
+    def ask() -> None:
+        barrier.wait()
+        response = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            fit_ids.add(response.json()["fit_id"])
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 20
+    assert fit_rows(engine) == 1 and len(fit_ids) == 1
+
+
+def recommend(client: TestClient, study: str = "steplaw", **params: object):
+    return client.get(f"/v1/studies/{study}/recommendation", params={**TARGET_7B, **params})
+
+
+def test_recommendation_at_7b_on_step_law(steplaw: TestClient) -> None:
+    response = recommend(steplaw)
+    assert response.status_code == 200, response.text
+    rec = response.json()
+    for field in ("learning_rate", "batch_size", "predicted_loss"):
+        assert_interval(rec[field])
+    assert rec["weight_decay"] is None and rec["per_layer"] is None
+    assert rec["extrapolation"]["level"] in ("extrapolation", "far") and rec["extrapolation"]["factor"] > 1
+    assert any("outside" in w for w in rec["warnings"])
+    published_lr = published.step_law_lr(7e9, 1.4e12)
+    assert published_lr / 2 <= rec["learning_rate"]["value"] <= published_lr * 2
+    assert rec["batch_tokens"] == pytest.approx(rec["batch_size"]["value"] * 2048)
+    step = rec["baselines"]["step_law"]
+    assert step["available"] and step["learning_rate"] == pytest.approx(published_lr)
+    assert rec["baselines"]["deepseek_llm"]["available"]
+    assert rec["fit_id"] == steplaw.get("/v1/studies/steplaw").json()["latest_fit_id"]
+
+
+def test_learning_rate_follows_the_lr_batch_valley(steplaw: TestClient) -> None:
+    """In the Step Law sweeps the best lr grows with the batch: conditioning must follow."""
+    lrs = [recommend(steplaw, batch_size=b).json()["learning_rate"]["value"] for b in (128, 512, 2048)]
+    assert lrs[0] < lrs[1] < lrs[2]
+    free = recommend(steplaw).json()
+    at_free_batch = recommend(steplaw, batch_size=free["batch_size"]["value"]).json()
+    assert at_free_batch["learning_rate"]["value"] == pytest.approx(free["learning_rate"]["value"], rel=0.02)
+
+
+def test_batch_multiple_rounds_and_reconditions(steplaw: TestClient) -> None:
+    free = recommend(steplaw).json()
+    rounded = recommend(steplaw, batch_multiple=384).json()
+    batch = rounded["batch_size"]["value"]
+    assert batch % 384 == 0 and abs(math.log(batch / free["batch_size"]["value"])) <= math.log(2)
+    assert_interval(rounded["batch_size"])
+    conditioned = recommend(steplaw, batch_size=batch).json()
+    assert rounded["learning_rate"]["value"] == pytest.approx(conditioned["learning_rate"]["value"], rel=1e-9)
+    assert any("rounded" in w for w in rounded["warnings"])
+
+
+def test_recommendation_errors(steplaw: TestClient, client: TestClient) -> None:
+    response = steplaw.get("/v1/studies/steplaw/recommendation", params={"n_params": 7e9, "width": 4096})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "tokens"
+    for bad in ({"n_params": -1}, {"n_params": "lots"}, {"batch_size": 0}, {"batch_multiple": 0}):
+        response = recommend(steplaw, **bad)
+        assert response.status_code == 422, (bad, response.text)
+    assert recommend(steplaw, compute=1e22).status_code == 422  # with n_params and tokens too
+    assert client.get("/v1/studies/nope/recommendation", params=TARGET_7B).status_code == 404
+    client.post("/v1/studies", json={"name": "flat"})
+    runs = [{"n_params": n, "tokens": 2e10, "learning_rate": 1e-3, "batch_size": 64, "final_loss": 3 - n / 1e9,
+             "run_key": str(n)} for n in (1e8, 2e8, 4e8)]
+    client.post("/v1/studies/flat/runs", json={"runs": runs})
+    response = client.get("/v1/studies/flat/recommendation", params=TARGET_7B)
+    assert response.status_code == 409, response.text[:800]
+    assert response.json()["error"]["code"] == "insufficient_data"
+    assert "learning rate" in response.json()["error"]["message"]
+
+
+def test_suggestions_plan_the_next_sweep(steplaw: TestClient) -> None:
+    response = steplaw.get("/v1/studies/steplaw/suggestions", params={"count": 3, **TARGET_7B})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 3
+    largest_proxy = max(6 * o["scale"]["n_params"] * o["scale"]["tokens"]
+                        for o in steplaw.get("/v1/studies/steplaw/fits/latest").json()["optima"])
+    shrinks = [item["cumulative_shrink"]["learning_rate"] for item in items]
+    assert 0 < shrinks[0] <= shrinks[1] <= shrinks[2] < 1  # each adds information
+    for item in items:
+        assert item["reason"].endswith(".") and "learning rate" in item["reason"]
+        assert item["flops"] <= 16 * largest_proxy * 1.01 or item["flops"] <= 0.01 * 6 * 7e9 * 1.4e12
+        assert item["sweep"]["learning_rate"][0] < item["learning_rate"] < item["sweep"]["learning_rate"][-1]
+    bad = steplaw.get("/v1/studies/steplaw/suggestions", params={"count": 0, **TARGET_7B})
+    assert bad.status_code == 422
+    missing = steplaw.get("/v1/studies/steplaw/suggestions", params={"n_params": 7e9})
+    assert missing.status_code == 422 and missing.json()["error"]["details"][0]["field"] == "tokens"
