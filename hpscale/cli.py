@@ -263,6 +263,80 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- recommend ----------------------------------------------------------------------
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def _interval_row(name: str, interval: dict[str, float] | None, unit: str = "") -> str:
+    if interval is None:
+        return f"{name:<16} {'—':>12}"
+    return (f"{name:<16} {_fmt(interval['value']):>12}   90% [{_fmt(interval['low'])}, "
+            f"{_fmt(interval['high'])}] {unit}").rstrip()
+
+
+def format_recommendation(study: str, rec: dict[str, Any]) -> str:
+    """A launcher-readable table of a recommendation, its baselines and its warnings."""
+    target = rec.get("target") or {}
+    scale = ", ".join(f"{k}={_fmt(v)}" for k, v in target.items() if v is not None)
+    ext = rec["extrapolation"]
+    lines = [
+        f"study {study}, fit {rec['fit_id']} (data version {rec['data_version']})",
+        f"target: {scale}",
+        f"extrapolation: {ext['level']} (factor {ext['factor']:.3g})",
+        "",
+        _interval_row("learning_rate", rec["learning_rate"]),
+        _interval_row("batch_size", rec["batch_size"], "sequences"),
+        f"{'batch_tokens':<16} {_fmt(rec.get('batch_tokens')):>12}",
+        _interval_row("weight_decay", rec["weight_decay"]),
+        _interval_row("predicted_loss", rec["predicted_loss"]),
+    ]
+    if rec.get("compute_optimal"):
+        co = rec["compute_optimal"]
+        lines += ["", f"compute-optimal at {co['flops']:.3g} FLOPs:",
+                  _interval_row("  n_params", co["n_params"]), _interval_row("  tokens", co["tokens"])]
+    available = {k: v for k, v in (rec.get("baselines") or {}).items() if v.get("available")}
+    if available:
+        lines += ["", f"{'baseline':<16} {'learning_rate':>13} {'batch_size':>11}"]
+        for name, b in available.items():
+            lines.append(f"{name:<16} {_fmt(b.get('learning_rate')):>13} {_fmt(b.get('batch_size')):>11}")
+    if rec.get("per_layer"):
+        lines += ["", "per-layer multipliers (μP family):"]
+        for cls, rule in (rec["per_layer"].get("classes") or {}).items():
+            lines.append(f"  {cls:<14} lr ×{_fmt(rule.get('lr_multiplier'))}  init ×{_fmt(rule.get('init_std_multiplier'))}")
+    if rec.get("warnings"):
+        lines += ["", "warnings:"] + [f"  - {w}" for w in rec["warnings"]]
+    return "\n".join(lines)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from hpscale.client import Client, HpscaleError
+
+    token = args.token or os.environ.get("HPSCALE_TOKEN")
+    target = {
+        "n_params": args.n_params, "tokens": args.tokens, "width": args.width, "depth": args.depth,
+        "batch_size": args.batch_size, "batch_multiple": args.batch_multiple, "compute": args.compute,
+        "seq_len": args.seq_len,
+    }
+    try:
+        with Client(args.url, token) as client:
+            rec = client.recommend(args.study, **target)
+    except HpscaleError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        for detail in error.details:
+            print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
+        return 1
+    except Exception as error:  # connection refused, DNS, timeout: say what and where
+        print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(rec, indent=2) if args.json else format_recommendation(args.study, rec))
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -307,6 +381,21 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--study", required=True)
     exp.add_argument("--output", "-o", help="file (default: standard output)")
     exp.set_defaults(func=cmd_export)
+
+    rec = sub.add_parser("recommend", help="ask a running server for hyperparameters at a target")
+    rec.add_argument("--study", required=True)
+    rec.add_argument("--n-params", type=float)
+    rec.add_argument("--tokens", type=float)
+    rec.add_argument("--width", type=float)
+    rec.add_argument("--depth", type=float)
+    rec.add_argument("--batch-size", type=float, help="condition the learning rate on this batch (sequences)")
+    rec.add_argument("--batch-multiple", type=int, help="round the batch to a multiple of this")
+    rec.add_argument("--compute", type=float, help="FLOP budget instead of --n-params/--tokens")
+    rec.add_argument("--seq-len", type=int)
+    rec.add_argument("--url", default=os.environ.get("HPSCALE_URL", "http://127.0.0.1:8000"))
+    rec.add_argument("--token", help="bearer token (default: $HPSCALE_TOKEN)")
+    rec.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    rec.set_defaults(func=cmd_recommend)
 
     tokens = sub.add_parser("tokens", help="API tokens")
     tok_sub = tokens.add_subparsers(dest="tokens_command", required=True)
