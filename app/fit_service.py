@@ -47,6 +47,7 @@ class StoredFit:
     created_at: Any
     created_by: str | None
     result: StudyFit
+    study: StudyInfo
 
     def to_contract(self) -> dict[str, Any]:
         """The contract's fit object; JSON has no NaN, so unknown numbers become null."""
@@ -91,7 +92,8 @@ class _FitCache:
             if cached is not None:
                 self._items.move_to_end(key)
                 return cached
-        rebuilt = StudyFit.from_state(row["result"])
+        with engine.connect() as conn, conn.begin():
+            rebuilt = StudyFit.from_state(queries.fit_result(conn, row["id"]))
         with self._lock:
             self._items[key] = rebuilt
             while len(self._items) > self._size:
@@ -102,7 +104,17 @@ class _FitCache:
 _cache = _FitCache()
 
 
-def _stored(engine: Engine, row: dict[str, Any]) -> StoredFit:
+def _study_info(study: Study) -> StudyInfo:
+    return StudyInfo(
+        parameterization=study.parameterization,
+        optimizer=study.optimizer,
+        base_width=study.base_width,
+        base_depth=study.base_depth,
+        seq_len=study.seq_len,
+    )
+
+
+def _stored(engine: Engine, row: dict[str, Any], study: Study) -> StoredFit:
     return StoredFit(
         id=row["id"],
         study_id=row["study_id"],
@@ -112,6 +124,7 @@ def _stored(engine: Engine, row: dict[str, Any]) -> StoredFit:
         created_at=row["created_at"],
         created_by=row["created_by"],
         result=_cache.get(engine, row),
+        study=_study_info(study),
     )
 
 
@@ -172,7 +185,7 @@ def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: 
                 queries.latest_done_fit(conn, study.id, study.data_version) if any_bootstrap else None
             ) or queries.fit_for_version(conn, study.id, study.data_version, bootstrap)
         if row is not None and row["status"] == "done":
-            return _stored(engine, row)
+            return _stored(engine, row, study)
         if row is not None and row["status"] == "failed":
             raise _insufficient(row["error"] or "the study's runs do not support a fit")
         if row is None:
@@ -202,7 +215,7 @@ def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> StoredFit:
         row = queries.get_fit(conn, study.id, fit_id)
     if row is None or row["status"] != "done":
         raise ApiError(404, "not_found", f"study '{study_name}' has no fit {fit_id}")
-    return _stored(engine, row)
+    return _stored(engine, row, study)
 
 
 def latest_fit(engine: Engine, study_name: str) -> StoredFit:
@@ -211,16 +224,5 @@ def latest_fit(engine: Engine, study_name: str) -> StoredFit:
         row = queries.latest_done_fit(conn, study.id)
     if row is None:
         raise ApiError(404, "not_found", f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
-    return _stored(engine, row)
+    return _stored(engine, row, study)
 
-
-def study_info(engine: Engine, study_name: str) -> StudyInfo:
-    with engine.connect() as conn, conn.begin():
-        study = get_study_or_404(conn, study_name)
-    return StudyInfo(
-        parameterization=study.parameterization,
-        optimizer=study.optimizer,
-        base_width=study.base_width,
-        base_depth=study.base_depth,
-        seq_len=study.seq_len,
-    )

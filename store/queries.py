@@ -244,18 +244,25 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
 # --- fits ---------------------------------------------------------------------------
 
 _FIT_COLUMNS = Fit.__table__.c
+# Fit rows are looked up on every recommendation; the (large) result is read only when a
+# process has not cached that fit yet (see fit_result).
+_FIT_HEADER = [column for column in Fit.__table__.c if column.name != "result"]
+
+
+def fit_result(conn: Connection, fit_id: int) -> dict[str, Any] | None:
+    return conn.execute(select(_FIT_COLUMNS.result).where(_FIT_COLUMNS.id == fit_id)).scalar_one_or_none()
 
 
 def get_fit(conn: Connection, study_id: int, fit_id: int) -> dict[str, Any] | None:
     row = conn.execute(
-        select(Fit.__table__).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.id == fit_id)
+        select(*_FIT_HEADER).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.id == fit_id)
     ).first()
     return None if row is None else dict(row._mapping)
 
 
 def latest_done_fit(conn: Connection, study_id: int, data_version: int | None = None) -> dict[str, Any] | None:
     """The newest finished fit of the study (of one data version, if given)."""
-    stmt = select(Fit.__table__).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status == "done")
+    stmt = select(*_FIT_HEADER).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status == "done")
     if data_version is not None:
         stmt = stmt.where(_FIT_COLUMNS.data_version == data_version)
     row = conn.execute(stmt.order_by(_FIT_COLUMNS.id.desc()).limit(1)).first()
@@ -264,7 +271,7 @@ def latest_done_fit(conn: Connection, study_id: int, data_version: int | None = 
 
 def fit_for_version(conn: Connection, study_id: int, data_version: int, bootstrap: int) -> dict[str, Any] | None:
     row = conn.execute(
-        select(Fit.__table__).where(
+        select(*_FIT_HEADER).where(
             _FIT_COLUMNS.study_id == study_id,
             _FIT_COLUMNS.data_version == data_version,
             _FIT_COLUMNS.bootstrap == bootstrap,

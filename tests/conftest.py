@@ -106,7 +106,8 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def client(engine: Engine, database_url: str, tokens: dict[str, str]) -> Iterator[TestClient]:
     """An authenticated app client whose default token is admin."""
-    app = create_app(Settings(database_url=database_url), engine=engine)
+    # Fewer bootstrap resamples than the service default: API tests check shapes, not coverage.
+    app = create_app(Settings(database_url=database_url, default_bootstrap=40), engine=engine)
     with TestClient(app, headers=bearer(tokens["admin"])) as test_client:
         yield test_client
 

@@ -88,10 +88,9 @@ def recommendation(
     stored = fit_service.current_fit(
         engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
     )
-    study = fit_service.study_info(engine, name)
     try:
         result = recommend(
-            stored.result, target, study, batch_size=batch_size, batch_multiple=batch_multiple, compute=compute
+            stored.result, target, stored.study, batch_size=batch_size, batch_multiple=batch_multiple, compute=compute
         )
     except MissingTarget as error:
         raise _query_error(error.variable, str(error)) from None
