@@ -216,7 +216,6 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
             fit_now.click()
         _wait_for_charts(page)
         _check_plots(page, client, rec=None)
-        page.screenshot(path=str(ARTIFACTS / "dashboard-1280x800.png"))
 
         shown_lr = _submit_recommendation(page)
         api_rec = client.get("/v1/studies/steplaw/recommendation", params=TARGET).json()
@@ -224,9 +223,11 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         assert 1e-5 < shown_lr < 1e-2
         assert page.locator("#rec-baselines tr[data-baseline=step_law]").count() == 1
         _check_plots(page, client, rec=api_rec)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-1280x800.png"))
         page.locator("#recommend").screenshot(path=str(ARTIFACTS / "dashboard-recommendation.png"))
         page.locator(".charts").screenshot(path=str(ARTIFACTS / "dashboard-charts-1280.png"))
-        page.screenshot(path=str(ARTIFACTS / "dashboard-full-1280.png"), full_page=True)
+        page.locator("#diagnostics").screenshot(path=str(ARTIFACTS / "dashboard-diagnostics.png"))
 
         # Runs table: server-side pages and filters.
         table = page.locator("#runs-table")
@@ -238,6 +239,9 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         page.click("#runs-filter button[type=submit]")
         n960 = sum(1 for r in _all_runs(client) if r["width"] == 960)
         expect(table).to_have_attribute("data-row-count", str(n960), timeout=TIMEOUT_MS)
+        box = page.locator("#runs").bounding_box()
+        page.screenshot(path=str(ARTIFACTS / "dashboard-runs-1280.png"), full_page=True,
+                        clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": min(box["height"], 900)})
 
         # A narrow window: everything stacks, the charts redraw at the new width.
         page.set_viewport_size({"width": 390, "height": 844})
@@ -246,7 +250,9 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         assert int(width) < 390
         assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
         _check_plots(page, client, rec=api_rec)
-        page.screenshot(path=str(ARTIFACTS / "dashboard-narrow-390.png"), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-narrow-390x844.png"))
+        page.locator(".charts").screenshot(path=str(ARTIFACTS / "dashboard-charts-narrow-390.png"))
         assert not external, f"requests left the service: {external}"
         assert not errors, errors
         context.close()

@@ -73,7 +73,7 @@ const Charts = (() => {
       for (let m = 1; m < 10; m++) {
         const v = m * Math.pow(10, e), lv = Math.log10(v);
         if (lv < a - 1e-9 || lv > b + 1e-9) continue;
-        const labelled = m === 1 || (span < 1.2 && (m === 2 || m === 5)) || (span < 0.5);
+        const labelled = m === 1 || (span < 2.6 && (m === 2 || m === 5)) || (span < 1.2 && m === 3) || span < 0.5;
         (labelled ? major : minor).push(v);
       }
     }

@@ -257,7 +257,7 @@
     renderLossLaw(scales);
   }
 
-  const lrFormat = v => fmt(v, 2);
+  const lrFormat = v => { const e = Math.floor(Math.log10(v) + 1e-9); return Number((v / Math.pow(10, e)).toPrecision(2)) + "e" + e; };
   const countFormat = v => human(v);
 
   function renderLossVsLr(scales) {
@@ -358,8 +358,8 @@
       sel = el("select", { id: "x-var", "aria-label": "x axis of the optimum plots" });
       sel.addEventListener("change", () => { state.xVar = sel.value; renderCharts(); });
       const charts = document.querySelector(".charts");
-      charts.before(el("div", { class: "chart-controls card" }, el("label", { class: "inline-control" }, "Plot the optima against ", sel),
-        el("span", { class: "muted small", text: " For laws in several variables, each optimum is rescaled by the fitted exponents to the target's (or the proxies' typical) value of the other variables, so all points share one line; hover a point for its raw value." })));
+      charts.prepend(el("div", { class: "chart-controls" }, el("label", { class: "inline-control" }, "Optima plotted against ", sel),
+        el("span", { class: "muted small", text: "With a law in several variables, each optimum is rescaled by the fitted exponents to the target's (else the proxies' typical) value of the others, so all share one line; hover a point for its raw value." })));
     }
     clear(sel);
     for (const v of opts) sel.append(el("option", { value: v, text: VAR_LABEL[v], selected: v === state.xVar }));
@@ -516,7 +516,7 @@
     if (fit.loss_law) {
       const ll = fit.loss_law;
       body.append(el("h3", { text: "Loss law" }), el("p", null, el("code", { text: ll.form })),
-        el("div", { class: "table-wrap" }, el("table", { class: "data compact" }, el("tbody", null,
+        el("div", { class: "table-wrap" }, el("table", { class: "data compact kv", id: "diag-loss-law" }, el("tbody", null,
           Object.entries(ll.params || {}).map(([k, v]) => el("tr", null, el("td", { text: k }), el("td", { class: "num", text: fmtInterval(v, x => fmt(x, 4)) })))))));
     }
 
