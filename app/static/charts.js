@@ -197,6 +197,8 @@ const Charts = (() => {
     const plotArea = s("g", { "clip-path": `url(#${clipId})` });
     const top = m.t + 7;
     const yPix = v => (clipMax !== undefined && v > clipMax) ? top : Y.f(v);
+    // Past a few thousand points, per-point tooltips cost more than they help (and slow redraws).
+    const light = series.reduce((n, se) => n + (se.points || []).length, 0) > 4000;
     const order = { band: 0, guide: 1, law: 2, data: 3, target: 4 };
     const sorted = series.map((se, i) => [se, i]).sort((a, b) => (order[a[0].role] ?? 3) - (order[b[0].role] ?? 3));
     const overlay = s("g", { class: "overlay" });
@@ -215,7 +217,14 @@ const Charts = (() => {
       for (const p of se.points || []) {
         const px = X.f(p.x), off = clipMax !== undefined && p.y > clipMax;
         const py = yPix(p.y);
-        const pg = s("g", { class: "pt", "data-role": se.role === "data" ? "point" : se.role });
+        const role = se.role === "data" ? "point" : se.role;
+        if (light && p.lo === undefined) {  // many points: one bare element each, no tooltip
+          const mk = marker(off ? "triangle" : (p.marker || se.marker || "circle"), px, py, p.r || se.r || 3.2, p.color || se.color);
+          mk.setAttribute("class", "pt"); mk.setAttribute("data-role", role);
+          g.append(mk);
+          continue;
+        }
+        const pg = s("g", { class: "pt", "data-role": role });
         if (p.lo !== undefined && p.hi !== undefined && isFinite(p.lo) && isFinite(p.hi)) {
           pg.append(s("line", { x1: px, x2: px, y1: Y.f(Math.min(p.hi, Y.hi)), y2: Y.f(Math.max(p.lo, Y.lo)), stroke: p.color || se.color, "stroke-width": 1.4, class: "errbar" }));
           for (const v of [p.lo, p.hi]) if (v >= Y.lo && v <= Y.hi) pg.append(s("line", { x1: px - 3, x2: px + 3, y1: Y.f(v), y2: Y.f(v), stroke: p.color || se.color, "stroke-width": 1.4 }));

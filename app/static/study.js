@@ -9,7 +9,7 @@
   // runs shows the first PLOT_RUN_CAP and says so; the optimum plots use the fit's
   // per-scale optima, which summarise all runs.
   const PLOT_PAGE = 1000;
-  const PLOT_RUN_CAP = 20000;
+  const PLOT_RUN_CAP = 10000;
   const AXES = [
     ["learning_rate", "learning rate (peak)", "lr*"],
     ["batch_size", "batch size [sequences]", "bs*"],
@@ -62,11 +62,12 @@
       return;
     }
     renderSummary();
+    loadRunsPage(true);  // the table does not wait for the plots
     const runsPromise = loadPlotRuns();
     await loadFit();
+    renderCharts();  // optima and laws at once; the loss-vs-LR plot fills in as its pages arrive
     await runsPromise;
-    renderCharts();
-    loadRunsPage(true);
+    renderLossVsLr(scaleTable());
   }
 
   async function loadFit(id) {
@@ -88,12 +89,17 @@
         const page = await api(base + "/runs", { query: { limit: PLOT_PAGE, cursor } });
         runs.push(...page.items);
         cursor = page.next_cursor;
+        if (cursor && runs.length === page.items.length) {  // first page of several: draw it now
+          state.runs = runs.slice(); state.runsTruncated = true; state.runsLoading = true;
+          renderLossVsLr(scaleTable());
+        }
       } while (cursor && runs.length < PLOT_RUN_CAP);
     } catch (e) {
       banner(describeError(e));
     }
     state.runs = runs;
     state.runsTruncated = !!cursor;
+    state.runsLoading = false;
   }
 
   // --- summary and fit status ----------------------------------------------------------
@@ -313,7 +319,7 @@
     box.dataset.divergedRuns = String(diverged);
     box.dataset.loadedRuns = String(state.runs.length);
     const total = state.study ? state.study.run_count : state.runs.length;
-    note.textContent = (state.runsTruncated ? "Showing the first " + state.runs.length.toLocaleString("en-US") + " of " + Number(total).toLocaleString("en-US") + " runs (plot cap); the optimum plots below use all runs through the fit. " : "All " + state.runs.length.toLocaleString("en-US") + " runs. ") +
+    note.textContent = (state.runsLoading ? "Loading runs… " : "") + (state.runsTruncated ? "Showing the first " + state.runs.length.toLocaleString("en-US") + " of " + Number(total).toLocaleString("en-US") + " runs (plot cap); the optimum plots below use all runs through the fit. " : "All " + state.runs.length.toLocaleString("en-US") + " runs. ") +
       "One colour per scale (dark = small, light = large); the line joins the best loss at each learning rate. " +
       (diverged ? diverged + " diverged runs marked ×. " : "") + (failed ? failed + " failed runs not shown. " : "") +
       (nClipped ? nClipped + " runs with loss above " + fmt(clip, 3) + " drawn as ▲ on the top edge." : "");
