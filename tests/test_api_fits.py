@@ -183,3 +183,63 @@ def test_suggestions_plan_the_next_sweep(steplaw: TestClient) -> None:
     assert bad.status_code == 422
     missing = steplaw.get("/v1/studies/steplaw/suggestions", params={"n_params": 7e9})
     assert missing.status_code == 422 and missing.json()["error"]["details"][0]["field"] == "tokens"
+
+
+def test_mup_study_returns_per_layer_multipliers(client: TestClient) -> None:
+    """A μP sweep over width (lr* constant, as μP promises): per-layer rules at a 16× wider target."""
+    client.post("/v1/studies", json={"name": "mup", "parameterization": "mup", "base_width": 256, "base_depth": 8})
+    rng = __import__("random").Random(3)
+    runs = []
+    for width in (256, 512, 1024):
+        n = 12 * 8 * width**2
+        for tokens in (20 * n, 60 * n):
+            for k in range(9):
+                lr = 0.01 * 2 ** (k - 4 + rng.uniform(-0.3, 0.3))
+                loss = (1.8 + 300 / n**0.3 + 300 / tokens**0.3) * (1 + 0.02 * math.log(lr / 0.01) ** 2)
+                runs.append({"run_key": f"{width}-{tokens}-{k}", "n_params": n, "tokens": tokens, "width": width,
+                             "depth": 8, "learning_rate": lr, "batch_size": 256, "final_loss": loss})
+    assert client.post("/v1/studies/mup/runs", json={"runs": runs}).status_code == 201
+    response = client.get("/v1/studies/mup/recommendation",
+                          params={"n_params": 12 * 8 * 4096**2, "tokens": 20 * 12 * 8 * 4096**2, "width": 4096, "depth": 8})
+    assert response.status_code == 200, response.text
+    rec = response.json()
+    assert rec["learning_rate"]["value"] == pytest.approx(0.01, rel=0.3)
+    layers = rec["per_layer"]
+    assert layers["width_multiplier"] == 16
+    m = 16.0
+    hidden, output, vector = (layers["classes"][c] for c in ("hidden", "output", "vector_like"))
+    # RULES.md §1, Adam: hidden LR η/m and init σ/√m; output forward 1/m; vector-like unchanged.
+    assert hidden["lr_multiplier"] == pytest.approx(1 / m)
+    assert hidden["init_std_multiplier"] == pytest.approx(m**-0.5)
+    assert output["forward_multiplier"] == pytest.approx(1 / m) and output["lr_multiplier"] == 1
+    assert vector["lr_multiplier"] == 1 and vector["init_std_multiplier"] == 1
+    assert hidden["learning_rate"] == pytest.approx(rec["learning_rate"]["value"] / m)
+
+
+def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient) -> None:
+    import csv
+
+    with (STEPLAW_CSV.parent / "chinchilla_epoch.csv").open() as handle:
+        points = [(float(r["Model Size"]), float(r["Training FLOP"]), float(r["loss"])) for r in csv.DictReader(handle)]
+    points = sorted(points, key=lambda p: p[2])[:-5]  # Epoch drops the 5 highest-loss points
+    client.post("/v1/studies", json={"name": "chinchilla"})
+    runs = [{"run_key": f"c{i}", "n_params": n, "tokens": c / (6 * n), "learning_rate": 2e-4, "batch_size": 512,
+             "final_loss": loss} for i, (n, c, loss) in enumerate(points)]
+    assert client.post("/v1/studies/chinchilla/runs", json={"runs": runs}).status_code == 201
+    fit = client.post("/v1/studies/chinchilla/fits").json()
+    params = fit["loss_law"]["params"]
+    assert fit["loss_law"]["form"] == "L = E + A/N^alpha + B/D^beta"
+    assert params["alpha"]["value"] == pytest.approx(0.3478, abs=0.01)
+    assert params["beta"]["value"] == pytest.approx(0.3658, abs=0.01)
+    assert params["E"]["value"] == pytest.approx(1.817, abs=0.03)
+    response = client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": 5.76e23})
+    assert response.status_code == 200, response.text
+    allocation = response.json()
+    n_opt, d_opt = allocation["n_params"]["value"], allocation["tokens"]["value"]
+    assert 6 * n_opt * d_opt == pytest.approx(5.76e23, rel=1e-6)
+    assert 2e10 < n_opt < 2e11 and 5 < d_opt / n_opt < 60
+    assert_interval(allocation["predicted_loss"])
+    # The learning rate was never swept here: no recommendation, and the 409 says why.
+    response = client.get("/v1/studies/chinchilla/recommendation", params={"compute": 5.76e23})
+    assert response.status_code == 409 and "learning rate" in response.json()["error"]["message"]
+    assert client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": -1}).status_code == 422
