@@ -239,9 +239,10 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         page.click("#runs-filter button[type=submit]")
         n960 = sum(1 for r in _all_runs(client) if r["width"] == 960)
         expect(table).to_have_attribute("data-row-count", str(n960), timeout=TIMEOUT_MS)
-        box = page.locator("#runs").bounding_box()
+        box = page.locator("#runs").bounding_box()  # viewport coordinates; the clip wants page ones
+        top = box["y"] + page.evaluate("window.scrollY")
         page.screenshot(path=str(ARTIFACTS / "dashboard-runs-1280.png"), full_page=True,
-                        clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": min(box["height"], 900)})
+                        clip={"x": box["x"], "y": top, "width": box["width"], "height": min(box["height"], 900)})
 
         # A narrow window: everything stacks, the charts redraw at the new width.
         page.set_viewport_size({"width": 390, "height": 844})
