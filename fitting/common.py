@@ -18,7 +18,15 @@ SCALE_VARS: tuple[str, ...] = ("n_params", "tokens", "width", "depth", "compute"
 
 
 class InsufficientData(ValueError):
-    """The data cannot identify what was asked; the message names what is missing."""
+    """The data cannot identify what was asked; the message names what is missing.
+
+    `missing`, when given, is a short phrase of what would make it identifiable
+    (e.g. "runs at a second value of tokens").
+    """
+
+    def __init__(self, message: str, missing: str | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 @dataclass(frozen=True)

@@ -6,86 +6,51 @@ with δ = 1e-3 by L-BFGS-B from a grid of starting points, with A = eᵃ, B = e�
 Uncertainty comes from a nonparametric bootstrap over the points.
 
 Speed: the full grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 25},
-4,500 starts) is evaluated in one vectorised pass and only the `polish` (default 64)
-starts with the lowest objective are refined by L-BFGS-B with an analytic gradient.
-Checked on the shared Chinchilla points (5 highest-loss dropped): polishing all 4,500
-starts takes about a minute and reaches objective 1.018274e-3; 1,514 starts reach it, the
-lowest-objective grid start is one of them, and the top-64 polish returns the same
-parameters to 1e-7 in about 1 s (`tests/test_fitting_loss_transfer.py` re-checks this
-against a random sample of the other starts).
+4,500 starts) is evaluated in one vectorised pass; the `polish` (default 64) starts with the
+lowest grid objective are run together through a batched damped Newton screen
+(`_newton_batch`, exact 5×5 Hessians), and the `LBFGS_STARTS` (4) starts whose screen
+ended lowest are refined by L-BFGS-B with an analytic gradient. On the shared Chinchilla
+points (5 highest-loss dropped) polishing all 4,500 starts reaches objective 1.018274e-3
+from 1,514 of them, and this path returns the same parameters to 1e-7
+(`tests/test_fitting_loss_transfer.py` re-checks it against other starts).
+
+Bootstrap: every resample is the point problem with multinomial weights, so all of them
+are refitted at once by the same batched Newton from the point estimate; only resamples
+it does not converge on get the per-resample L-BFGS-B refit. On Chinchilla this gives the
+L-BFGS-B bootstrap's intervals to ~1e-6 relative, about 30× faster.
+
+Threads: L-BFGS-B still calls scipy's OpenBLAS. With its default thread pool on busy
+cores a fit was 8–25× slower in our measurements, so run processes that fit with
+OPENBLAS_NUM_THREADS=1 (`bench/fit.py` does; `hpscale serve` should).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize
+
+from fitting.common import LEVEL as INTERVAL_LEVEL
+from fitting.common import InsufficientData, Interval
 
 FORM = "L = E + A/N^alpha + B/D^beta"
 PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
 HUBER_DELTA = 1e-3
 MIN_POINTS = 5
-INTERVAL_LEVEL = 0.90
 MAX_STORED_SAMPLES = 200
 DEFAULT_POLISH = 64
 # Default L-BFGS-B tolerances stop a warm-started bootstrap refit after a dozen steps,
 # long before the tiny Huber gradients (δ = 1e-3) have settled.
 _LBFGS_OPTIONS = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 10_000}
-
-
-class InsufficientDataError(ValueError):
-    """The data cannot identify the loss law; `missing` says what would be needed."""
-
-    def __init__(self, message: str, missing: str) -> None:
-        super().__init__(message)
-        self.missing = missing
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a central 90% interval, low ≤ value ≤ high."""
-
-    value: float
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not (self.low <= self.value <= self.high):
-            raise ValueError(f"interval not ordered: low={self.low}, value={self.value}, high={self.high}")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
-        return cls(float(d["value"]), float(d["low"]), float(d["high"]))
-
-    @classmethod
-    def from_samples(cls, value: float, samples: np.ndarray) -> Interval:
-        """Percentile interval of `samples` around `value`.
-
-        A percentile interval can miss the point estimate when the bootstrap
-        distribution is very skewed; it is widened to include it rather than
-        reporting an interval that contradicts the estimate.
-        """
-        samples = np.asarray(samples, dtype=float)
-        samples = samples[np.isfinite(samples)]
-        if samples.size == 0:
-            return cls(float(value), float(value), float(value))
-        tail = 100 * (1 - INTERVAL_LEVEL) / 2
-        lo, hi = np.percentile(samples, [tail, 100 - tail])
-        return cls(float(value), float(min(lo, value)), float(max(hi, value)))
+NEWTON_MAX_ITER = 200
+# Grid starts refined by L-BFGS-B after the batched Newton screen ranks all `polish` of them.
+LBFGS_STARTS = 4
 
 
 def _log_params(params: Mapping[str, float]) -> np.ndarray:
@@ -151,57 +116,6 @@ def initial_grid() -> np.ndarray:
     return np.array(list(itertools.product(a, a, e, ab, ab)), dtype=float)
 
 
-def _scipy_openblas_thread_controls() -> list[tuple[Any, Any]]:
-    """(get, set) num-threads functions of the OpenBLAS bundled with scipy wheels, if any."""
-    controls = []
-    libdir = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
-    for path in sorted(libdir.glob("libscipy_openblas*.so*")) if libdir.is_dir() else ():
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError:
-            continue
-        for get_name, set_name in (
-            ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-            ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-            ("openblas_get_num_threads", "openblas_set_num_threads"),
-        ):
-            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
-            if get is not None and set_ is not None:
-                controls.append((get, set_))
-                break
-    return controls
-
-
-_BLAS_LOCK = threading.Lock()
-_BLAS_STATE: dict[str, Any] = {"depth": 0, "saved": [], "controls": None}
-
-
-@contextlib.contextmanager
-def _single_threaded_scipy_blas():
-    """Run L-BFGS-B with scipy's OpenBLAS on one thread, restoring the previous setting after.
-
-    L-BFGS-B's 5×5 BLAS calls gain nothing from threads, but when the cores are
-    busy (a loaded server, parallel tests) OpenBLAS's spinning worker threads made
-    the Chinchilla fit 8–10x slower in our measurements (3 s → 27 s on 2 cores).
-    """
-    with _BLAS_LOCK:
-        if _BLAS_STATE["controls"] is None:
-            _BLAS_STATE["controls"] = _scipy_openblas_thread_controls()
-        if _BLAS_STATE["depth"] == 0:
-            _BLAS_STATE["saved"] = [int(get()) for get, _ in _BLAS_STATE["controls"]]
-            for _, set_ in _BLAS_STATE["controls"]:
-                set_(1)
-        _BLAS_STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_STATE["depth"] -= 1
-            if _BLAS_STATE["depth"] == 0:
-                for (_, set_), n in zip(_BLAS_STATE["controls"], _BLAS_STATE["saved"]):
-                    set_(n)
-
-
 def _polish(theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float):
     return minimize(
         _objective_and_grad,
@@ -211,6 +125,89 @@ def _polish(theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.
         method="L-BFGS-B",
         options=_LBFGS_OPTIONS,
     )
+
+
+def _batch_derivs(
+    theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, w: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Σ_i w_ki Huber_δ(r_ki), its gradient (K, 5) and exact Hessian (K, 5, 5) for K parameter rows.
+
+    r = LSE(z) − log L with z = (a − α log N, b − β log D, e), p = softmax(z), J = ∇r;
+    ∇²r = Σ_k p_k d_k d_kᵀ − J Jᵀ with d_k = ∂z_k/∂θ, so H = Σ w[ψ'' J Jᵀ + ψ' ∇²r].
+    """
+    z1 = theta[:, [0]] - theta[:, [3]] * log_n
+    z2 = theta[:, [1]] - theta[:, [4]] * log_d
+    z3 = np.broadcast_to(theta[:, [2]], z1.shape)
+    m = np.maximum(np.maximum(z1, z2), z3)
+    e1, e2, e3 = np.exp(z1 - m), np.exp(z2 - m), np.exp(z3 - m)
+    s = e1 + e2 + e3
+    p1, p2, p3 = e1 / s, e2 / s, e3 / s
+    r = m + np.log(s) - log_l
+    f = (w * _huber(r, delta)).sum(axis=1)
+    d1 = w * np.clip(r, -delta, delta)
+    d2 = w * (np.abs(r) <= delta)
+    jac = np.stack([p1, p2, p3, -p1 * log_n, -p2 * log_d], axis=-1)
+    g = np.einsum("kp,kpi->ki", d1, jac)
+    h = np.einsum("kp,kpi,kpj->kij", d2 - d1, jac, jac)
+    c1, c2, c3 = d1 * p1, d1 * p2, d1 * p3
+    t1, t2 = (c1 * log_n).sum(axis=1), (c2 * log_d).sum(axis=1)
+    h[:, 0, 0] += c1.sum(axis=1)
+    h[:, 3, 3] += (c1 * log_n**2).sum(axis=1)
+    h[:, 0, 3] -= t1
+    h[:, 3, 0] -= t1
+    h[:, 1, 1] += c2.sum(axis=1)
+    h[:, 4, 4] += (c2 * log_d**2).sum(axis=1)
+    h[:, 1, 4] -= t2
+    h[:, 4, 1] -= t2
+    h[:, 2, 2] += c3.sum(axis=1)
+    return f, g, h
+
+
+def _newton_batch(
+    theta0: np.ndarray,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    log_l: np.ndarray,
+    w: np.ndarray,
+    delta: float,
+    max_iter: int = NEWTON_MAX_ITER,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg–Marquardt-damped Newton on K weighted problems at once → (theta, objective, converged).
+
+    A row has converged when its gradient is below L-BFGS-B's gtol or an accepted step
+    lowered the objective by less than its ftol·max(1, f) — the same stopping rules the
+    L-BFGS-B refit uses — or when no damping makes a descent step (a flat minimum).
+    """
+    theta = np.array(theta0, dtype=float)
+    ftol, gtol = _LBFGS_OPTIONS["ftol"], _LBFGS_OPTIONS["gtol"]
+    mu = np.full(len(theta), 1e-3)
+    conv = np.zeros(len(theta), dtype=bool)
+    f, g, h = _batch_derivs(theta, log_n, log_d, log_l, w, delta)
+    conv |= np.abs(g).max(axis=1) <= gtol
+    eye = np.eye(5)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(~conv)
+        if idx.size == 0:
+            break
+        # Marquardt scaling: α and β carry log N, log D (~20) factors a, b, e lack.
+        dg = np.abs(np.diagonal(h[idx], axis1=1, axis2=2))
+        dg = np.maximum(dg, 1e-12 * dg.max(axis=1, keepdims=True) + 1e-300)
+        with np.errstate(all="ignore"):
+            step = -np.linalg.solve(h[idx] + mu[idx, None, None] * dg[:, :, None] * eye, g[idx][:, :, None])[..., 0]
+            ok = np.all(np.isfinite(step), axis=1) & ((step * g[idx]).sum(axis=1) < 0)
+            trial = theta[idx] + np.where(ok[:, None], step, 0.0)
+            f_new = (w[idx] * _huber(_log_predict(trial, log_n, log_d) - log_l, delta)).sum(axis=1)
+        acc = ok & np.isfinite(f_new) & (f_new <= f[idx])
+        up, down = idx[acc], idx[~acc]
+        decrease = f[up] - f_new[acc]
+        theta[up] = trial[acc]
+        mu[up] = np.maximum(mu[up] / 10, 1e-12)
+        mu[down] *= 10
+        conv[down] = mu[down] > 1e12
+        if up.size:
+            f[up], g[up], h[up] = _batch_derivs(theta[up], log_n, log_d, log_l, w[up], delta)
+            conv[up] = (np.abs(g[up]).max(axis=1) <= gtol) | (decrease <= ftol * np.maximum(1.0, f[up]))
+    return theta, f, conv
 
 
 def _validate(n_params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[np.ndarray, ...]:
@@ -227,7 +224,7 @@ def _validate(n_params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[
         )
     n = arrays[0].size
     if n < MIN_POINTS:
-        raise InsufficientDataError(
+        raise InsufficientData(
             f"the loss law has 5 parameters and needs at least {MIN_POINTS} (n_params, tokens, loss) "
             f"points; got {n}",
             missing=f"{MIN_POINTS - n} more completed run(s)",
@@ -235,14 +232,14 @@ def _validate(n_params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[
     for name, arr in (("n_params", arrays[0]), ("tokens", arrays[1])):
         distinct = np.unique(arr).size
         if distinct < 2:
-            raise InsufficientDataError(
+            raise InsufficientData(
                 f"the loss law needs runs at >= 2 distinct {name} to separate its {name} term; "
                 f"all {n} points have {name} = {arr[0]:.6g}",
                 missing=f"runs at a second value of {name}",
             )
     corr = float(np.corrcoef(np.log(arrays[0]), np.log(arrays[1]))[0, 1])
     if abs(corr) > 0.9999:
-        raise InsufficientDataError(
+        raise InsufficientData(
             "n_params and tokens vary together (log-log correlation "
             f"{corr:.4f}), so the N and D terms of the loss law cannot be told apart",
             missing="runs at different token budgets for the same n_params",
@@ -366,15 +363,14 @@ def fit_loss_law(
 
     `bootstrap` resamples of the points are refitted warm-started from the point
     estimate; `polish` grid starts (lowest grid objective first) are refined, or all
-    4,500 when `polish` ≥ 4,500. Raises `InsufficientDataError` with fewer than 5
+    4,500 when `polish` ≥ 4,500. Raises `InsufficientData` (with `.missing`) with fewer than 5
     points, fewer than 2 distinct n_params or tokens, n_params and tokens that vary
     together (D ∝ N^k), or a best fit that diverges; `ValueError` on invalid input.
     """
     if bootstrap < 0 or polish < 1:
         raise ValueError("bootstrap must be >= 0 and polish >= 1")
     n, d, l = _validate(n_params, tokens, loss)
-    with _single_threaded_scipy_blas():
-        return _fit_validated(n, d, l, bootstrap=bootstrap, seed=seed, polish=polish)
+    return _fit_validated(n, d, l, bootstrap=bootstrap, seed=seed, polish=polish)
 
 
 def _fit_validated(
@@ -386,8 +382,10 @@ def _fit_validated(
     grid = initial_grid()
     grid_obj = _huber(_log_predict(grid, log_n, log_d) - log_l, delta).sum(axis=1)
     starts = grid[np.argsort(grid_obj, kind="stable")[: min(polish, len(grid))]]
+    _, screen_obj, _ = _newton_batch(starts, log_n, log_d, log_l, np.ones((len(starts), n.size)), delta)
+    screen_obj = np.where(np.isfinite(screen_obj), screen_obj, np.inf)
     best = None
-    for theta0 in starts:
+    for theta0 in starts[np.argsort(screen_obj, kind="stable")[:LBFGS_STARTS]]:
         res = _polish(theta0, log_n, log_d, log_l, delta)
         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
@@ -397,7 +395,7 @@ def _fit_validated(
     with np.errstate(over="ignore"):
         point = _theta_to_params(theta)
     if not np.all(np.isfinite(point)):
-        raise InsufficientDataError(
+        raise InsufficientData(
             "the data do not constrain the loss law: the best fit sends a parameter to infinity "
             f"(E, A, B, alpha, beta = {', '.join(f'{v:.3g}' for v in point)})",
             missing="runs spanning a wider range of n_params and tokens",
@@ -424,20 +422,22 @@ def _fit_validated(
             )
 
     rng = np.random.default_rng(seed)
-    boot: list[np.ndarray] = []
-    failed = 0
-    for _ in range(bootstrap):
-        idx = rng.integers(0, n.size, n.size)
-        if np.unique(n[idx]).size < 2 or np.unique(d[idx]).size < 2:
-            failed += 1
-            continue
-        res = _polish(theta, log_n[idx], log_d[idx], log_l[idx], delta)
-        if not np.all(np.isfinite(res.x)) or not np.isfinite(res.fun):
-            failed += 1
-            continue
-        boot.append(res.x)
+    resamples = [rng.integers(0, n.size, n.size) for _ in range(bootstrap)]
+    usable = [i for i in resamples if np.unique(n[i]).size >= 2 and np.unique(d[i]).size >= 2]
+    failed = bootstrap - len(usable)
+    boot_theta = np.empty((0, 5))
+    if usable:
+        counts = np.stack([np.bincount(i, minlength=n.size) for i in usable]).astype(float)
+        boot_theta, boot_obj, conv = _newton_batch(np.tile(theta, (len(usable), 1)), log_n, log_d, log_l, counts, delta)
+        for k in np.flatnonzero(~conv):
+            i = usable[k]
+            res = _polish(theta, log_n[i], log_d[i], log_l[i], delta)
+            if not res.fun >= boot_obj[k]:  # keep whichever refit reached the lower objective
+                boot_theta[k] = res.x
+        keep = np.all(np.isfinite(boot_theta), axis=1)
+        failed += int((~keep).sum())
+        boot_theta = boot_theta[keep]
 
-    boot_theta = np.array(boot) if boot else np.empty((0, 5))
     with np.errstate(over="ignore"):
         boot_params = _theta_to_params(boot_theta)
     finite = np.all(np.isfinite(boot_params), axis=1)
@@ -539,7 +539,7 @@ def compute_optimal(fit: LossLawFit, flops: float) -> ComputeOptimal:
 __all__: Sequence[str] = (
     "FORM",
     "ComputeOptimal",
-    "InsufficientDataError",
+    "InsufficientData",
     "Interval",
     "LossLawFit",
     "LossLawPrediction",

@@ -14,8 +14,8 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import huber, logsumexp
 
 from fitting.baselines import baselines, deepseek_compute_optimal
+from fitting.common import InsufficientData
 from fitting.loss_law import (
-    InsufficientDataError,
     LossLawFit,
     compute_optimal,
     fit_loss_law,
@@ -91,6 +91,47 @@ def test_top_starts_polish_is_not_beaten_by_other_grid_starts(chinchilla, chinch
     assert min(found) <= fit.objective * (1 + 1e-5)  # some random start does reach the same optimum
 
 
+def test_newton_bootstrap_matches_lbfgs_bootstrap(chinchilla):
+    """The batched Newton refits reproduce per-resample L-BFGS-B refits (the previous method)."""
+    from fitting.loss_law import _polish
+    boot, seed = 100, 2
+    fit = fit_loss_law(*chinchilla, bootstrap=boot, seed=seed)
+    log_n, log_d, log_l = (np.log(x) for x in chinchilla)
+    p = fit.point()
+    theta = np.array([math.log(p["A"]), math.log(p["B"]), math.log(p["E"]), p["alpha"], p["beta"]])
+    # the point estimate is the one L-BFGS-B reaches from the best grid start on its own
+    grid = initial_grid()
+    z = np.stack([grid[:, [0]] - grid[:, [3]] * log_n, grid[:, [1]] - grid[:, [4]] * log_d,
+                  np.broadcast_to(grid[:, [2]], (len(grid), log_n.size))])
+    start = grid[np.argmin(huber(1e-3, logsumexp(z, axis=0) - log_l).sum(axis=1))]
+    solo = _polish(start, log_n, log_d, log_l, 1e-3)
+    np.testing.assert_allclose(theta, solo.x, rtol=1e-6)
+    assert fit.objective <= solo.fun * (1 + 1e-12)
+
+    rng = np.random.default_rng(seed)  # the same resamples fit_loss_law draws
+    ref = []
+    for _ in range(boot):
+        i = rng.integers(0, log_n.size, log_n.size)
+        ref.append(_polish(theta, log_n[i], log_d[i], log_l[i], 1e-3).x)
+    ref = np.array(ref)
+    ref_params = np.column_stack([np.exp(ref[:, 2]), np.exp(ref[:, 0]), np.exp(ref[:, 1]), ref[:, 3], ref[:, 4]])
+    assert fit.n_bootstrap == boot and fit.samples.shape == ref_params.shape
+    log_cols = {"A", "B"}
+    print("\nChinchilla 90% intervals, batched Newton vs L-BFGS-B bootstrap:")
+    for j, name in enumerate(("E", "A", "B", "alpha", "beta")):
+        lo, hi = np.percentile(ref_params[:, j], [5, 95])
+        iv = fit.params[name]
+        print(f"  {name:5s} Newton [{iv.low:.6g}, {iv.high:.6g}]  L-BFGS-B [{lo:.6g}, {hi:.6g}]")
+        for got, want in ((iv.low, min(lo, iv.value)), (iv.high, max(hi, iv.value))):
+            if name in log_cols:
+                assert abs(math.log(got / want)) < 0.1
+            else:
+                assert abs(got / want - 1) < 0.1
+    # resample by resample, not just in the percentiles
+    rel = np.abs(fit.samples / ref_params - 1)
+    assert np.median(rel) < 1e-4 and np.mean(rel.max(axis=1) < 1e-2) >= 0.95
+
+
 def test_compute_optimal_at_chinchilla_budget(chinchilla_fit):
     fit, _ = chinchilla_fit
     opt = compute_optimal(fit, CHINCHILLA_FLOPS)
@@ -139,13 +180,13 @@ def test_loss_law_refuses_too_little_data():
     n = np.array([1e8, 2e8, 4e8, 8e8, 1.6e9, 3.2e9])
     d = np.array([2e9, 4e9, 8e9, 1.6e10, 3.2e10, 6.4e10])
     loss = 1.8 + 400 / n**0.34 + 2000 / d**0.36
-    with pytest.raises(InsufficientDataError, match="at least 5"):
+    with pytest.raises(InsufficientData, match="at least 5"):
         fit_loss_law(n[:4], d[:4], loss[:4], bootstrap=0)
-    with pytest.raises(InsufficientDataError, match="distinct n_params"):
+    with pytest.raises(InsufficientData, match="distinct n_params"):
         fit_loss_law(np.full(6, 1e8), d, loss, bootstrap=0)
-    with pytest.raises(InsufficientDataError, match="distinct tokens"):
+    with pytest.raises(InsufficientData, match="distinct tokens"):
         fit_loss_law(n, np.full(6, 1e10), loss, bootstrap=0)
-    with pytest.raises(InsufficientDataError, match="vary together"):
+    with pytest.raises(InsufficientData, match="vary together"):
         fit_loss_law(n, 20 * n, loss, bootstrap=0)  # every run at 20 tokens/param
     with pytest.raises(ValueError, match="> 0"):
         fit_loss_law(n, d, -loss, bootstrap=0)
@@ -288,13 +329,3 @@ def test_baselines_report_missing_inputs():
     none = baselines({"width": 1024, "tokens": float("nan")})
     assert none["step_law"]["available"] is False and set(none["step_law"]["missing"]) == {"n_params", "tokens"}
     assert "tokens" in none["deepseek_llm"]["missing"]
-
-
-def test_fit_leaves_blas_thread_setting_unchanged():
-    from fitting.loss_law import _scipy_openblas_thread_controls
-
-    before = [get() for get, _ in _scipy_openblas_thread_controls()]
-    n = np.array([1e7, 1e8, 1e9, 1e7, 1e8, 1e9])
-    d = np.array([1e9, 1e9, 1e9, 1e10, 1e10, 1e10])
-    fit_loss_law(n, d, 1.8 + 400 / n**0.34 + 2000 / d**0.36, bootstrap=3)
-    assert [get() for get, _ in _scipy_openblas_thread_controls()] == before
