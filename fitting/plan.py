@@ -80,6 +80,11 @@ def _round_scale(scale: Mapping[str, float]) -> dict[str, float | None]:
     return out
 
 
+def _same_scale(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """Log scales within 5% on every variable both know (width or depth may be unknown)."""
+    return all(abs(a[k] - b[k]) < 0.05 for k in a.keys() & b.keys())
+
+
 def _candidates(proxies: list[dict[str, float]], target: Mapping[str, float]) -> list[dict[str, float]]:
     """Scales toward the target from each proxy, token-only and size-only variants."""
     out: list[dict[str, float]] = []
@@ -139,10 +144,8 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
         if 6 * scale["n_params"] * scale["tokens"] > budget:
             continue
         logs = _log_scale(scale)
-        if any(all(abs(logs[k] - e.get(k, logs[k])) < 0.05 for k in logs) for e in existing):
-            continue  # already measured
-        if any(all(abs(logs[k] - _log_scale(o)[k]) < 0.05 for k in logs) for o in candidates):
-            continue
+        if any(_same_scale(logs, e) for e in existing) or any(_same_scale(logs, _log_scale(o)) for o in candidates):
+            continue  # already measured, or already a candidate
         candidates.append(scale)
 
     laws = {a: law for a, law in fit.laws.items() if len(law.samples) > 2}
@@ -177,7 +180,7 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
                 gain += LAW_WEIGHT.get(axis, 0.5) * drop / max(st["start"], 1e-12)
             if not state:  # nothing fitted: spread the proxies out in log space
                 logs = _log_scale(c)
-                gain = min(sum((logs[k] - e.get(k, logs[k])) ** 2 for k in logs) for e in existing)
+                gain = min(sum((logs[k] - e[k]) ** 2 for k in logs.keys() & e.keys()) for e in existing)
             gains.append((gain, per_axis))
         best = int(np.argmax([g for g, _ in gains]))
         scale = pool.pop(best)
