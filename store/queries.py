@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from store.models import ApiToken, Fit, Run, Study, utcnow
@@ -126,6 +126,19 @@ def insert_runs(
     inserted = 0
     id_of_key: dict[str, int] = {}
     if keyed_rows:
+        if conn.dialect.name == "postgresql":
+            # A transaction that meets a key another one inserted but has not committed
+            # waits for it, so two batches sharing keys in different orders deadlock.
+            # Insert in run_key order (one global order: they only queue), with ids taken
+            # from the sequence beforehand in input order, so ids still follow the input.
+            # (SQLite needs neither: BEGIN IMMEDIATE already serialises writers.)
+            new_ids = conn.execute(
+                text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) FROM generate_series(1, :n) ORDER BY 1"),
+                {"n": len(keyed_rows)},
+            ).scalars().all()
+            for row, new_id in zip(keyed_rows, new_ids):
+                row["id"] = new_id
+            keyed_rows.sort(key=lambda row: row["run_key"])
         stmt = (
             _dialect_insert(conn, Run)
             .on_conflict_do_nothing(index_elements=["study_id", "run_key"])
