@@ -350,6 +350,10 @@ class LossLawFit:
         )
 
 
+# A fitted E below this fraction of the smallest observed loss is "at its bound": unidentified.
+E_IDENTIFIED_FRACTION = 0.01
+
+
 def fit_loss_law(
     n_params: ArrayLike,
     tokens: ArrayLike,
@@ -399,6 +403,16 @@ def _fit_validated(
             "the data do not constrain the loss law: the best fit sends a parameter to infinity "
             f"(E, A, B, alpha, beta = {', '.join(f'{v:.3g}' for v in point)})",
             missing="runs spanning a wider range of n_params and tokens",
+        )
+
+    if point[0] < E_IDENTIFIED_FRACTION * float(np.min(l)):
+        # E → 0 means the points never show the loss levelling off: every E from 0 up to a
+        # sizeable fraction of the loss fits about as well, and extrapolated losses (and the
+        # compute-optimal split) would be an artefact of the optimiser, not of the data.
+        raise InsufficientData(
+            f"the irreducible loss E is not identified: the best fit puts it at {point[0]:.2g}, "
+            f"against observed losses ≥ {float(np.min(l)):.3g} (the data never show the loss levelling off)",
+            missing="runs at larger n_params and tokens, where the loss flattens",
         )
 
     warnings: list[str] = []

@@ -8,6 +8,11 @@ with HPSCALE_REQUIRE_POSTGRES=1 (set in CI) its absence is a failure, not a skip
 from __future__ import annotations
 
 import os
+
+# Fits are small linear algebra; BLAS thread pools only fight over CI's two cores (fits
+# were 10-25x slower with them). Set before numpy is first imported; subprocesses inherit it.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

@@ -194,6 +194,18 @@ def test_loss_law_refuses_too_little_data():
         fit_loss_law(n, d[:5], loss, bootstrap=0)
 
 
+def test_loss_law_refuses_an_unidentified_irreducible_loss():
+    """Step Law's 15 per-scale best losses never level off: E runs to 0, so no law is claimed."""
+    best: dict[tuple[float, float], float] = {}
+    with (DATA / "steplaw_dense_proxy.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            key = (float(row["N"]), float(row["D"]))
+            best[key] = min(best.get(key, math.inf), float(row["smooth loss"]))
+    n, d = (np.array(v) for v in zip(*best))
+    with pytest.raises(InsufficientData, match="irreducible loss E is not identified"):
+        fit_loss_law(n, d, np.array(list(best.values())), bootstrap=0)
+
+
 def test_synthetic_recovery():
     truth = {"E": 1.7, "A": 350.0, "B": 1500.0, "alpha": 0.32, "beta": 0.29}
     rng = np.random.default_rng(3)
