@@ -223,7 +223,11 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
     # (how the moment is chosen, seconds): kill a few ms, or a while, after the server's
     # write transaction began; or at a random moment of a whole request (its length taken
     # from the first trial's retry, which stores the batch in full).
-    plan = [("in transaction", rng.uniform(0, 0.02)), ("in transaction", rng.uniform(0.02, 0.25)), ("random", rng.random())]
+    # Last, a kill right after the 201: what was acknowledged must survive it.
+    plan = [
+        ("in transaction", rng.uniform(0, 0.02)), ("in transaction", rng.uniform(0.02, 0.25)),
+        ("random", rng.random()), ("after response", 0.0),
+    ]
     outcomes: list[tuple[str, float, int, str]] = []
     request_seconds = 1.0
     process, url = start_server(database_url)
@@ -249,8 +253,11 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
                 while not _writer_active(database_url, engine) and sender.is_alive() and time.monotonic() < deadline:
                     time.sleep(0.001)
                 assert sender.is_alive(), "the request finished before its transaction was seen"
-            else:
+            elif phase == "random":
                 delay *= 1.2 * request_seconds
+            else:
+                sender.join(timeout=120)
+                assert response.get("status") == 201, response
             time.sleep(delay)
             stop(process, signal.SIGKILL)
             sender.join(timeout=60)
