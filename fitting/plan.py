@@ -140,8 +140,8 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
     candidates = []
     for c in _candidates(proxies, target):
         rounded = _round_scale(c)
-        scale = {k: v for k, v in rounded.items() if v is not None}
-        if 6 * scale["n_params"] * scale["tokens"] > budget:
+        scale = {k: v for k, v in rounded.items() if v is not None and v > 0}
+        if "n_params" not in scale or "tokens" not in scale or 6 * scale["n_params"] * scale["tokens"] > budget:
             continue
         logs = _log_scale(scale)
         if any(_same_scale(logs, e) for e in existing) or any(_same_scale(logs, _log_scale(o)) for o in candidates):

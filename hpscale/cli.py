@@ -53,6 +53,7 @@ def is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    args.no_auth = args.no_auth or Settings.from_env().auth_enabled is False
     if args.no_auth and not is_loopback(args.host):
         print(
             f"error: --no-auth is only allowed on a loopback address, not {args.host!r}; "
@@ -224,8 +225,11 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     from store import queries
     from store.db import run_in_transaction
 
-    engine = _engine(args)
     name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
+    if not 1 <= len(name) <= 64 or "\x00" in name:
+        print("error: --name must be 1 to 64 characters", file=sys.stderr)
+        return 2
+    engine = _engine(args)
 
     def create(conn) -> str | None:  # type: ignore[no-untyped-def]
         if queries.token_name_exists(conn, name):

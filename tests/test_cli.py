@@ -100,6 +100,7 @@ def test_tokens_create_prints_token_last_and_works(database_url: str, engine: En
     token = capsys.readouterr().out.strip().splitlines()[-1]
     assert client.get("/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert main(["tokens", "create", "--scope", "read", "--name", "launcher", "--database-url", database_url]) == 1
+    assert main(["tokens", "create", "--scope", "read", "--name", "x" * 65, "--database-url", database_url]) == 2
     assert main(["tokens", "list", "--database-url", database_url]) == 0
     listing = capsys.readouterr().out
     assert "launcher" in listing and token not in listing
@@ -112,10 +113,13 @@ def test_no_auth_only_on_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_serve_refuses_no_auth_on_public_host(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_serve_refuses_no_auth_on_public_host(tmp_path: Path, how: str) -> None:
+    flag = ["--no-auth"] if how == "flag" else []
+    env = {**__import__("os").environ, "HPSCALE_NO_AUTH": "1" if how == "environment" else "0"}
     result = subprocess.run(
-        [sys.executable, "-m", "hpscale.cli", "serve", "--no-auth", "--host", "0.0.0.0",
+        [sys.executable, "-m", "hpscale.cli", "serve", *flag, "--host", "0.0.0.0",
          "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, env=env,
     )
     assert result.returncode == 2 and "loopback" in result.stderr

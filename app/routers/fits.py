@@ -25,7 +25,9 @@ FIT_ERRORS = {
     409: {"model": ErrorResponse, "description": "insufficient_data: what runs are missing"},
 }
 MAX_BOOTSTRAP = 5_000
-PositiveQuery = Annotated[float | None, Query(gt=0, le=1e30, allow_inf_nan=False)]
+# Every target quantity (parameters, tokens, width, depth, sequences, FLOPs) is a count ≥ 1;
+# this also keeps denormal inputs like 5e-324 from underflowing in log space.
+PositiveQuery = Annotated[float | None, Query(ge=1, le=1e30, allow_inf_nan=False)]
 
 
 def get_settings(request: Request) -> Settings:
@@ -139,7 +141,7 @@ def compute_optimal_allocation(
     principal: Reader,
     engine: EngineDep,
     settings: SettingsDep,
-    compute: Annotated[float, Query(gt=0, le=1e35, allow_inf_nan=False, description="FLOP budget C = 6·N·D")],
+    compute: Annotated[float, Query(ge=1, le=1e35, allow_inf_nan=False, description="FLOP budget C = 6·N·D")],
 ) -> dict[str, Any]:
     """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
     stored = fit_service.current_fit(
