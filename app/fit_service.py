@@ -10,15 +10,15 @@ Fitting runs in the request's worker thread, never on the event loop.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Engine
 
+from app.cache import LRUCache, commit_cache
 from app.errors import ApiError
 from app.routers.studies import get_study_or_404
 from fitting.common import InsufficientData
@@ -48,6 +48,7 @@ class StoredFit:
     created_by: str | None
     result: StudyFit
     study: StudyInfo
+    key: tuple[str, int, int, str]  # identifies this fit across databases (see fit_key)
 
     def to_contract(self) -> dict[str, Any]:
         """The contract's fit object; JSON has no NaN, so unknown numbers become null."""
@@ -73,35 +74,27 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-class _FitCache:
-    """Finished fits are immutable: keep the rebuilt engine objects of recent ones per process.
+# Finished fits never change, so each process rebuilds a fit's engine object once. Keys hold
+# the database, fit id and creation time: one process may serve (or test) several databases,
+# and a recreated database reuses ids.
+_fits = LRUCache(64)
 
-    Keyed by database, fit id and creation time: one process may serve (or test) several
-    databases, and a recreated database reuses ids.
-    """
 
-    def __init__(self, size: int = 64) -> None:
-        self._items: OrderedDict[tuple[str, int, int, str], StudyFit] = OrderedDict()
-        self._lock = threading.Lock()
-        self._size = size
+def fit_key(engine: Engine, row: Mapping[str, Any]) -> tuple[str, int, int, str]:
+    return (str(engine.url), row["study_id"], row["id"], str(row["created_at"]))
 
-    def get(self, engine: Engine, row: dict[str, Any]) -> StudyFit:
-        key = (str(engine.url), row["study_id"], row["id"], str(row["created_at"]))
-        with self._lock:
-            cached = self._items.get(key)
-            if cached is not None:
-                self._items.move_to_end(key)
-                return cached
+
+def _rebuilt(engine: Engine, row: dict[str, Any]) -> StudyFit:
+    key = fit_key(engine, row)
+    fit = _fits.get(key)
+    if fit is None:
         with engine.connect() as conn, conn.begin():
-            rebuilt = StudyFit.from_state(queries.fit_result(conn, row["id"]))
-        with self._lock:
-            self._items[key] = rebuilt
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return rebuilt
+            fit = StudyFit.from_state(queries.fit_result(conn, row["id"]))
+        _fits.put(key, fit)
+    return fit
 
 
-_cache = _FitCache()
+
 
 
 def _study_info(study: Study) -> StudyInfo:
@@ -123,7 +116,8 @@ def _stored(engine: Engine, row: dict[str, Any], study: Study) -> StoredFit:
         n_runs=row["n_runs"],
         created_at=row["created_at"],
         created_by=row["created_by"],
-        result=_cache.get(engine, row),
+        result=_rebuilt(engine, row),
+        key=fit_key(engine, row),
         study=_study_info(study),
     )
 
@@ -175,7 +169,27 @@ def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: 
 
     With `any_bootstrap`, a finished fit of the current data with any bootstrap count will do
     (what a recommendation wants); otherwise the fit must have exactly `bootstrap` resamples.
+    Until anything is committed to the database the answer cannot change, so it is reused.
     """
+    return commit_cache(engine).get_or_load(
+        ("current_fit", study_name, bootstrap, any_bootstrap),
+        lambda: _current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by,
+                             any_bootstrap=any_bootstrap),
+    )
+
+
+async def current_fit_async(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
+                            any_bootstrap: bool = False) -> StoredFit:
+    """`current_fit` from the event loop: a cached answer without a thread hop."""
+    return await commit_cache(engine).get_or_load_async(
+        ("current_fit", study_name, bootstrap, any_bootstrap),
+        lambda: _current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by,
+                             any_bootstrap=any_bootstrap),
+    )
+
+
+def _current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
+                 any_bootstrap: bool) -> StoredFit:
     deadline = time.monotonic() + WAIT_FOR_OTHER_FIT_SECONDS
     delay = 0.02
     while True:

@@ -9,6 +9,7 @@ instead of surfacing `database is locked` to the client.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,3 +116,36 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         with conn.begin():
             yield conn
+
+
+class ChangeProbe:
+    """Tells, cheaply, whether anything was committed to a SQLite database since last asked.
+
+    `PRAGMA data_version` on a connection that never writes changes whenever any other
+    connection, in any process, commits. Reading it costs microseconds, so results derived
+    from the database (a token's scope, a study's current fit) can be reused exactly until
+    the next commit anywhere. Other backends have no such counter: `version()` is None
+    there and callers simply query.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._connection = None
+        self._lock = threading.Lock()
+        if engine.dialect.name == "sqlite":
+            self._connection = engine.raw_connection()
+
+    def version(self) -> int | None:
+        if self._connection is None:
+            return None
+        with self._lock:
+            cursor = self._connection.cursor()
+            try:
+                cursor.execute("PRAGMA data_version")
+                return int(cursor.fetchone()[0])
+            finally:
+                cursor.close()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from app import fit_service
+from app.cache import LRUCache
 from app.auth import EngineDep, Reader, Writer
 from app.errors import ApiError
 from app.routers.studies import ERRORS
@@ -30,7 +33,7 @@ MAX_BOOTSTRAP = 5_000
 PositiveQuery = Annotated[float | None, Query(ge=1, le=1e30, allow_inf_nan=False)]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -68,8 +71,8 @@ def show_fit(
     return fit_service.fit_by_id(engine, name, fit_id).to_contract()
 
 
-@router.get("/{name}/recommendation", responses=FIT_ERRORS)
-def recommendation(
+@router.get("/{name}/recommendation", responses=FIT_ERRORS, response_class=Response)
+async def recommendation(
     name: str,
     principal: Reader,
     engine: EngineDep,
@@ -82,27 +85,39 @@ def recommendation(
     batch_multiple: Annotated[int | None, Query(ge=1, le=1_000_000, description="round the batch to a multiple of this")] = None,
     compute: Annotated[PositiveQuery, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")] = None,
     seq_len: Annotated[int | None, Query(ge=1, le=INT32_MAX, description="tokens per sequence, for batch_tokens")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Learning rate, batch size and weight decay at a target scale, with 90% intervals."""
     target = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len}
     if compute is not None and (n_params is not None or tokens is not None):
         raise _query_error("compute", "give either compute or n_params and tokens, not both")
-    stored = fit_service.current_fit(
+    # Async, with the work in threads only on a miss: the hot path (a launcher asking about an
+    # unchanged study) then never leaves the event loop.
+    stored = await fit_service.current_fit_async(
         engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
     )
-    try:
-        result = recommend(
-            stored.result, target, stored.study, batch_size=batch_size, batch_multiple=batch_multiple, compute=compute
-        )
-    except MissingTarget as error:
-        raise _query_error(error.variable, str(error)) from None
-    except InsufficientData as error:
-        raise ApiError(409, "insufficient_data", str(error)) from None
-    except ValueError as error:
-        raise ApiError(422, "validation_error", str(error), [{"field": "query", "message": str(error), "index": None}]) from None
-    return fit_service.json_safe(
-        {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
-    )
+    # A fit never changes, so the answer to the same question about it never does either:
+    # launchers asking again (or many at once) get the encoded answer without recomputing.
+    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
+    body = _recommendations.get(key)
+    if body is None:
+        try:
+            result = await run_in_threadpool(
+                lambda: recommend(stored.result, target, stored.study, batch_size=batch_size,
+                                  batch_multiple=batch_multiple, compute=compute)
+            )
+        except MissingTarget as error:
+            raise _query_error(error.variable, str(error)) from None
+        except InsufficientData as error:
+            raise ApiError(409, "insufficient_data", str(error)) from None
+        except ValueError as error:
+            raise ApiError(422, "validation_error", str(error), [{"field": "query", "message": str(error), "index": None}]) from None
+        document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
+        body = json.dumps(fit_service.json_safe(document), separators=(",", ":"), allow_nan=False).encode()
+        _recommendations.put(key, body)
+    return Response(content=body, media_type="application/json")
+
+
+_recommendations = LRUCache(4096)
 
 
 def _query_error(field: str, message: str) -> ApiError:
