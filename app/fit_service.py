@@ -146,9 +146,10 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
     try:
         result = fit_study(table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=seq_len)
     except InsufficientData as error:
+        reason = str(error)
         run_in_transaction(
             engine,
-            lambda conn: queries.finish_fit(conn, fit_id, status="failed", n_runs=len(table), result=None, error=str(error)),
+            lambda conn: queries.finish_fit(conn, fit_id, status="failed", n_runs=len(table), result=None, error=reason),
         )
         return True
     except BaseException:

@@ -100,6 +100,9 @@ def recommend(
         warnings.extend(allocation.warnings)
 
     prediction = predict(fit, target, batch_size)
+    for name, interval in (("learning rate", prediction.learning_rate), ("batch size", prediction.batch_size)):
+        if interval is not None and not all(0 < x < math.inf for x in (interval.low, interval.value, interval.high)):
+            raise OverflowError(f"the {name} law gives no finite positive value at this target")
     chosen = prediction.batch_size
     if batch_multiple is not None:
         if batch_multiple < 1:

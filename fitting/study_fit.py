@@ -26,6 +26,7 @@ from fitting.runs import RunTable
 from fitting.weight_decay import analyse_weight_decay
 
 FAR_FACTOR = 10.0
+MAX_LOG_FACTOR = 690.0
 LOSS_LAW_MIN_SCALES = 5
 LOSS_LAW_MAX_BOOTSTRAP = 200
 
@@ -200,7 +201,8 @@ def extrapolation(fit: StudyFit, target: Mapping[str, float]) -> Extrapolation:
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 continue
             dist = max(0.0, math.log(lo) - math.log(x), math.log(x) - math.log(hi))
-            per[v] = max(per.get(v, 1.0), math.exp(dist))
+            # Capped so that an absurd target still gets a (huge, finite) factor, not an overflow.
+            per[v] = max(per.get(v, 1.0), math.exp(min(dist, MAX_LOG_FACTOR)))
     factor = max(per.values(), default=1.0)
     level = "interpolation" if factor <= 1.0 + 1e-9 else ("extrapolation" if factor <= FAR_FACTOR else "far")
     return Extrapolation(level, factor, per)

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, func, select, text
 
 from app.main import create_app
 from hpscale.config import Settings
 from store import migrate, queries
 from store.db import make_engine, normalize_url, run_in_transaction
-from store.models import Base
+from store.models import Base, Run
 
 # The real data sits beside the repository, in ../shared/data (never copied in).
 SHARED_DATA = Path(
@@ -115,6 +115,24 @@ def client(engine: Engine, database_url: str, tokens: dict[str, str]) -> Iterato
     app = create_app(Settings(database_url=database_url, default_bootstrap=40), engine=engine)
     with TestClient(app, headers=bearer(tokens["admin"])) as test_client:
         yield test_client
+
+
+def count_rows(engine: Engine, model: type = Run) -> int:
+    """How many rows `model`'s table holds (runs by default)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    """`response` is the contract's error body with this status and code; returns the error."""
+    assert response.status_code == status, (response.request.method, response.request.url, response.text)
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert isinstance(body["error"]["details"], list)
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    return body["error"]
 
 
 def make_run(i: int = 0, **overrides: object) -> dict[str, object]:

@@ -7,19 +7,16 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from fitting import baselines as published
 from store.models import Fit
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer
+from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer, count_rows
 from hpscale.cli import main
 
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 
 
-def fit_rows(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Fit)).scalar_one()
 
 
 @pytest.fixture
@@ -64,7 +61,7 @@ def test_fit_object_follows_the_contract(steplaw: TestClient) -> None:
 def test_fit_is_reused_until_the_data_change(steplaw: TestClient, engine: Engine) -> None:
     first = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     again = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
-    assert again["id"] == first["id"] and fit_rows(engine) == 1
+    assert again["id"] == first["id"] and count_rows(engine, Fit) == 1
     run = {"n_params": 2.1e8, "tokens": 4e9, "width": 960, "depth": 7, "learning_rate": 1e-3,
            "batch_size": 128, "final_loss": 3.0, "run_key": "extra-run"}
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
@@ -103,7 +100,7 @@ def test_concurrent_recommendations_on_stale_data_fit_once(steplaw: TestClient, 
     for thread in threads:
         thread.join()
     assert statuses == [200] * 20
-    assert fit_rows(engine) == 1 and len(fit_ids) == 1
+    assert count_rows(engine, Fit) == 1 and len(fit_ids) == 1
 
 
 def recommend(client: TestClient, study: str = "steplaw", **params: object):

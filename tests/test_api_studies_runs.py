@@ -8,13 +8,12 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from app.main import create_app
 from hpscale.config import Settings
 from store.db import make_engine
-from store.models import Run, Study
-from tests.conftest import bearer, make_run
+from tests.conftest import assert_error, bearer, count_rows, make_run
 
 
 def create_study(client: TestClient, name: str = "proxy", **fields: object) -> dict:
@@ -23,19 +22,8 @@ def create_study(client: TestClient, name: str = "proxy", **fields: object) -> d
     return response.json()
 
 
-def stored_runs(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Run)).scalar_one()
 
 
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert isinstance(body["error"]["details"], list)
-    return body["error"]
 
 
 # --- health --------------------------------------------------------------------------
@@ -144,7 +132,7 @@ def test_batch_is_atomic_and_422_names_index_and_field(client: TestClient, engin
     by_index = {(d["index"], d["field"]) for d in error["details"]}
     assert by_index == {(17, "learning_rate"), (31, "status"), (40, "tokens")}
     assert "17" in error["message"]
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 @pytest.mark.parametrize(
@@ -174,7 +162,7 @@ def test_bad_run_is_422_naming_field_and_nothing_stored(
     )
     error = assert_error(response, 422, "validation_error")
     assert any(d["field"].startswith(field) for d in error["details"]), error
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_diverged_run_needs_no_loss(client: TestClient) -> None:
@@ -188,7 +176,7 @@ def test_more_than_10000_runs_is_422(client: TestClient, engine: Engine) -> None
     runs = [make_run(i) for i in range(10_001)]
     error = assert_error(client.post("/v1/studies/big/runs", json={"runs": runs}), 422, "validation_error")
     assert error["details"][0]["field"] == "runs"
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_retries_are_idempotent_by_run_key(client: TestClient, engine: Engine) -> None:
@@ -204,7 +192,7 @@ def test_retries_are_idempotent_by_run_key(client: TestClient, engine: Engine) -
     assert mixed["inserted"] == 2 and mixed["duplicates"] == 2
     assert mixed["ids"][0] == first["ids"][5] and mixed["ids"][1] == mixed["ids"][2]
     assert len(set(mixed["ids"])) == 3
-    assert stored_runs(engine) == 12
+    assert count_rows(engine) == 12
     assert client.get("/v1/studies/idem").json()["data_version"] != version
 
 

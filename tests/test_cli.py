@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from hpscale.cli import is_loopback, main
-from store.models import Run
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
+from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, count_rows
 
 
 def _map_args() -> list[str]:
@@ -27,14 +26,11 @@ def import_steplaw(database_url: str, study: str = "steplaw") -> int:
     )
 
 
-def count_runs(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Run)).scalar_one()
 
 
 def test_steplaw_import_loads_every_run(database_url: str, engine: Engine, client: TestClient) -> None:
     assert import_steplaw(database_url) == 0
-    assert count_runs(engine) == 1746
+    assert count_rows(engine) == 1746
     study = client.get("/v1/studies/steplaw").json()
     assert study["run_count"] == 1746 and study["seq_len"] == 2048
     with STEPLAW_CSV.open() as handle:
@@ -46,7 +42,7 @@ def test_steplaw_import_loads_every_run(database_url: str, engine: Engine, clien
     assert run["extra"]["loss"] == float(first["loss"])  # unmapped columns are kept in extra
     # Importing again is idempotent by run_key.
     assert import_steplaw(database_url) == 0
-    assert count_runs(engine) == 1746
+    assert count_rows(engine) == 1746
 
 
 def test_csv_round_trip(database_url: str, engine: Engine, client: TestClient, tmp_path: Path) -> None:
@@ -84,7 +80,7 @@ def test_import_with_a_bad_row_stores_nothing(database_url: str, engine: Engine,
     assert main(["import", str(path), "--study", "s", "--create", "--database-url", database_url]) == 1
     err = capsys.readouterr().err
     assert "line 3: learning_rate" in err and "line 4: batch_size" in err
-    assert count_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_import_refuses_unknown_study_and_bad_map(database_url: str, tmp_path: Path) -> None:

@@ -11,14 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from hpscale.cli import main
 from hpscale.client import Client, HpscaleError, content_run_key
 from store import queries
 from store.db import run_in_transaction
 from store.models import Fit, Run
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
+from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, count_rows
 from tests.test_serve import free_port, wait_healthy
 
 TARGET = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
@@ -47,9 +47,6 @@ def server(database_url: str, engine: Engine) -> Iterator[tuple[str, dict[str, s
         process.wait(timeout=30)
 
 
-def count(engine: Engine, model: type) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(model)).scalar_one()
 
 
 def test_twenty_concurrent_requests_on_stale_data_fit_once(server, engine: Engine) -> None:
@@ -63,7 +60,7 @@ def test_twenty_concurrent_requests_on_stale_data_fit_once(server, engine: Engin
         responses = list(pool.map(ask, range(20)))
     assert [r.status_code for r in responses] == [200] * 20, [r.text[:200] for r in responses if r.status_code != 200]
     assert len({r.json()["fit_id"] for r in responses}) == 1
-    assert count(engine, Fit) == 1
+    assert count_rows(engine, Fit) == 1
 
 
 def test_python_client_submits_idempotently_and_recommends(server, engine: Engine) -> None:
@@ -94,7 +91,7 @@ def test_python_client_submits_idempotently_and_recommends(server, engine: Engin
     with Client(url, "hps_not-a-token") as stranger, pytest.raises(HpscaleError) as raised:
         stranger.studies()
     assert raised.value.status_code == 401
-    assert count(engine, Run) == 1746 + 12
+    assert count_rows(engine, Run) == 1746 + 12
 
 
 def test_recommend_command_prints_a_table_and_json(server, capsys) -> None:

@@ -22,7 +22,7 @@ from hpscale.config import Settings
 from store import queries
 from store.db import run_in_transaction
 from store.models import ApiToken, Study
-from tests.conftest import bearer, make_run
+from tests.conftest import assert_error, bearer, make_run
 
 # Every /v1 route and the least scope that may call it (the contract's "(read)", "(write)",
 # "(admin)"). Entries for routes not (yet) in the app are allowed; a route without an
@@ -94,14 +94,6 @@ def _body(method: str, path: str, n: int) -> dict | None:
     return {}
 
 
-def assert_error_body(response, status: int, code: str) -> None:
-    assert response.status_code == status, (response.request.method, response.request.url, response.text)
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code and body["error"]["message"]
-    assert isinstance(body["error"]["details"], list)
-    if status == 401:
-        assert response.headers["www-authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize("method, path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
@@ -124,11 +116,11 @@ def test_auth_matrix(client: TestClient, engine: Engine, tokens: dict[str, str],
         {"Authorization": f"Basic {tokens['admin']}"},
         {"Authorization": "Bearer"},
     ):
-        assert_error_body(call(headers), 401, "unauthorized")
+        assert_error(call(headers), 401, "unauthorized")
     for scope in SCOPES:
         response = call(bearer(tokens[scope]))
         if SCOPES.index(scope) < SCOPES.index(needed):
-            assert_error_body(response, 403, "forbidden")
+            assert_error(response, 403, "forbidden")
             assert needed in response.json()["error"]["message"]
         else:
             assert response.status_code not in (401, 403), (scope, response.text)
@@ -193,7 +185,7 @@ def test_revoked_token_stays_revoked_and_others_keep_working(database_url: str, 
     token = capsys.readouterr().out.strip().splitlines()[-1]
     assert client.get("/v1/studies", headers=bearer(token)).status_code == 200
     assert cli(["tokens", "revoke", "launcher", "--database-url", database_url]) == 0
-    assert_error_body(client.get("/v1/studies", headers=bearer(token)), 401, "unauthorized")
+    assert_error(client.get("/v1/studies", headers=bearer(token)), 401, "unauthorized")
     assert cli(["tokens", "revoke", "launcher", "--database-url", database_url]) == 1  # already revoked
     capsys.readouterr()
     assert cli(["tokens", "list", "--database-url", database_url]) == 0

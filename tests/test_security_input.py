@@ -9,10 +9,8 @@ field; a refused batch stores nothing.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +19,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from app.main import create_app
 from app.routers.runs import encode_cursor
 from hpscale.config import Settings
 from store import migrate, queries
 from store.db import make_engine, run_in_transaction
-from store.models import Run
-from tests.conftest import bearer, make_run
+from tests.conftest import assert_error, bearer, count_rows, make_run
 
 # Requests sent by the fuzzers below and the server errors among them, for the closing note.
 FUZZ = Counter()
@@ -44,16 +41,8 @@ def _report_fuzz_counts() -> Iterator[None]:
     )
 
 
-def stored_runs(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Run)).scalar_one()
 
 
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
-    return body["error"]
 
 
 # --- body size --------------------------------------------------------------------------
@@ -79,7 +68,7 @@ def test_oversized_body_is_413_with_content_length(small_client: TestClient, eng
     response = small_client.post("/v1/studies/small/runs", content=body, headers={"Content-Type": "application/json"})
     assert "content-length" in {k.lower() for k in response.request.headers}
     assert_error(response, 413, "payload_too_large")
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_oversized_chunked_body_is_413(small_client: TestClient, engine: Engine) -> None:
@@ -93,13 +82,13 @@ def test_oversized_chunked_body_is_413(small_client: TestClient, engine: Engine)
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in {k.lower() for k in response.request.headers}
     assert_error(response, 413, "payload_too_large")
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
     # A lying Content-Length (smaller than what follows) is no way around the limit.
     response = small_client.post(
         "/v1/studies/small/runs", content=chunks(), headers={"Content-Type": "application/json", "Content-Length": "10"}
     )
     assert response.status_code in (400, 413, 422)
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_body_of_exactly_the_limit_is_accepted(small_client: TestClient, engine: Engine) -> None:
@@ -108,7 +97,7 @@ def test_body_of_exactly_the_limit_is_accepted(small_client: TestClient, engine:
     assert len(body) == LIMIT
     response = small_client.post("/v1/studies/small/runs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 201, response.text
-    assert stored_runs(engine) == 1
+    assert count_rows(engine) == 1
 
 
 # --- odd inputs, one by one ----------------------------------------------------------------
@@ -152,7 +141,7 @@ def test_odd_run_bodies_are_422_naming_the_field(client: TestClient, engine: Eng
     error = assert_error(response, 422, "validation_error")
     fields = [d["field"] for d in error["details"]]
     assert any(f.startswith(field) for f in fields) or (field == "runs.0" and 0 in [d["index"] for d in error["details"]]), fields
-    assert stored_runs(engine) == 0
+    assert count_rows(engine) == 0
 
 
 def test_surrogate_in_a_study_description_is_422(client: TestClient) -> None:
@@ -333,12 +322,12 @@ FUZZ_SETTINGS = settings(
 @FUZZ_SETTINGS
 @given(body=bodies)
 def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(fuzz_target: TestClient, engine: Engine, body: Any) -> None:
-    before = stored_runs(engine)
+    before = count_rows(engine)
     response = fuzz_target.post("/v1/studies/fuzz/runs", content=to_json(body).encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/json"})
     FUZZ["hypothesis"] += 1
     FUZZ["5xx"] += response.status_code >= 500
     assert response.status_code < 500, response.text
-    after = stored_runs(engine)
+    after = count_rows(engine)
     if response.status_code == 201:
         result = response.json()
         n = len(body["runs"]) if isinstance(body, dict) and "runs" in body else 1

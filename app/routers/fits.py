@@ -111,6 +111,8 @@ async def recommendation(
             raise ApiError(409, "insufficient_data", str(error)) from None
         except ValueError as error:
             raise ApiError(422, "validation_error", str(error), [{"field": "query", "message": str(error), "index": None}]) from None
+        except ArithmeticError:
+            raise _unreachable_target() from None
         document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
         body = json.dumps(fit_service.json_safe(document), separators=(",", ":"), allow_nan=False).encode()
         _recommendations.put(key, body)
@@ -118,6 +120,13 @@ async def recommendation(
 
 
 _recommendations = LRUCache(4096)
+
+
+def _unreachable_target() -> ApiError:
+    # The laws' numbers overflow only for targets absurdly far from every proxy.
+    return _query_error(
+        "target", "the fitted laws give no finite answer at this target: it lies too far outside the proxies' range"
+    )
 
 
 def _query_error(field: str, message: str) -> ApiError:
@@ -145,6 +154,8 @@ def suggestions(
         items = suggest_runs(stored.result, target, count)
     except MissingTarget as error:
         raise _query_error(error.variable, str(error)) from None
+    except ArithmeticError:
+        raise _unreachable_target() from None
     return fit_service.json_safe(
         {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
     )
