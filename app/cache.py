@@ -7,7 +7,10 @@ that stay valid exactly until the next commit anywhere (see `store.db.ChangeProb
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -15,6 +18,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from store.db import ChangeProbe
 
@@ -56,6 +60,10 @@ class CommitScopedCache:
         self._probe = probe
         self._items = LRUCache(size)
 
+    def version(self) -> int | None:
+        """The database's commit counter now (None where there is none)."""
+        return self._probe.version()
+
     def get_or_load(self, key: Hashable, load: Callable[[], T]) -> T:
         version = self._probe.version()
         if version is None:
@@ -91,3 +99,51 @@ def commit_cache(engine: Engine) -> CommitScopedCache:
         if cache is None:
             cache = _by_engine[engine] = CommitScopedCache(ChangeProbe(engine))
         return cache
+
+
+class RepeatedGetCache:
+    """ASGI middleware: answers a repeated GET from memory until the database's next commit.
+
+    For read endpoints whose answer depends only on the request and the database (a
+    recommendation): the same path, query string and Authorization header at the same
+    commit counter get the same bytes. The key holds a hash of the header, so a cached
+    answer only ever goes back to the credentials that earned it; a revoked token, a new
+    run or a new fit is a commit, which ends reuse. Only complete 200 answers are kept, and
+    the key changes every minute so that token use is still recorded (`last_used_at`).
+    """
+
+    def __init__(self, app: ASGIApp, engine: Engine, paths: re.Pattern[str], size: int = 4096) -> None:
+        self.app = app
+        self.cache = commit_cache(engine)
+        self.paths = paths
+        self.answers = LRUCache(size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not self.paths.fullmatch(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        version = self.cache.version()
+        if version is None:
+            await self.app(scope, receive, send)
+            return
+        credentials = b"".join(value for name, value in scope["headers"] if name == b"authorization")
+        key = (scope["path"], scope["query_string"], hashlib.sha256(credentials).digest(), int(time.time() // 60))
+        hit = self.answers.get(key)
+        if hit is not None and hit[0] == version:
+            await send({"type": "http.response.start", "status": 200, "headers": hit[1]})
+            await send({"type": "http.response.body", "body": hit[2]})
+            return
+
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body") and start.get("status") == 200:
+                    self.answers.put(key, (version, list(start.get("headers", [])), b"".join(chunks)))
+            await send(message)
+
+        await self.app(scope, receive, capture)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,11 +13,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import dashboard
+from app.cache import RepeatedGetCache
 from app.errors import error_response, install_error_handlers
 from app.routers import fits, runs, studies
 from hpscale.config import Settings
 from store import migrate
 from store.db import make_engine
+
+
+CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
 
 
 class BodySizeLimit:
@@ -83,6 +88,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.engine = engine or make_engine(settings.database_url)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Launchers ask the same question again and again right before jobs start.
+    app.add_middleware(RepeatedGetCache, engine=app.state.engine, paths=CACHED_GET_PATHS)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

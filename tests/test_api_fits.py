@@ -243,3 +243,26 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
     response = client.get("/v1/studies/chinchilla/recommendation", params={"compute": 5.76e23})
     assert response.status_code == 409 and "learning rate" in response.json()["error"]["message"]
     assert client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": -1}).status_code == 422
+
+
+def test_repeated_recommendations_never_outlive_a_commit(steplaw: TestClient, engine: Engine, tokens: dict[str, str]) -> None:
+    """Answers are reused for identical requests, but a new run, a revoked token or other
+    credentials always go through the full stack (SQLite: until the next commit only)."""
+    from store import queries
+    from store.db import run_in_transaction
+
+    reader = bearer(tokens["read"])
+    first = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader)
+    again = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader)
+    assert first.status_code == again.status_code == 200 and first.content == again.content
+    stranger = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=bearer("hps_nope"))
+    assert stranger.status_code == 401
+    run = {"n_params": 2.1e8, "tokens": 4e9, "width": 960, "depth": 7, "learning_rate": 1e-3,
+           "batch_size": 128, "final_loss": 3.0, "run_key": "late-run"}
+    assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
+    after = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader).json()
+    assert after["data_version"] != first.json()["data_version"]
+    assert after["data_version"] == steplaw.get("/v1/studies/steplaw").json()["data_version"]
+    run_in_transaction(engine, lambda conn: queries.revoke_token(conn, "test-read"))
+    revoked = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader)
+    assert revoked.status_code == 401
