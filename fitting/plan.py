@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -48,17 +48,7 @@ class Suggestion:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "scale": self.scale,
-            "flops": self.flops,
-            "learning_rate": self.learning_rate,
-            "batch_size": self.batch_size,
-            "weight_decay": self.weight_decay,
-            "sweep": self.sweep,
-            "interval_shrink": self.interval_shrink,
-            "cumulative_shrink": self.cumulative_shrink,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 def _log_scale(scale: Mapping[str, float]) -> dict[str, float]:
