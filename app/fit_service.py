@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import Engine
@@ -94,9 +94,6 @@ def _rebuilt(engine: Engine, row: dict[str, Any]) -> StudyFit:
     return fit
 
 
-
-
-
 def _study_info(study: Study) -> StudyInfo:
     return StudyInfo(
         parameterization=study.parameterization,
@@ -137,12 +134,12 @@ def _snapshot(engine: Engine, study_id: int) -> tuple[int, RunTable, int | None]
     return row.data_version, RunTable.from_records(records, default_seq_len=row.seq_len), row.seq_len
 
 
-def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> bool:
-    """Compute and store the claimed fit; False when the data moved on meanwhile (row dropped)."""
+def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> None:
+    """Compute and store the claimed fit; drop the claim if the data moved on meanwhile."""
     version, table, seq_len = _snapshot(engine, study.id)
     if version != claimed_version:
         run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
-        return False
+        return
     try:
         result = fit_study(table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=seq_len)
     except InsufficientData as error:
@@ -151,7 +148,7 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
             engine,
             lambda conn: queries.finish_fit(conn, fit_id, status="failed", n_runs=len(table), result=None, error=reason),
         )
-        return True
+        return
     except BaseException:
         # Let the next request try again rather than wait on a fit that will never finish.
         run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
@@ -161,7 +158,6 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
         engine,
         lambda conn: queries.finish_fit(conn, fit_id, status="done", n_runs=len(table), result=state, error=None),
     )
-    return True
 
 
 def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
@@ -172,17 +168,22 @@ def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: 
     (what a recommendation wants); otherwise the fit must have exactly `bootstrap` resamples.
     Until anything is committed to the database the answer cannot change, so it is reused.
     """
-    return commit_cache(engine).get_or_load(
-        ("current_fit", study_name, bootstrap, any_bootstrap),
-        lambda: _current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by,
-                             any_bootstrap=any_bootstrap),
-    )
+    return commit_cache(engine).get_or_load(*_current_fit_lookup(engine, study_name, bootstrap, created_by, any_bootstrap))
 
 
 async def current_fit_async(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
                             any_bootstrap: bool = False) -> StoredFit:
     """`current_fit` from the event loop: a cached answer without a thread hop."""
     return await commit_cache(engine).get_or_load_async(
+        *_current_fit_lookup(engine, study_name, bootstrap, created_by, any_bootstrap)
+    )
+
+
+def _current_fit_lookup(
+    engine: Engine, study_name: str, bootstrap: int, created_by: str | None, any_bootstrap: bool
+) -> tuple[Hashable, Callable[[], StoredFit]]:
+    """The commit-cache key of a current-fit question and the function that answers it."""
+    return (
         ("current_fit", study_name, bootstrap, any_bootstrap),
         lambda: _current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by,
                              any_bootstrap=any_bootstrap),

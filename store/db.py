@@ -144,8 +144,3 @@ class ChangeProbe:
                 return int(cursor.fetchone()[0])
             finally:
                 cursor.close()
-
-    def close(self) -> None:
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
@@ -10,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app import fit_service
-from app.cache import LRUCache
 from app.auth import EngineDep, Reader, Writer
+from app.cache import LRUCache
 from app.errors import ApiError
 from app.routers.studies import ERRORS
 from app.schemas import INT32_MAX, ErrorResponse
@@ -100,19 +102,11 @@ async def recommendation(
     key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
     body = _recommendations.get(key)
     if body is None:
-        try:
+        with _fitting_errors():
             result = await run_in_threadpool(
                 lambda: recommend(stored.result, target, stored.study, batch_size=batch_size,
                                   batch_multiple=batch_multiple, compute=compute)
             )
-        except MissingTarget as error:
-            raise _query_error(error.variable, str(error)) from None
-        except InsufficientData as error:
-            raise ApiError(409, "insufficient_data", str(error)) from None
-        except ValueError as error:
-            raise ApiError(422, "validation_error", str(error), [{"field": "query", "message": str(error), "index": None}]) from None
-        except ArithmeticError:
-            raise _unreachable_target() from None
         document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
         body = json.dumps(fit_service.json_safe(document), separators=(",", ":"), allow_nan=False).encode()
         _recommendations.put(key, body)
@@ -122,11 +116,22 @@ async def recommendation(
 _recommendations = LRUCache(4096)
 
 
-def _unreachable_target() -> ApiError:
-    # The laws' numbers overflow only for targets absurdly far from every proxy.
-    return _query_error(
-        "target", "the fitted laws give no finite answer at this target: it lies too far outside the proxies' range"
-    )
+@contextmanager
+def _fitting_errors() -> Iterator[None]:
+    """The engine's refusals as the contract's errors: 409 for missing runs, 422 for the target."""
+    try:
+        yield
+    except MissingTarget as error:
+        raise _query_error(error.variable, str(error)) from None
+    except InsufficientData as error:
+        raise ApiError(409, "insufficient_data", str(error)) from None
+    except ValueError as error:
+        raise _query_error("query", str(error)) from None
+    except ArithmeticError:
+        # The laws' numbers overflow only for targets absurdly far from every proxy.
+        raise _query_error(
+            "target", "the fitted laws give no finite answer at this target: it lies too far outside the proxies' range"
+        ) from None
 
 
 def _query_error(field: str, message: str) -> ApiError:
@@ -150,12 +155,8 @@ def suggestions(
     stored = fit_service.current_fit(
         engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
     )
-    try:
+    with _fitting_errors():
         items = suggest_runs(stored.result, target, count)
-    except MissingTarget as error:
-        raise _query_error(error.variable, str(error)) from None
-    except ArithmeticError:
-        raise _unreachable_target() from None
     return fit_service.json_safe(
         {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
     )
