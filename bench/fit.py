@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitting.backtest import steplaw_procedure  # noqa: E402
 from fitting.study_fit import fit_study  # noqa: E402
-from tests.fitting_data import load_steplaw  # noqa: E402
+from fitting.datasets import load_steplaw  # noqa: E402
 
 
 def best_of(fn, repeat: int) -> float:
