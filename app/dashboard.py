@@ -20,8 +20,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-
-from app.errors import ApiError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -113,7 +112,7 @@ def study_page(request: Request, name: str) -> Response:
 def static_asset(request: Request, filename: str, v: str | None = None) -> Response:
     asset = ASSETS.get(filename)
     if asset is None or filename.endswith(".html"):
-        raise ApiError(404, "not_found", f"no static file '{filename}'")
+        raise StarletteHTTPException(404, f"no static file '{filename}'")
     if v is not None and v == asset.version:
         cache = "public, max-age=31536000, immutable"
     else:

@@ -1,7 +1,9 @@
-"""The contract's error body `{"error": {"code", "message", "details"}}` for every 4xx.
+"""Every error as the contract's body `{"error": {"code", "message", "details"}}`.
 
-Validation errors name the field and, inside a batch, the run's index; anything the
-handlers do not know becomes a 500 with the same shape (and is a bug to fix).
+The service raises domain exceptions (`service/errors.py`); `HTTP_STATUS` below is the
+one place that gives each its status. FastAPI's own validation errors name the field
+(and, inside a batch, the run's index); anything the handlers do not know becomes a 500
+with the same shape (and is a bug to fix).
 """
 
 from __future__ import annotations
@@ -15,9 +17,35 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.schemas import CROSS_FIELD_ERRORS
+from service import errors
+from service.schemas import summarize, validation_details
 
 log = logging.getLogger("hpscale")
+
+# Each domain exception's HTTP status: exactly one entry per class of service/errors.py
+# (tests/test_architecture.py checks it), looked up by exact class.
+HTTP_STATUS: dict[type[errors.DomainError], int] = {
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.StudyNotFound: 404,
+    errors.FitNotFound: 404,
+    errors.TokenNotFound: 404,
+    errors.StudyExists: 409,
+    errors.TokenExists: 409,
+    errors.InsufficientData: 409,
+    errors.InvalidInput: 422,
+    errors.InvalidRuns: 422,
+    errors.InvalidStudy: 422,
+    errors.InvalidTarget: 422,
+    errors.MissingTarget: 422,
+    errors.InvalidQuery: 422,
+    errors.InvalidArgument: 422,
+    errors.FitInProgress: 503,
+}
+_HEADERS: dict[type[errors.DomainError], dict[str, str]] = {
+    errors.Unauthorized: {"WWW-Authenticate": "Bearer"},
+    errors.FitInProgress: {"Retry-After": "5"},
+}
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -32,27 +60,7 @@ _STATUS_CODES = {
     503: "unavailable",
 }
 
-
 _BODY_PARSE_FAILED = "There was an error parsing the body"
-
-
-class ApiError(Exception):
-    """Raised by handlers for any contract error; rendered as the error body."""
-
-    def __init__(
-        self,
-        status_code: int,
-        code: str,
-        message: str,
-        details: Sequence[dict[str, Any]] = (),
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-        self.details = list(details)
-        self.headers = headers
 
 
 def error_response(
@@ -66,60 +74,31 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def validation_details(errors: Sequence[Any], *, drop_prefix: int = 0) -> list[dict[str, Any]]:
-    """Pydantic errors → details naming the field (dotted) and, for batch items, the index."""
-    details = []
-    for error in errors:
-        loc = [part for part in error["loc"][drop_prefix:] if part not in ("batch", "run")]
-        index = None
-        if len(loc) >= 2 and loc[0] == "runs" and isinstance(loc[1], int):
-            index, field_parts = loc[1], loc[2:]
-        else:
-            field_parts = loc
-        field = ".".join(str(part) for part in field_parts) or "body"
-        if error["type"] in CROSS_FIELD_ERRORS:
-            field = CROSS_FIELD_ERRORS[error["type"]]
-        message = error["msg"]
-        if error["type"] == "missing":
-            message = "field required"
-        details.append(
-            {"field": field, "message": message, "index": index, "loc": [str(p) if not isinstance(p, int) else p for p in loc]}
-        )
-    return details
+def domain_error_response(exc: errors.DomainError) -> JSONResponse:
+    status = HTTP_STATUS[type(exc)]
+    return error_response(status, exc.code, exc.message, exc.details, _HEADERS.get(type(exc)))
 
 
-def summarize(details: Sequence[dict[str, Any]]) -> str:
-    indexes = sorted({d["index"] for d in details if d["index"] is not None})
-    first = details[0]
-    where = f"run {first['index']}: " if first["index"] is not None else ""
-    text = f"invalid input: {where}{first['field']}: {first['message']}"
-    if indexes:
-        text += f" ({len(indexes)} invalid run(s), indexes {', '.join(map(str, indexes[:20]))}"
-        text += ", …)" if len(indexes) > 20 else ")"
-    return text
+def _body_detail(message: str) -> dict[str, Any]:
+    return {"field": "body", "message": message, "index": None, "loc": ["body"]}
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
+    @app.exception_handler(errors.DomainError)
+    async def _domain_error(_: Request, exc: errors.DomainError) -> JSONResponse:
+        return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = list(exc.errors())
         details = []
-        for error in errors:
+        for error in exc.errors():
             where = error["loc"][0] if error["loc"] else "body"
-            # Query/path parameters: the field is the parameter's name.
-            if where in ("query", "path", "header"):
+            if where == "body" and error["type"] == "json_invalid":
+                reason = error.get("ctx", {}).get("error", error["msg"])
+                details.append(_body_detail(f"invalid JSON: {reason}"))
+            elif where in ("query", "path", "header", "body"):
+                # The field is the parameter's name, or the body field's dotted path.
                 details.extend(validation_details([error], drop_prefix=1))
-            elif where == "body":
-                if error["type"] == "json_invalid":
-                    details.append(
-                        {"field": "body", "message": f"invalid JSON: {error.get('ctx', {}).get('error', error['msg'])}", "index": None, "loc": ["body"]}
-                    )
-                else:
-                    details.extend(validation_details([error], drop_prefix=1))
             else:
                 details.extend(validation_details([error]))
         return error_response(422, "validation_error", summarize(details), details)
@@ -135,8 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 else "a number is too long" if isinstance(cause, ValueError)
                 else "unreadable"
             )
-            detail = {"field": "body", "message": f"invalid JSON: {reason}", "index": None, "loc": ["body"]}
-            return error_response(422, "validation_error", f"invalid input: body: invalid JSON: {reason}", [detail])
+            return error_response(
+                422, "validation_error", f"invalid input: body: invalid JSON: {reason}",
+                [_body_detail(f"invalid JSON: {reason}")],
+            )
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))

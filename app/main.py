@@ -1,4 +1,8 @@
-"""The FastAPI application: health, studies, runs (and, as they land, fits and the dashboard)."""
+"""The FastAPI application: health, studies, runs, fits, the dashboard.
+
+Routers parse the request, call the service (`service/`), and return its answer; the
+service's domain exceptions become the contract's error bodies in `app/errors.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,9 +19,8 @@ from app import dashboard
 from app.cache import RepeatedGetCache
 from app.errors import error_response, install_error_handlers
 from app.routers import fits, runs, studies
-from hpscale.config import Settings
-from store import migrate
-from store.db import make_engine
+from service.database import Engine, open_database, readiness
+from service.settings import Settings
 
 
 CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
@@ -69,8 +71,9 @@ class BodySizeLimit:
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the app; settings default to the environment (what `hpscale serve` sets)."""
-    settings = settings or Settings.from_env()
+    """Build the app; settings default to the environment (what `hpscale serve` sets),
+    validated here, before the app exists."""
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -85,7 +88,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = engine or make_engine(settings.database_url)
+    app.state.engine = engine or open_database(settings.database_url)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Launchers ask the same question again and again right before jobs start.
@@ -97,18 +100,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
     def readyz() -> JSONResponse:
-        try:
-            with app.state.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-                current = migrate.current_revision(conn)
-        except Exception as error:  # any database failure means "not ready"
-            return error_response(503, "unavailable", f"database unavailable: {type(error).__name__}")
-        head = migrate.head_revision()
-        if current != head:
-            return error_response(
-                503, "unavailable", f"schema at revision {current}, latest is {head}: run 'hpscale db upgrade'"
-            )
-        return JSONResponse({"status": "ready", "schema_revision": current})
+        state = readiness(app.state.engine)
+        if not state.ready:
+            return error_response(503, "unavailable", state.message)
+        return JSONResponse({"status": "ready", "schema_revision": state.revision})
 
     app.include_router(studies.router)
     app.include_router(runs.router)

@@ -9,27 +9,56 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from hpscale.config import Settings
+from service.errors import DomainError, InvalidArgument, InvalidInput, InvalidRuns
+from service.limits import DEFAULT_IMPORT_BATCH, SCOPES, TOKEN_NAME_MAX_LENGTH
 
-DEFAULT_IMPORT_BATCH = 5_000
+if TYPE_CHECKING:
+    from service.database import Engine
+    from service.settings import Settings
+
+# What the command returns for each refusal of the service: 2 for a command line or
+# argument the service cannot use, 1 for anything else it refuses (unknown study, bad rows,
+# a taken name). Looked up along the exception's class hierarchy.
+EXIT_CODES: dict[type[DomainError], int] = {
+    InvalidArgument: 2,
+    InvalidRuns: 1,
+    InvalidInput: 2,
+    DomainError: 1,
+}
 
 
-def _database_url(args: argparse.Namespace) -> str:
-    return args.database_url or Settings.from_env().database_url
+def exit_code(error: DomainError) -> int:
+    return next(EXIT_CODES[cls] for cls in type(error).__mro__ if cls in EXIT_CODES)
 
 
-def _engine(args: argparse.Namespace, *, upgrade: bool = True):  # type: ignore[no-untyped-def]
-    from store import migrate
-    from store.db import make_engine
+def report(error: DomainError, limit: int = 50) -> int:
+    """Print a refusal (and its details, by CSV line when there are lines) and return its exit code."""
+    stream = sys.stderr
+    print(f"error: {error.message}", file=stream)
+    for detail in error.details[:limit]:
+        where = f"line {detail['index']}: " if detail.get("index") is not None else ""
+        print(f"  {where}{detail['field']}: {detail['message']}", file=stream)
+    if len(error.details) > limit:
+        print(f"  … and {len(error.details) - limit} more", file=stream)
+    return exit_code(error)
 
-    engine = make_engine(_database_url(args))
-    if upgrade:
-        migrate.upgrade(engine)
-    return engine
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with --database-url over HPSCALE_DATABASE_URL (validated)."""
+    from service.settings import Settings
+
+    overrides = {"database_url": args.database_url} if getattr(args, "database_url", None) else {}
+    return Settings(**overrides)
+
+
+def _engine(args: argparse.Namespace, *, upgrade: bool = True) -> Engine:
+    from service.database import open_database
+
+    return open_database(_settings(args).database_url, upgrade_schema=upgrade)
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +81,15 @@ def is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    args.no_auth = args.no_auth or Settings.from_env().auth_enabled is False
+    from service.database import redact_url
+    from service.tokens import register_bootstrap_admin
+
+    try:
+        settings = _settings(args)
+    except ValidationError as error:
+        print(f"error: invalid HPSCALE_* setting:\n{error}", file=sys.stderr)
+        return 2
+    args.no_auth = args.no_auth or settings.no_auth
     if args.no_auth and not is_loopback(args.host):
         print(
             f"error: --no-auth is only allowed on a loopback address, not {args.host!r}; "
@@ -60,17 +97,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    url = _database_url(args)
     # Each request's fit is small linear algebra: BLAS thread pools in every worker would
     # only oversubscribe the cores (seen: 8-10x slower fits under load). Set before numpy loads.
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
-    os.environ["HPSCALE_DATABASE_URL"] = url
+    # The workers build their Settings from the environment: hand the flags down that way.
+    os.environ["HPSCALE_DATABASE_URL"] = settings.database_url
     os.environ["HPSCALE_NO_AUTH"] = "1" if args.no_auth else "0"
     engine = _engine(args)
-    _bootstrap_admin_token(engine)
+    if settings.bootstrap_admin_token is not None:
+        register_bootstrap_admin(engine, settings.bootstrap_admin_token.get_secret_value())
     engine.dispose()
-    print(f"hpscale: serving http://{args.host}:{args.port} on {_redact(url)}", file=sys.stderr)
+    print(f"hpscale: serving http://{args.host}:{args.port} on {redact_url(settings.database_url)}", file=sys.stderr)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
@@ -82,34 +120,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _bootstrap_admin_token(engine) -> None:  # type: ignore[no-untyped-def]
-    """Register HPSCALE_BOOTSTRAP_ADMIN_TOKEN (a container's first admin) if it is set."""
-    token = os.environ.get("HPSCALE_BOOTSTRAP_ADMIN_TOKEN")
-    if not token:
-        return
-    from store import queries
-    from store.db import run_in_transaction
-
-    def register(conn) -> None:  # type: ignore[no-untyped-def]
-        if queries.find_token(conn, token) is None and not queries.token_name_exists(conn, "bootstrap-admin"):
-            queries.create_token(conn, "bootstrap-admin", "admin", token=token)
-
-    run_in_transaction(engine, register)
-
-
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from store import migrate
+    from service.database import upgrade
 
-    engine = _engine(args, upgrade=False)
-    migrate.upgrade(engine)
-    with engine.connect() as conn:
-        print(f"database at revision {migrate.current_revision(conn)}")
+    print(f"database at revision {upgrade(_engine(args, upgrade=False))}")
     return 0
 
 
@@ -127,87 +141,38 @@ def _progress(done: int, total: int, started: float, stream: TextIO = sys.stderr
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from app.csv_io import parse_mapping, read_runs
-    from app.errors import validation_details
-    from app.schemas import RunIn, StudyIn
-    from store import queries
-    from store.db import run_in_transaction
+    from service.csv_io import parse_mapping, read_runs
+    from service.runs import import_runs
+    from service.schemas import StudyIn, validation_details
 
     try:
         mapping = parse_mapping(args.map or [])
         with open(args.file, newline="", encoding="utf-8") as handle:
             rows = list(read_runs(handle, mapping))
-    except (OSError, ValueError) as error:
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
-    # Validate the whole file first: a file with a bad row stores nothing at all.
-    adapter = TypeAdapter(RunIn)
-    runs: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for line, row in rows:
+    create = None
+    if args.create:
         try:
-            runs.append(adapter.validate_python(row).model_dump())
-        except ValidationError as error:
-            for detail in validation_details(error.errors()):
-                problems.append(f"line {line}: {detail['field']}: {detail['message']}")
-    if problems:
-        print(f"error: {len(problems)} problem(s) in {args.file}; nothing was imported", file=sys.stderr)
-        for problem in problems[:50]:
-            print(f"  {problem}", file=sys.stderr)
-        if len(problems) > 50:
-            print(f"  … and {len(problems) - 50} more", file=sys.stderr)
-        return 1
-
-    engine = _engine(args)
-    with engine.connect() as conn, conn.begin():
-        study = queries.get_study(conn, args.study)
-    if study is None:
-        if not args.create:
-            print(f"error: study '{args.study}' does not exist (pass --create to create it)", file=sys.stderr)
-            return 1
-        try:
-            fields = StudyIn(name=args.study, seq_len=args.seq_len).model_dump()
+            create = StudyIn(name=args.study, seq_len=args.seq_len)
         except ValidationError as error:
             print(f"error: {validation_details(error.errors())[0]['message']}", file=sys.stderr)
             return 2
-        run_in_transaction(engine, lambda conn: queries.create_study(conn, fields, "cli"))
-        with engine.connect() as conn, conn.begin():
-            study = queries.get_study(conn, args.study)
-    assert study is not None
-    for run in runs:
-        if run["seq_len"] is None:
-            run["seq_len"] = study.seq_len
-
-    inserted = duplicates = 0
     started = time.perf_counter()
-    for start in range(0, len(runs), args.batch_size):
-        batch = runs[start : start + args.batch_size]
-        result = run_in_transaction(
-            engine, lambda conn: queries.insert_runs(conn, study.id, batch, "cli")
-        )
-        inserted += result.inserted
-        duplicates += result.duplicates
-        if not args.quiet:
-            _progress(start + len(batch), len(runs), started)
-    print(f"imported {inserted} runs into '{study.name}' ({duplicates} duplicates skipped)")
+    progress = None if args.quiet else (lambda done, total: _progress(done, total, started))
+    result = import_runs(_engine(args), args.study, rows, create=create, batch_size=args.batch_size, progress=progress)
+    print(f"imported {result.inserted} runs into '{result.study.name}' ({result.duplicates} duplicates skipped)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.csv_io import csv_lines
-    from store import queries
+    from service.runs import export_csv
 
-    engine = _engine(args)
-    with engine.connect() as conn, conn.begin():
-        study = queries.get_study(conn, args.study)
-    if study is None:
-        print(f"error: study '{args.study}' does not exist", file=sys.stderr)
-        return 1
-    keys = queries.run_extra_keys(engine, study.id)
+    _, lines = export_csv(_engine(args), args.study)
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
-        for line in csv_lines(queries.iter_runs(engine, study.id), keys):
+        for line in lines:
             out.write(line)
     finally:
         if args.output:
@@ -221,37 +186,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     import secrets
 
-    from store import queries
-    from store.db import run_in_transaction
+    from service import tokens
 
     name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
-    if not 1 <= len(name) <= 64 or "\x00" in name:
-        print("error: --name must be 1 to 64 characters", file=sys.stderr)
-        return 2
-    engine = _engine(args)
-
-    def create(conn) -> str | None:  # type: ignore[no-untyped-def]
-        if queries.token_name_exists(conn, name):
-            return None
-        return queries.create_token(conn, name, args.scope)
-
-    token = run_in_transaction(engine, create)
-    if token is None:
-        print(f"error: a token named '{name}' already exists", file=sys.stderr)
-        return 1
+    if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or "\x00" in name:
+        raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters")
+    token = tokens.create_token(_engine(args), name, args.scope)
     print(f"created {args.scope} token '{name}'; it is shown only once:")
     print(token)
     return 0
 
 
 def cmd_tokens_list(args: argparse.Namespace) -> int:
-    from store import queries
+    from service import tokens
 
-    engine = _engine(args)
-    with engine.connect() as conn, conn.begin():
-        tokens = queries.list_tokens(conn)
     print(f"{'name':<24} {'scope':<6} {'created':<20} {'last used':<20} status")
-    for t in tokens:
+    for t in tokens.list_tokens(_engine(args)):
         fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"  # noqa: E731
         status = "revoked" if t.revoked_at else "active"
         print(f"{t.name:<24} {t.scope:<6} {fmt(t.created_at):<20} {fmt(t.last_used_at):<20} {status}")
@@ -259,13 +209,9 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
-    from store import queries
-    from store.db import run_in_transaction
+    from service import tokens
 
-    engine = _engine(args)
-    if not run_in_transaction(engine, lambda conn: queries.revoke_token(conn, args.name)):
-        print(f"error: no active token named '{args.name}'", file=sys.stderr)
-        return 1
+    tokens.revoke_token(_engine(args), args.name)
     print(f"revoked token '{args.name}'")
     return 0
 
@@ -322,15 +268,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
     from hpscale.client import Client, HpscaleError
+    from service.settings import ClientSettings
 
-    token = args.token or os.environ.get("HPSCALE_TOKEN")
+    client_settings = ClientSettings()
+    url = args.url or client_settings.url
+    token = args.token or (client_settings.token.get_secret_value() if client_settings.token else None)
     target = {
         "n_params": args.n_params, "tokens": args.tokens, "width": args.width, "depth": args.depth,
         "batch_size": args.batch_size, "batch_multiple": args.batch_multiple, "compute": args.compute,
         "seq_len": args.seq_len,
     }
     try:
-        with Client(args.url, token) as client:
+        with Client(url, token) as client:
             rec = client.recommend(args.study, **target)
     except HpscaleError as error:
         print(f"error: {error.message}", file=sys.stderr)
@@ -338,7 +287,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
         return 1
     except Exception as error:  # connection refused, DNS, timeout: say what and where
-        print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
+        print(f"error: cannot reach {url}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(rec, indent=2) if args.json else format_recommendation(args.study, rec))
     return 0
@@ -399,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--batch-multiple", type=int, help="round the batch to a multiple of this")
     rec.add_argument("--compute", type=float, help="FLOP budget instead of --n-params/--tokens")
     rec.add_argument("--seq-len", type=int)
-    rec.add_argument("--url", default=os.environ.get("HPSCALE_URL", "http://127.0.0.1:8000"))
+    rec.add_argument("--url", help="server (default: $HPSCALE_URL or http://127.0.0.1:8000)")
     rec.add_argument("--token", help="bearer token (default: $HPSCALE_TOKEN)")
     rec.add_argument("--json", action="store_true", help="print the raw JSON answer")
     rec.set_defaults(func=cmd_recommend)
@@ -407,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = sub.add_parser("tokens", help="API tokens")
     tok_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     create = tok_sub.add_parser("create", parents=[common], help="create a token (printed once)")
-    create.add_argument("--scope", choices=["read", "write", "admin"], required=True)
+    create.add_argument("--scope", choices=SCOPES, required=True)
     create.add_argument("--name")
     create.set_defaults(func=cmd_tokens_create)
     lst = tok_sub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")
@@ -422,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except DomainError as error:
+        return report(error)
+    except ValidationError as error:  # an HPSCALE_* setting
+        print(f"error: invalid HPSCALE_* setting:\n{error}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # e.g. `hpscale export ... | head`
         sys.stderr.close()
         return 0

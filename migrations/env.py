@@ -41,7 +41,10 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///./hpscale.db")
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database: run migrations through 'hpscale db upgrade' or set sqlalchemy.url")
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             _run(conn)

@@ -16,15 +16,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-DEFAULT_DATABASE_URL = "sqlite:///./hpscale.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "hpscale_write"
 
 T = TypeVar("T")
+
+__all__ = [
+    "ChangeProbe", "Connection", "Engine", "make_engine", "normalize_url", "ping", "read_connection",
+    "redact_url", "run_in_transaction", "snapshot_connection",
+]
 
 
 def normalize_url(url: str) -> str:
@@ -36,11 +40,12 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def is_sqlite(engine: Engine | Connection) -> bool:
-    return engine.dialect.name == "sqlite"
+def redact_url(url: str) -> str:
+    """`url` with its password hidden, for logs."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def make_engine(url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 10) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for `url`, with SQLite's pragmas and write-transaction mode set up."""
     url = normalize_url(url)
     parsed = make_url(url)
@@ -116,6 +121,25 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def snapshot_connection(engine: Engine) -> Iterator[Connection]:
+    """A read transaction whose queries all see one snapshot of the database.
+
+    SQLite's transactions already do; PostgreSQL needs REPEATABLE READ for it.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
+
+
+def ping(engine: Engine) -> None:
+    """Raise if the database does not answer."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
 
 
 class ChangeProbe:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Double,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -79,6 +81,11 @@ class Study(Base):
     base_width: Mapped[int | None] = mapped_column(Integer)
     base_depth: Mapped[int | None] = mapped_column(Integer)
     seq_len: Mapped[int | None] = mapped_column(Integer)
+    # "published": the laws start from the published results for the parameterization;
+    # "none": the study's data alone.
+    priors: Mapped[str] = mapped_column(String(16), default="published", server_default="published")
+    # Accept final_loss ≤ 0 (a loss that is not cross-entropy-like).
+    loss_can_be_negative: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Bumped in the same transaction as every insert or delete of the study's runs, so a
     # stored fit knows whether it still describes the data.
     data_version: Mapped[int] = mapped_column(BigInteger, default=0)

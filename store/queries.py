@@ -49,6 +49,11 @@ def get_study(conn: Connection, name: str) -> Study | None:
     return None if row is None else Study(**row._mapping)
 
 
+def get_study_by_id(conn: Connection, study_id: int) -> Study:
+    row = conn.execute(select(Study.__table__).where(Study.id == study_id)).one()
+    return Study(**row._mapping)
+
+
 def list_studies(conn: Connection) -> list[Study]:
     rows = conn.execute(select(Study.__table__).order_by(Study.name)).all()
     return [Study(**row._mapping) for row in rows]
@@ -247,9 +252,10 @@ def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set
 
 
 def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
-    """The columns a fit reads, for every run of the study (no curves, no extras)."""
+    """The columns a fit reads, for every run of the study (no curves, no extras); `id` and
+    `run_key` name the runs a fit leaves out."""
     c = Run.__table__.c
-    columns = (c.n_params, c.tokens, c.width, c.depth, c.seq_len, c.learning_rate,
+    columns = (c.id, c.run_key, c.n_params, c.tokens, c.width, c.depth, c.seq_len, c.learning_rate,
                c.batch_size, c.weight_decay, c.final_loss, c.status)
     return [dict(row._mapping) for row in conn.execute(select(*columns).where(c.study_id == study_id).order_by(c.id))]
 
@@ -336,7 +342,6 @@ def delete_fit(conn: Connection, fit_id: int) -> None:
 
 # --- tokens -------------------------------------------------------------------------
 
-SCOPES = ("read", "write", "admin")
 TOKEN_PREFIX = "hps_"
 # Writing last_used_at on every request would turn every read into a write.
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -348,9 +353,9 @@ def hash_token(token: str) -> str:
 
 
 def create_token(conn: Connection, name: str, scope: str, token: str | None = None) -> str:
-    """Store a new token's hash and return the token (the only time it exists in clear)."""
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    """Store a new token's hash and return the token (the only time it exists in clear).
+
+    `scope` is one of `service.limits.SCOPES` (checked by the service)."""
     token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
     conn.execute(
         insert(ApiToken).values(

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from app.main import create_app
-from hpscale.config import Settings
+from service.settings import Settings
+from service.limits import SCOPES
 from store import migrate, queries
 from store.db import make_engine, normalize_url, run_in_transaction
 from store.models import Base, Run
@@ -100,7 +101,7 @@ def tokens(engine: Engine) -> dict[str, str]:
     """One token per scope, by scope name."""
     return {
         scope: run_in_transaction(engine, lambda conn, s=scope: queries.create_token(conn, f"test-{s}", s))
-        for scope in queries.SCOPES
+        for scope in SCOPES
     }
 
 
@@ -112,7 +113,7 @@ def bearer(token: str) -> dict[str, str]:
 def client(engine: Engine, database_url: str, tokens: dict[str, str]) -> Iterator[TestClient]:
     """An authenticated app client whose default token is admin."""
     # Fewer bootstrap resamples than the service default: API tests check shapes, not coverage.
-    app = create_app(Settings(database_url=database_url, default_bootstrap=40), engine=engine)
+    app = create_app(Settings(database_url=database_url, bootstrap=40), engine=engine)
     with TestClient(app, headers=bearer(tokens["admin"])) as test_client:
         yield test_client
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from app.main import create_app
-from hpscale.config import Settings
+from service.settings import Settings
 from store.db import make_engine
 from tests.conftest import assert_error, bearer, count_rows, make_run
 

@@ -306,7 +306,7 @@ def test_static_assets_and_pages(steplaw_db: str) -> None:
 
     from app.dashboard import ASSETS
     from app.main import create_app
-    from hpscale.config import Settings
+    from service.settings import Settings
 
     with TestClient(create_app(Settings(database_url=steplaw_db))) as client:
         page = client.get("/studies/steplaw")

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, select, text
 
 from app.main import create_app
 from hpscale.cli import main as cli
-from hpscale.config import Settings
+from service.settings import Settings
 from store import queries
 from store.db import run_in_transaction
 from store.models import ApiToken, Study
@@ -214,7 +214,7 @@ def test_last_used_at_is_set_by_use(engine: Engine, client: TestClient, tokens: 
 
 
 def test_no_auth_app_makes_every_request_admin(database_url: str, engine: Engine) -> None:
-    app = create_app(Settings(database_url=database_url, auth_enabled=False), engine=engine)
+    app = create_app(Settings(database_url=database_url, no_auth=True), engine=engine)
     with TestClient(app) as anonymous:
         assert anonymous.post("/v1/studies", json={"name": "open"}).status_code == 201
         assert anonymous.post("/v1/studies/open/runs", json=make_run(1)).status_code == 201

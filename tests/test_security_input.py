@@ -22,8 +22,8 @@ from schemathesis.checks import not_a_server_error
 from sqlalchemy import Engine
 
 from app.main import create_app
-from app.routers.runs import encode_cursor
-from hpscale.config import Settings
+from service.runs import encode_cursor
+from service.settings import Settings
 from store import migrate, queries
 from store.db import make_engine, run_in_transaction
 from tests.conftest import assert_error, bearer, count_rows, make_run

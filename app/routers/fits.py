@@ -1,45 +1,21 @@
-"""Fits, recommendations and sweep suggestions."""
+"""Fits, recommendations, sweep suggestions and compute-optimal allocations."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
-from app import fit_service
-from app.auth import EngineDep, Reader, Writer
-from app.cache import LRUCache
-from app.errors import ApiError
-from app.routers.studies import ERRORS
-from app.schemas import INT32_MAX, ErrorResponse
-from fitting.common import InsufficientData
-from fitting.loss_law import compute_optimal
-from fitting.plan import suggest_runs
-from fitting.recommend import MissingTarget, recommend
-from hpscale.config import Settings
+from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
+from app.schemas import FIT_ERRORS
+from service import fits, recommendations
+from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS
 
-router = APIRouter(prefix="/v1/studies", tags=["fits"])
+router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK)
 
-FIT_ERRORS = {
-    **ERRORS,
-    409: {"model": ErrorResponse, "description": "insufficient_data: what runs are missing"},
-}
-MAX_BOOTSTRAP = 5_000
-# Every target quantity (parameters, tokens, width, depth, sequences, FLOPs) is a count ≥ 1;
-# this also keeps denormal inputs like 5e-324 from underflowing in log space.
-PositiveQuery = Annotated[float | None, Query(ge=1, le=1e30, allow_inf_nan=False)]
-
-
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Bounds (≥ 1, each quantity's contract limit) are the service's: service.limits.TARGET_LIMITS.
+Quantity = Annotated[float | None, Query(allow_inf_nan=False)]
 
 
 class FitRequest(BaseModel):
@@ -57,20 +33,20 @@ def create_fit(
     body: Annotated[FitRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     """Fit the study's current runs (or return the fit already made of exactly these runs)."""
-    bootstrap = settings.default_bootstrap if body is None or body.bootstrap is None else body.bootstrap
-    return fit_service.current_fit(engine, name, bootstrap=bootstrap, created_by=principal.name).to_contract()
+    bootstrap = settings.bootstrap if body is None or body.bootstrap is None else body.bootstrap
+    return fits.current_fit(engine, name, bootstrap=bootstrap, created_by=principal.name).to_contract()
 
 
 @router.get("/{name}/fits/latest", responses=FIT_ERRORS)
 def latest_fit(name: str, _: Reader, engine: EngineDep) -> dict[str, Any]:
-    return fit_service.latest_fit(engine, name).to_contract()
+    return fits.latest_fit(engine, name).to_contract()
 
 
 @router.get("/{name}/fits/{fit_id}", responses=FIT_ERRORS)
 def show_fit(
     name: str, fit_id: Annotated[int, Path(ge=1, le=INT32_MAX)], _: Reader, engine: EngineDep
 ) -> dict[str, Any]:
-    return fit_service.fit_by_id(engine, name, fit_id).to_contract()
+    return fits.fit_by_id(engine, name, fit_id).to_contract()
 
 
 @router.get("/{name}/recommendation", responses=FIT_ERRORS, response_class=Response)
@@ -79,63 +55,22 @@ async def recommendation(
     principal: Reader,
     engine: EngineDep,
     settings: SettingsDep,
-    n_params: PositiveQuery = None,
-    tokens: PositiveQuery = None,
-    width: PositiveQuery = None,
-    depth: PositiveQuery = None,
-    batch_size: Annotated[PositiveQuery, Query(description="the learning rate is the optimum at this batch")] = None,
-    batch_multiple: Annotated[int | None, Query(ge=1, le=1_000_000, description="round the batch to a multiple of this")] = None,
-    compute: Annotated[PositiveQuery, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")] = None,
-    seq_len: Annotated[int | None, Query(ge=1, le=INT32_MAX, description="tokens per sequence, for batch_tokens")] = None,
+    n_params: Quantity = None,
+    tokens: Quantity = None,
+    width: Quantity = None,
+    depth: Quantity = None,
+    batch_size: Annotated[Quantity, Query(description="the learning rate is the optimum at this batch")] = None,
+    batch_multiple: Annotated[int | None, Query(description="round the batch to a multiple of this")] = None,
+    compute: Annotated[Quantity, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")] = None,
+    seq_len: Annotated[int | None, Query(description="tokens per sequence, for batch_tokens")] = None,
 ) -> Response:
     """Learning rate, batch size and weight decay at a target scale, with 90% intervals."""
-    target = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len}
-    if compute is not None and (n_params is not None or tokens is not None):
-        raise _query_error("compute", "give either compute or n_params and tokens, not both")
-    # Async, with the work in threads only on a miss: the hot path (a launcher asking about an
-    # unchanged study) then never leaves the event loop.
-    stored = await fit_service.current_fit_async(
-        engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
+    body = await recommendations.recommendation_json(
+        engine, name, {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len},
+        bootstrap=settings.bootstrap, created_by=principal.name,
+        batch_size=batch_size, batch_multiple=batch_multiple, compute=compute,
     )
-    # A fit never changes, so the answer to the same question about it never does either:
-    # launchers asking again (or many at once) get the encoded answer without recomputing.
-    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
-    body = _recommendations.get(key)
-    if body is None:
-        with _fitting_errors():
-            result = await run_in_threadpool(
-                lambda: recommend(stored.result, target, stored.study, batch_size=batch_size,
-                                  batch_multiple=batch_multiple, compute=compute)
-            )
-        document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
-        body = json.dumps(fit_service.json_safe(document), separators=(",", ":"), allow_nan=False).encode()
-        _recommendations.put(key, body)
     return Response(content=body, media_type="application/json")
-
-
-_recommendations = LRUCache(4096)
-
-
-@contextmanager
-def _fitting_errors() -> Iterator[None]:
-    """The engine's refusals as the contract's errors: 409 for missing runs, 422 for the target."""
-    try:
-        yield
-    except MissingTarget as error:
-        raise _query_error(error.variable, str(error)) from None
-    except InsufficientData as error:
-        raise ApiError(409, "insufficient_data", str(error)) from None
-    except ValueError as error:
-        raise _query_error("query", str(error)) from None
-    except ArithmeticError:
-        # The laws' numbers overflow only for targets absurdly far from every proxy.
-        raise _query_error(
-            "target", "the fitted laws give no finite answer at this target: it lies too far outside the proxies' range"
-        ) from None
-
-
-def _query_error(field: str, message: str) -> ApiError:
-    return ApiError(422, "validation_error", message, [{"field": field, "message": message, "index": None, "loc": [field]}])
 
 
 @router.get("/{name}/suggestions", responses=FIT_ERRORS)
@@ -144,21 +79,16 @@ def suggestions(
     principal: Reader,
     engine: EngineDep,
     settings: SettingsDep,
-    count: Annotated[int, Query(ge=1, le=50)] = 5,
-    n_params: PositiveQuery = None,
-    tokens: PositiveQuery = None,
-    width: PositiveQuery = None,
-    depth: PositiveQuery = None,
+    count: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS)] = 5,
+    n_params: Quantity = None,
+    tokens: Quantity = None,
+    width: Quantity = None,
+    depth: Quantity = None,
 ) -> dict[str, Any]:
     """The proxy runs that would most shrink the recommendation's uncertainty at the target."""
     target = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth}
-    stored = fit_service.current_fit(
-        engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
-    )
-    with _fitting_errors():
-        items = suggest_runs(stored.result, target, count)
-    return fit_service.json_safe(
-        {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
+    return recommendations.suggestions(
+        engine, name, target, count, bootstrap=settings.bootstrap, created_by=principal.name
     )
 
 
@@ -168,22 +98,9 @@ def compute_optimal_allocation(
     principal: Reader,
     engine: EngineDep,
     settings: SettingsDep,
-    compute: Annotated[float, Query(ge=1, le=1e35, allow_inf_nan=False, description="FLOP budget C = 6·N·D")],
+    compute: Annotated[float, Query(allow_inf_nan=False, description="FLOP budget C = 6·N·D")],
 ) -> dict[str, Any]:
     """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
-    stored = fit_service.current_fit(
-        engine, name, bootstrap=settings.default_bootstrap, created_by=principal.name, any_bootstrap=True
+    return recommendations.compute_optimal_allocation(
+        engine, name, compute, bootstrap=settings.bootstrap, created_by=principal.name
     )
-    law = stored.result.loss_law
-    if law is None:
-        reason = next((w for w in stored.result.warnings if w.startswith("no loss law")), "no loss law was fitted")
-        raise ApiError(409, "insufficient_data", f"this study has no loss law: {reason}")
-    allocation = compute_optimal(law, compute)
-    loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
-    return fit_service.json_safe({
-        **allocation.to_dict(),
-        "predicted_loss": loss.to_dict(),
-        "loss_law": law.to_dict(),
-        "fit_id": stored.id,
-        "data_version": str(stored.data_version),
-    })

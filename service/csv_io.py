@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from service.errors import InvalidArgument
 from store.queries import RUN_FIELDS
 
 EXPORT_COLUMNS: tuple[str, ...] = (
@@ -97,7 +98,7 @@ def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
     for pair in pairs:
         column, sep, field = pair.rpartition("=")
         if not sep or not column or not field:
-            raise ValueError(f"--map takes csv_column=field, got {pair!r}")
+            raise InvalidArgument(f"--map takes csv_column=field, got {pair!r}")
         mapping[column] = field.strip()
     return mapping
 
@@ -112,10 +113,10 @@ def read_runs(
         return
     unknown = [f for f in mapping.values() if f not in RUN_FIELDS and not f.startswith("extra.")]
     if unknown:
-        raise ValueError(f"--map names unknown run field(s): {', '.join(unknown)}")
+        raise InvalidArgument(f"--map names unknown run field(s): {', '.join(unknown)}")
     missing = [c for c in mapping if c not in reader.fieldnames]
     if missing:
-        raise ValueError(f"--map names column(s) not in the CSV header: {', '.join(missing)}")
+        raise InvalidArgument(f"--map names column(s) not in the CSV header: {', '.join(missing)}")
     targets: dict[str, str] = {}
     for column in reader.fieldnames:
         field = mapping.get(column, column)

@@ -1,10 +1,12 @@
-"""Fits over HTTP: computed once per (study, data_version, bootstrap), across processes.
+"""Fits: computed once per (study, data_version, bootstrap), across processes.
 
 The first request for a stale fit inserts the fit's 'running' row (unique per study,
 data version and bootstrap count) and computes it; concurrent requests in any process
 find that row and wait for it to finish instead of fitting again. Runs and the data
 version are read in one snapshot, so a fit's `data_version` is exactly the data it saw.
-Fitting runs in the request's worker thread, never on the event loop.
+Fitting runs in the request's worker thread, never on the event loop. Where a law is
+fitted: `fitting.study_fit.fit_study`, called from `_compute` below with the study's
+parameterization and priors.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine
-
-from app.cache import LRUCache, commit_cache
-from app.errors import ApiError
-from app.routers.studies import get_study_or_404
-from fitting.common import InsufficientData
+from fitting.common import InsufficientData as EngineInsufficientData
 from fitting.recommend import StudyInfo
 from fitting.runs import RunTable
 from fitting.study_fit import StudyFit, fit_study
+from service.cache import LRUCache, commit_cache
+from service.errors import FitInProgress, FitNotFound, InsufficientData
+from service.studies import get_study
 from store import queries
-from store.db import run_in_transaction
+from store.db import Engine, run_in_transaction, snapshot_connection
 from store.models import Study, utcnow
 
 WAIT_FOR_OTHER_FIT_SECONDS = 300.0
@@ -119,30 +119,29 @@ def _stored(engine: Engine, row: dict[str, Any], study: Study) -> StoredFit:
     )
 
 
-def _insufficient(message: str) -> ApiError:
-    return ApiError(409, "insufficient_data", message)
+def _snapshot(engine: Engine, study_id: int) -> tuple[Study, RunTable]:
+    """The study (its data version) and its runs, read in one consistent snapshot.
 
-
-def _snapshot(engine: Engine, study_id: int) -> tuple[int, RunTable, int | None]:
-    """The study's data version and runs, read in one consistent snapshot."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            row = conn.execute(Study.__table__.select().where(Study.id == study_id)).one()
-            records = queries.fit_inputs(conn, study_id)
-    return row.data_version, RunTable.from_records(records, default_seq_len=row.seq_len), row.seq_len
+    Each record carries the run's `id` and `run_key`, so a fit can name the runs it leaves out.
+    """
+    with snapshot_connection(engine) as conn:
+        study = queries.get_study_by_id(conn, study_id)
+        records = queries.fit_inputs(conn, study_id)
+    return study, RunTable.from_records(records, default_seq_len=study.seq_len)
 
 
 def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> None:
     """Compute and store the claimed fit; drop the claim if the data moved on meanwhile."""
-    version, table, seq_len = _snapshot(engine, study.id)
-    if version != claimed_version:
+    current, table = _snapshot(engine, study.id)
+    if current.data_version != claimed_version:
         run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
         return
     try:
-        result = fit_study(table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=seq_len)
-    except InsufficientData as error:
+        result = fit_study(
+            table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=current.seq_len,
+            parameterization=current.parameterization, optimizer=current.optimizer, priors=current.priors,
+        )
+    except EngineInsufficientData as error:
         reason = str(error)
         run_in_transaction(
             engine,
@@ -196,14 +195,14 @@ def _current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by:
     delay = 0.02
     while True:
         with engine.connect() as conn, conn.begin():
-            study = get_study_or_404(conn, study_name)
+            study = get_study(conn, study_name)
             row = (
                 queries.latest_done_fit(conn, study.id, study.data_version) if any_bootstrap else None
             ) or queries.fit_for_version(conn, study.id, study.data_version, bootstrap)
         if row is not None and row["status"] == "done":
             return _stored(engine, row, study)
         if row is not None and row["status"] == "failed":
-            raise _insufficient(row["error"] or "the study's runs do not support a fit")
+            raise InsufficientData(row["error"] or "the study's runs do not support a fit")
         if row is None:
             fit_id = run_in_transaction(
                 engine,
@@ -220,25 +219,25 @@ def _current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by:
             _compute(engine, study, row["id"], study.data_version, bootstrap)
             continue
         if time.monotonic() > deadline:
-            raise ApiError(503, "unavailable", "another request is still computing this fit; try again")
+            raise FitInProgress("another request is still computing this fit; try again")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 
 
 def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> StoredFit:
     with engine.connect() as conn, conn.begin():
-        study = get_study_or_404(conn, study_name)
+        study = get_study(conn, study_name)
         row = queries.get_fit(conn, study.id, fit_id)
     if row is None or row["status"] != "done":
-        raise ApiError(404, "not_found", f"study '{study_name}' has no fit {fit_id}")
+        raise FitNotFound(f"study '{study_name}' has no fit {fit_id}")
     return _stored(engine, row, study)
 
 
 def latest_fit(engine: Engine, study_name: str) -> StoredFit:
     with engine.connect() as conn, conn.begin():
-        study = get_study_or_404(conn, study_name)
+        study = get_study(conn, study_name)
         row = queries.latest_done_fit(conn, study.id)
     if row is None:
-        raise ApiError(404, "not_found", f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
+        raise FitNotFound(f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
     return _stored(engine, row, study)
 

@@ -1,0 +1,144 @@
+"""Domain exceptions: what the service refuses, each with a machine code.
+
+The HTTP layer maps every concrete class here to exactly one status (`app/errors.py`,
+`HTTP_STATUS`); the command line maps them to exit codes. `details` are the contract's
+error details: dicts naming the `field` (and, inside a batch, the run's `index`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import fitting.common
+
+
+class DomainError(Exception):
+    """Base of every refusal the service makes; never raised itself."""
+
+    code = "error"
+
+    def __init__(self, message: str, details: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+
+def field_detail(field: str, message: str, index: int | None = None) -> dict[str, Any]:
+    """One error detail naming `field` (and the run's `index` inside a batch)."""
+    loc: list[str | int] = [field] if index is None else ["runs", index, field]
+    return {"field": field, "message": message, "index": index, "loc": loc}
+
+
+# --- authentication ------------------------------------------------------------------
+
+
+class Unauthorized(DomainError):
+    """No token, an unknown one, or a revoked one."""
+
+    code = "unauthorized"
+
+
+class Forbidden(DomainError):
+    """A valid token without the scope the operation needs."""
+
+    code = "forbidden"
+
+
+# --- not found -------------------------------------------------------------------------
+
+
+class StudyNotFound(DomainError):
+    code = "not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"study '{name}' does not exist")
+        self.name = name
+
+
+class FitNotFound(DomainError):
+    code = "not_found"
+
+
+# --- conflicts -------------------------------------------------------------------------
+
+
+class StudyExists(DomainError):
+    code = "conflict"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"study '{name}' already exists")
+        self.name = name
+
+
+class TokenExists(DomainError):
+    code = "conflict"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a token named '{name}' already exists")
+        self.name = name
+
+
+class TokenNotFound(DomainError):
+    code = "not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no active token named '{name}'")
+        self.name = name
+
+
+class InsufficientData(DomainError, fitting.common.InsufficientData):
+    """The runs cannot support what was asked; the message says what runs are missing."""
+
+    code = "insufficient_data"
+
+    def __init__(self, message: str, details: Sequence[dict[str, Any]] = ()) -> None:
+        DomainError.__init__(self, message, details)
+        self.missing = None
+
+
+# --- unavailable -------------------------------------------------------------------------
+
+
+class FitInProgress(DomainError):
+    """Another request is still computing the fit this one waits for (past the deadline)."""
+
+    code = "unavailable"
+
+
+# --- invalid input -----------------------------------------------------------------------
+
+
+class InvalidInput(DomainError):
+    """Base of the 422s: every detail names the field."""
+
+    code = "validation_error"
+
+
+class InvalidRuns(InvalidInput):
+    """A run, or runs of a batch, break the run rules (details carry each run's index)."""
+
+
+class InvalidStudy(InvalidInput):
+    """A study's fields break the study rules."""
+
+
+class InvalidTarget(InvalidInput):
+    """A recommendation or suggestion target outside the limits, or with no finite answer."""
+
+
+class MissingTarget(InvalidInput):
+    """The fitted laws use a target variable the request did not give."""
+
+    def __init__(self, variable: str, message: str | None = None) -> None:
+        message = message or f"missing target variable {variable}: the fitted laws use it"
+        super().__init__(message, [field_detail(variable, message)])
+        self.variable = variable
+
+
+class InvalidQuery(InvalidInput):
+    """A query parameter the endpoint does not know, or a malformed one (e.g. a cursor)."""
+
+
+class InvalidArgument(InvalidInput):
+    """A command-line argument or file the service cannot use (bad --map, unreadable CSV)."""

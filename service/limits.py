@@ -1,0 +1,80 @@
+"""Every bound the service enforces, in one place (contract version 1.1, "Limits").
+
+One set of limits serves run submission (HTTP and `hpscale import`) and recommendation
+and suggestion targets: a value outside them is refused with 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# --- token scopes, weakest first: each includes the ones before it ------------------------
+SCOPES: tuple[str, ...] = ("read", "write", "admin")
+SCOPE_RANK: dict[str, int] = {scope: rank for rank, scope in enumerate(SCOPES)}
+
+# --- requests ---------------------------------------------------------------------------
+MAX_BATCH_RUNS = 10_000  # runs in one POST .../runs
+DEFAULT_IMPORT_BATCH = 5_000  # runs per transaction of `hpscale import`
+MAX_LOSS_CURVE_POINTS = 10_000
+MAX_EXTRA_KEYS = 256
+MAX_BOOTSTRAP = 5_000  # resamples a POST .../fits may ask for
+MAX_SUGGESTIONS = 50
+MAX_PAGE_SIZE = 1_000
+DEFAULT_PAGE_SIZE = 100
+STUDY_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TOKEN_NAME_MAX_LENGTH = 64
+
+# --- what the database columns can hold ----------------------------------------------------
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Bound:
+    """`low < value` (or `low <= value` when `low_inclusive`) and `value <= high`."""
+
+    low: float
+    high: float
+    low_inclusive: bool = False
+
+    def check(self, value: float) -> str | None:
+        """None if `value` is inside; otherwise the reason, as a sentence fragment."""
+        try:
+            value = float(value)  # an int beyond ~1e308 overflows
+        except OverflowError:
+            return f"must be ≤ {self.high:g}"
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if self.low_inclusive and value < self.low:
+            return f"must be ≥ {self.low:g}"
+        if not self.low_inclusive and value <= self.low:
+            return f"must be > {self.low:g}"
+        if value > self.high:
+            return f"must be ≤ {self.high:g}"
+        return None
+
+
+# The contract's limits for a run's fields and a target's quantities.
+RUN_LIMITS: Mapping[str, Bound] = {
+    "n_params": Bound(0, 1e15),
+    "tokens": Bound(0, 1e16),
+    "width": Bound(0, 1e6),
+    "depth": Bound(0, 1e5),
+    "batch_size": Bound(0, 1e8),
+    "seq_len": Bound(0, 1e7),
+    "learning_rate": Bound(0, 10),
+    "weight_decay": Bound(0, 100, low_inclusive=True),
+}
+# final_loss > 0 (cross-entropy-like) unless the study has `loss_can_be_negative`.
+FINAL_LOSS = Bound(0, math.inf)
+
+# Target quantities are counts ≥ 1 (which also keeps denormals such as 5e-324 from
+# underflowing in log space), capped by the run limits above.
+TARGET_LIMITS: Mapping[str, Bound] = {
+    name: Bound(1, RUN_LIMITS[name].high, low_inclusive=True)
+    for name in ("n_params", "tokens", "width", "depth", "batch_size", "seq_len")
+}
+MAX_COMPUTE = 1e35  # FLOPs; a compute target is ≥ 1 as well
+MAX_BATCH_MULTIPLE = 1_000_000

@@ -1,0 +1,146 @@
+"""Recommendations, sweep suggestions and compute-optimal allocations from a study's current fit.
+
+Targets are checked against the same limits as runs (`service.limits.TARGET_LIMITS`)
+before any fitting code sees them; the engine's refusals become domain errors here:
+a law the data cannot support → InsufficientData (409), a missing target variable →
+MissingTarget (422), a target with no finite answer → InvalidTarget (422). Any other
+exception is a bug and surfaces as one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from anyio import to_thread
+
+import fitting.common
+import fitting.study_fit
+from fitting.loss_law import compute_optimal
+from fitting.plan import suggest_runs
+from fitting.recommend import recommend
+from service.cache import LRUCache
+from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
+from service.fits import StoredFit, current_fit, current_fit_async, json_safe
+from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, TARGET_LIMITS, Bound
+from store.db import Engine
+
+_COMPUTE = Bound(1, MAX_COMPUTE, low_inclusive=True)
+_BATCH_MULTIPLE = Bound(1, MAX_BATCH_MULTIPLE, low_inclusive=True)
+
+
+def _invalid(field: str, message: str) -> InvalidTarget:
+    return InvalidTarget(f"invalid target: {field}: {message}", [field_detail(field, message)])
+
+
+def check_target(values: Mapping[str, float | None]) -> None:
+    """Refuse a target quantity outside the limits, naming it (None means not given)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        bound = {"compute": _COMPUTE, "batch_multiple": _BATCH_MULTIPLE}.get(name) or TARGET_LIMITS[name]
+        reason = bound.check(value)
+        if reason is not None:
+            raise _invalid(name, reason)
+
+
+@contextmanager
+def _engine_refusals() -> Iterator[None]:
+    """The fitting engine's refusals as domain errors (and nothing else)."""
+    try:
+        yield
+    except fitting.study_fit.MissingTarget as error:
+        raise MissingTarget(error.variable, str(error)) from None
+    except fitting.common.InsufficientData as error:
+        if isinstance(error, InsufficientData):
+            raise
+        raise InsufficientData(str(error)) from None
+    except ArithmeticError:
+        # The laws' numbers overflow only for targets absurdly far from every proxy.
+        raise _invalid(
+            "target", "the fitted laws give no finite answer at this target: it lies too far outside the proxies' range"
+        ) from None
+
+
+# A fit never changes, so the answer to the same question about it never does either:
+# launchers asking again (or many at once) get the encoded answer without recomputing.
+_recommendations = LRUCache(4096)
+
+
+async def recommendation_json(
+    engine: Engine,
+    study_name: str,
+    target: Mapping[str, float | None],
+    *,
+    bootstrap: int,
+    created_by: str | None,
+    batch_size: float | None = None,
+    batch_multiple: int | None = None,
+    compute: float | None = None,
+) -> bytes:
+    """The contract's recommendation, JSON-encoded: lr, batch, wd at `target` with 90% intervals.
+
+    `target` holds n_params, tokens, width, depth, seq_len (None: not given). Async, with
+    the work in threads only on a miss: the hot path (a launcher asking about an unchanged
+    study) never leaves the event loop.
+    """
+    check_target({**target, "batch_size": batch_size, "batch_multiple": batch_multiple, "compute": compute})
+    if compute is not None and (target.get("n_params") is not None or target.get("tokens") is not None):
+        raise _invalid("compute", "give either compute or n_params and tokens, not both")
+    stored = await current_fit_async(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
+    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
+    body = _recommendations.get(key)
+    if body is None:
+        with _engine_refusals():
+            result = await to_thread.run_sync(
+                lambda: recommend(stored.result, target, stored.study, batch_size=batch_size,
+                                  batch_multiple=batch_multiple, compute=compute)
+            )
+        document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
+        body = json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False).encode()
+        _recommendations.put(key, body)
+    return body
+
+
+def suggestions(
+    engine: Engine, study_name: str, target: Mapping[str, float | None], count: int, *,
+    bootstrap: int, created_by: str | None,
+) -> dict[str, Any]:
+    """The proxy runs that would most shrink the recommendation's uncertainty at `target`."""
+    check_target(target)
+    stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
+    with _engine_refusals():
+        items = suggest_runs(stored.result, target, count)
+    return json_safe(
+        {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
+    )
+
+
+def _loss_law(stored: StoredFit) -> Any:
+    """The fit's loss law, or InsufficientData saying why there is none."""
+    law = stored.result.loss_law
+    if law is None:
+        reason = next((w for w in stored.result.warnings if w.startswith("no loss law")), "no loss law was fitted")
+        raise InsufficientData(f"this study has no loss law: {reason}")
+    return law
+
+
+def compute_optimal_allocation(
+    engine: Engine, study_name: str, compute: float, *, bootstrap: int, created_by: str | None
+) -> dict[str, Any]:
+    """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
+    check_target({"compute": compute})
+    stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
+    law = _loss_law(stored)
+    with _engine_refusals():
+        allocation = compute_optimal(law, compute)
+        loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
+    return json_safe({
+        **allocation.to_dict(),
+        "predicted_loss": loss.to_dict(),
+        "loss_law": law.to_dict(),
+        "fit_id": stored.id,
+        "data_version": str(stored.data_version),
+    })

@@ -1,0 +1,178 @@
+"""Runs: validate (one set of limits), fill defaults, store idempotently, page, export, import.
+
+Where a run is validated: its fields by `service.schemas.RunIn` (types and the contract's
+limits, `service.limits`), then the rules that depend on its study by `check_study_rules`
+(a final loss must be > 0 unless the study has `loss_can_be_negative`). Both the HTTP
+submission and `hpscale import` go through here, so they accept exactly the same runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from service.csv_io import csv_lines
+from service.errors import InvalidQuery, InvalidRuns, field_detail
+from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS
+from service.schemas import RunIn, StudyIn, summarize, validation_details
+from service.studies import find_study, get_study
+from store import queries
+from store.db import Connection, Engine, read_connection, run_in_transaction
+from store.models import Study
+from store.queries import InsertResult, RunFilters
+
+__all__ = [
+    "DEFAULT_IMPORT_BATCH", "ImportResult", "InsertResult", "RunFilters", "RunPage", "check_study_rules",
+    "decode_cursor", "encode_cursor", "export_csv", "import_runs", "list_runs", "submit_runs", "with_defaults",
+]
+
+_RUN = TypeAdapter(RunIn)
+
+
+# --- validation and defaults -------------------------------------------------------------
+
+
+def study_rule_details(runs: Sequence[RunIn], study: Study | None, *, indexed: bool) -> list[dict[str, Any]]:
+    """Details for every run that breaks a rule of its study (None: a study about to be made
+    with the defaults). `indexed`: the runs are a batch, so each detail names the index."""
+    if study is not None and study.loss_can_be_negative:
+        return []
+    details = []
+    for index, run in enumerate(runs):
+        if run.final_loss is not None and (reason := FINAL_LOSS.check(run.final_loss)):
+            message = f"{reason} (create the study with \"loss_can_be_negative\": true for other losses)"
+            details.append(field_detail("final_loss", message, index if indexed else None))
+    return details
+
+
+def check_study_rules(runs: Sequence[RunIn], study: Study, *, indexed: bool) -> None:
+    details = study_rule_details(runs, study, indexed=indexed)
+    if details:
+        raise InvalidRuns(summarize(details), details)
+
+
+def with_defaults(run: RunIn, study: Study) -> dict[str, Any]:
+    """The run as stored: a run without `seq_len` has its study's."""
+    row = run.model_dump()
+    if row["seq_len"] is None:
+        row["seq_len"] = study.seq_len
+    return row
+
+
+def submit_runs(
+    engine: Engine, study_name: str, runs: Sequence[RunIn], *, indexed: bool, created_by: str | None
+) -> InsertResult:
+    """Store a validated submission atomically; a run_key already in the study is a duplicate."""
+
+    def store(conn: Connection) -> InsertResult:
+        study = get_study(conn, study_name)
+        check_study_rules(runs, study, indexed=indexed)
+        return queries.insert_runs(conn, study.id, [with_defaults(run, study) for run in runs], created_by)
+
+    return run_in_transaction(engine, store)
+
+
+# --- listing and export ------------------------------------------------------------------
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"run:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = text.partition(":")
+        if prefix != "run" or not number.isdigit() or len(number) > 18:
+            raise ValueError
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidQuery(
+            "invalid cursor: pass back the next_cursor of a previous page unchanged",
+            [field_detail("cursor", "not a cursor returned by this endpoint")],
+        ) from None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def list_runs(engine: Engine, study_name: str, *, cursor: str | None, limit: int, filters: RunFilters) -> RunPage:
+    after_id = decode_cursor(cursor) if cursor else 0
+    with read_connection(engine) as conn:
+        study = get_study(conn, study_name)
+        page, last_id = queries.list_runs(conn, study.id, after_id=after_id, limit=limit, filters=filters)
+    return RunPage(page, None if last_id is None else encode_cursor(last_id))
+
+
+def export_csv(engine: Engine, study_name: str) -> tuple[Study, Iterator[str]]:
+    """The study and its runs as CSV text, line by line (the same for runs.csv and the CLI)."""
+    with read_connection(engine) as conn:
+        study = get_study(conn, study_name)
+    extra_keys = queries.run_extra_keys(engine, study.id)
+    return study, csv_lines(queries.iter_runs(engine, study.id), extra_keys)
+
+
+# --- import (the CLI) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    study: Study
+    inserted: int
+    duplicates: int
+
+
+def import_runs(
+    engine: Engine,
+    study_name: str,
+    rows: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    create: StudyIn | None = None,
+    batch_size: int = DEFAULT_IMPORT_BATCH,
+    created_by: str | None = "cli",
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Validate every (line, row) first, then store in transactions of `batch_size` runs.
+
+    A file with a bad row stores nothing: InvalidRuns lists every problem, each detail's
+    `index` being the row's line number. `create`: make the study with these fields if it
+    does not exist (otherwise an unknown study is StudyNotFound).
+    """
+    with read_connection(engine) as conn:
+        existing = queries.get_study(conn, study_name)
+    if existing is None and create is None:
+        find_study(engine, study_name)  # raises StudyNotFound
+    runs: list[RunIn] = []
+    details: list[dict[str, Any]] = []
+    for line, row in rows:
+        try:
+            run = _RUN.validate_python(row)
+        except ValidationError as error:
+            details.extend({**d, "index": line} for d in validation_details(error.errors()))
+            continue
+        details.extend({**d, "index": line} for d in study_rule_details([run], existing, indexed=False))
+        runs.append(run)
+    if details:
+        raise InvalidRuns(f"{len(details)} problem(s) in the file; nothing was imported", details)
+    if existing is None:
+        assert create is not None
+        run_in_transaction(engine, lambda conn: queries.create_study(conn, create.model_dump(), created_by))
+    with read_connection(engine) as conn:
+        study = get_study(conn, study_name)
+    inserted = duplicates = 0
+    for start in range(0, len(runs), batch_size):
+        batch = [with_defaults(run, study) for run in runs[start : start + batch_size]]
+        result = run_in_transaction(engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by))
+        inserted += result.inserted
+        duplicates += result.duplicates
+        if progress is not None:
+            progress(start + len(batch), len(runs))
+    return ImportResult(study, inserted, duplicates)

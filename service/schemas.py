@@ -1,0 +1,225 @@
+"""What clients submit: studies and runs, validated with pydantic (HTTP bodies and CSV rows).
+
+Validation here is the gate between clients and the database, so every bound the
+database would otherwise enforce with an error (integer ranges, NUL bytes, non-finite
+floats) and the contract's limits (`service.limits`) are checked here, reported as 422s
+naming the field. The one rule that depends on the study (`final_loss > 0` unless the
+study has `loss_can_be_negative`) is checked by `service.runs.validate_runs`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from service.limits import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_BATCH_RUNS,
+    MAX_EXTRA_KEYS,
+    MAX_LOSS_CURVE_POINTS,
+    RUN_LIMITS,
+    STUDY_NAME_PATTERN,
+)
+
+
+def _no_nul(value: str) -> str:
+    """Refuse what no database column can hold: NUL, and lone surrogates (JSON "\\ud800"),
+    which are not encodable as UTF-8 and would fail on insert or, worse, on every read."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("invalid_unicode", "must not contain unpaired surrogates") from None
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _extra_value(value: Any) -> float | str:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PydanticCustomError("extra_value", "must be a number or a string")
+    if isinstance(value, str):
+        if len(value) > 1024:
+            raise PydanticCustomError("string_too_long", "must be at most 1024 characters")
+        return _no_nul(value)
+    try:
+        number = float(value)  # an int beyond ~1e308 overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    return number
+
+
+ExtraValue = Annotated[
+    float | str,
+    PlainValidator(_extra_value),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 1024}]}),
+]
+PositiveInt32 = Annotated[int, Field(gt=0, le=INT32_MAX)]
+Parameterization = Literal["sp", "mup", "depth-mup", "completep"]
+Priors = Literal["published", "none"]
+RunStatus = Literal["completed", "diverged", "failed"]
+
+
+def _limited(name: str, kind: type = float) -> Any:
+    """A run field bounded by the contract's limit for `name`."""
+    bound = RUN_LIMITS[name]
+    low = {"ge": bound.low} if bound.low_inclusive else {"gt": bound.low}
+    high = int(bound.high) if kind is int else bound.high
+    return Annotated[kind, Field(**low, le=high)]
+
+
+NParams = _limited("n_params")
+Tokens = _limited("tokens")
+Width = _limited("width", int)
+Depth = _limited("depth", int)
+SeqLen = _limited("seq_len", int)
+LearningRate = _limited("learning_rate")
+BatchSize = _limited("batch_size", int)
+WeightDecay = _limited("weight_decay")
+
+
+class StudyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=STUDY_NAME_PATTERN, description="lower-case id")]
+    description: Annotated[SafeStr, Field(max_length=10_000)] | None = None
+    parameterization: Parameterization = "sp"
+    optimizer: Annotated[SafeStr, Field(min_length=1, max_length=64)] = "adamw"
+    base_width: PositiveInt32 | None = None
+    base_depth: PositiveInt32 | None = None
+    seq_len: SeqLen | None = None
+    priors: Annotated[
+        Priors, Field(description="laws start from the published results ('published') or the data alone ('none')")
+    ] = "published"
+    loss_can_be_negative: Annotated[
+        bool, Field(description="accept final_loss ≤ 0 (losses that are not cross-entropy-like)")
+    ] = False
+
+
+class RunIn(BaseModel):
+    """One proxy run as a client submits it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    run_key: Annotated[SafeStr, Field(min_length=1, max_length=128)] | None = None
+    n_params: NParams
+    tokens: Tokens
+    width: Width | None = None
+    depth: Depth | None = None
+    seq_len: SeqLen | None = None
+    learning_rate: LearningRate
+    batch_size: BatchSize
+    weight_decay: WeightDecay = 0.0
+    status: RunStatus = "completed"
+    final_loss: float | None = None
+    loss_curve: (
+        Annotated[
+            list[tuple[Annotated[float, Field(ge=0)], float]],
+            Field(max_length=MAX_LOSS_CURVE_POINTS),
+        ]
+        | None
+    ) = None
+    seed: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
+    extra: (
+        Annotated[
+            dict[
+                Annotated[SafeStr, Field(min_length=1, max_length=128)],
+                ExtraValue,
+            ],
+            Field(max_length=MAX_EXTRA_KEYS),
+        ]
+        | None
+    ) = None
+
+    @field_validator("weight_decay", "status", mode="before")
+    @classmethod
+    def _null_means_default(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            assert info.field_name is not None
+            return cls.model_fields[info.field_name].default
+        return value
+
+    @model_validator(mode="after")
+    def _completed_runs_have_a_loss(self) -> RunIn:
+        if self.status == "completed" and self.final_loss is None:
+            raise PydanticCustomError(
+                "final_loss_required", "final_loss is required when status is 'completed'"
+            )
+        return self
+
+
+class RunBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: Annotated[list[RunIn], Field(min_length=1, max_length=MAX_BATCH_RUNS)]
+
+
+def _submission_kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "runs" in value else "run"
+
+
+# One run, or {"runs": [...]}: the discriminator picks the branch so that errors speak
+# only of the shape the client meant.
+RunSubmission = Annotated[
+    Annotated[RunBatch, Tag("batch")] | Annotated[RunIn, Tag("run")],
+    Discriminator(_submission_kind),
+]
+
+# Error types raised by model validators, and the field each one is about.
+CROSS_FIELD_ERRORS = {"final_loss_required": "final_loss"}
+
+
+def validation_details(errors: Sequence[Any], *, drop_prefix: int = 0) -> list[dict[str, Any]]:
+    """Pydantic errors → details naming the field (dotted) and, for batch items, the index."""
+    details = []
+    for error in errors:
+        loc = [part for part in error["loc"][drop_prefix:] if part not in ("batch", "run")]
+        index = None
+        if len(loc) >= 2 and loc[0] == "runs" and isinstance(loc[1], int):
+            index, field_parts = loc[1], loc[2:]
+        else:
+            field_parts = loc
+        field = ".".join(str(part) for part in field_parts) or "body"
+        if error["type"] in CROSS_FIELD_ERRORS:
+            field = CROSS_FIELD_ERRORS[error["type"]]
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "field required"
+        details.append(
+            {"field": field, "message": message, "index": index,
+             "loc": [str(p) if not isinstance(p, int) else p for p in loc]}
+        )
+    return details
+
+
+def summarize(details: Sequence[dict[str, Any]]) -> str:
+    """One sentence for a list of details: the first problem and which runs have any."""
+    indexes = sorted({d["index"] for d in details if d["index"] is not None})
+    first = details[0]
+    where = f"run {first['index']}: " if first["index"] is not None else ""
+    text = f"invalid input: {where}{first['field']}: {first['message']}"
+    if indexes:
+        text += f" ({len(indexes)} invalid run(s), indexes {', '.join(map(str, indexes[:20]))}"
+        text += ", …)" if len(indexes) > 20 else ")"
+    return text

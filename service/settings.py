@@ -1,0 +1,48 @@
+"""Settings: every `HPSCALE_*` variable, read once and validated at start (pydantic-settings).
+
+`hpscale serve` validates them before it starts any worker and turns its own flags into
+these variables, so every worker process builds the same `Settings`; `create_app` takes
+one object and passes it down. The README's "Configuration" table lists them all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.limits import MAX_BOOTSTRAP
+
+DEFAULT_DATABASE_URL = "sqlite:///./hpscale.db"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class Settings(BaseSettings):
+    """The server's settings (`HPSCALE_<FIELD>`); keyword arguments override the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HPSCALE_", env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    database_url: Annotated[str, Field(min_length=1, description="SQLAlchemy URL")] = DEFAULT_DATABASE_URL
+    no_auth: Annotated[bool, Field(description="every request has admin scope (loopback only)")] = False
+    # A request body larger than this is refused with 413 before it is parsed.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    # Bootstrap resamples of an on-demand fit (POST .../fits may ask for another count).
+    bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = 200
+    # Registered as admin token `bootstrap-admin` at start (a container's first admin).
+    bootstrap_admin_token: SecretStr | None = None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.no_auth
+
+
+class ClientSettings(BaseSettings):
+    """Where `hpscale recommend` asks: `HPSCALE_URL` and `HPSCALE_TOKEN`."""
+
+    model_config = SettingsConfigDict(env_prefix="HPSCALE_", env_ignore_empty=True, extra="ignore")
+
+    url: str = DEFAULT_URL
+    token: SecretStr | None = None
