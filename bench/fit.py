@@ -11,15 +11,15 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = "1"
 
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import sys
+import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitting.backtest import steplaw_procedure  # noqa: E402
-from fitting.study_fit import fit_study  # noqa: E402
-from fitting.datasets import load_steplaw  # noqa: E402
+from fitting.backtest import steplaw_procedure
+from fitting.datasets import load_steplaw
+from fitting.study_fit import fit_study
 
 
 def best_of(fn, repeat: int) -> float:

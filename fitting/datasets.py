@@ -36,7 +36,7 @@ def load_steplaw(path: str | os.PathLike[str] | None = None) -> RunTable:
     with open(Path(path) if path is not None else data_dir() / STEPLAW_FILE, newline="") as f:
         rows = list(csv.DictReader(f))
     return RunTable.from_records(
-        (
+        
             {
                 "n_params": r["N"],
                 "tokens": r["D"],
@@ -48,7 +48,7 @@ def load_steplaw(path: str | os.PathLike[str] | None = None) -> RunTable:
                 "final_loss": r["smooth loss"],
             }
             for r in rows
-        )
+        
     )
 
 
