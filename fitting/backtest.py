@@ -19,9 +19,15 @@ import numpy as np
 from scipy.interpolate import LinearNDInterpolator
 
 from fitting.optima import Scale, group_scales
+from fitting.published import (
+    STEP_LAW_BATCH_TOKENS_EXPONENTS,
+    STEP_LAW_BATCH_TOKENS_PREFACTOR,
+    STEP_LAW_LR_EXPONENTS,
+    STEP_LAW_LR_PREFACTOR,
+    STEP_LAW_NEAR_OPTIMAL,
+)
 from fitting.runs import RunTable
 
-NEAR_OPTIMAL = 0.0025
 Predictor = Callable[[Scale], tuple[float, float]]
 Method = Callable[[RunTable], Predictor]
 
@@ -72,7 +78,7 @@ def steplaw_procedure(train: RunTable) -> Predictor:
     ok = train.completed
     best = np.full(len(scales), np.inf)
     np.minimum.at(best, sidx[ok], train.final_loss[ok])
-    near = ok & (train.final_loss <= (1 + NEAR_OPTIMAL) * best[sidx])
+    near = ok & (train.final_loss <= (1 + STEP_LAW_NEAR_OPTIMAL) * best[sidx])
     ln, ld = np.log(train.n_params[near]), np.log(train.tokens[near])
     X = np.column_stack([np.ones(ln.size), ln, ld])
     b_lr = np.linalg.lstsq(X, np.log(train.learning_rate[near]), rcond=None)[0]
@@ -89,7 +95,10 @@ def steplaw_published(seq_len: float = 2048.0) -> Method:
     """The paper's formula: lr* = 1.7973·N^-0.7129·D^0.3075, bs* = 0.5807·D^0.5709 tokens."""
 
     def method(train: RunTable) -> Predictor:
-        return lambda s: (1.7973 * s.n_params**-0.7129 * s.tokens**0.3075, 0.5807 * s.tokens**0.5709 / seq_len)
+        a_n, a_d = STEP_LAW_LR_EXPONENTS["n_params"], STEP_LAW_LR_EXPONENTS["tokens"]
+        b_d = STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"]
+        return lambda s: (STEP_LAW_LR_PREFACTOR * s.n_params**a_n * s.tokens**a_d,
+                          STEP_LAW_BATCH_TOKENS_PREFACTOR * s.tokens**b_d / seq_len)
 
     return method
 

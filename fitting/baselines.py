@@ -12,6 +12,18 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
+from fitting.published import (
+    DEEPSEEK_ALLOCATION,
+    DEEPSEEK_BATCH_TOKENS_EXPONENT,
+    DEEPSEEK_BATCH_TOKENS_PREFACTOR,
+    DEEPSEEK_LR_EXPONENT,
+    DEEPSEEK_LR_PREFACTOR,
+    STEP_LAW_BATCH_TOKENS_EXPONENTS,
+    STEP_LAW_BATCH_TOKENS_PREFACTOR,
+    STEP_LAW_LR_EXPONENTS,
+    STEP_LAW_LR_PREFACTOR,
+)
+
 STEP_LAW_N_RANGE = (2.1e8, 1.07e9)
 STEP_LAW_D_RANGE = (4e9, 1e11)
 # DeepSeek LLM §3.1 (Fig. 3) spans roughly 1e17–2e19 FLOPs for the hyperparameter
@@ -31,13 +43,15 @@ def _check_positive(**values: float) -> None:
 def step_law_lr(n_params: float, tokens: float) -> float:
     """η* = 1.7973·N^-0.7129·D^0.3075 (Step Law; dense N 2.1e8–1.07e9 non-embedding, D 4e9–1e11)."""
     _check_positive(n_params=n_params, tokens=tokens)
-    return math.exp(math.log(1.7973) - 0.7129 * math.log(n_params) + 0.3075 * math.log(tokens))
+    return math.exp(math.log(STEP_LAW_LR_PREFACTOR) + STEP_LAW_LR_EXPONENTS["n_params"] * math.log(n_params)
+                    + STEP_LAW_LR_EXPONENTS["tokens"] * math.log(tokens))
 
 
 def step_law_batch_tokens(tokens: float) -> float:
     """B* = 0.5807·D^0.5709 tokens (Step Law; fitted on D 4e9–1e11; independent of N)."""
     _check_positive(tokens=tokens)
-    return math.exp(math.log(0.5807) + 0.5709 * math.log(tokens))
+    return math.exp(math.log(STEP_LAW_BATCH_TOKENS_PREFACTOR)
+                    + STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"] * math.log(tokens))
 
 
 def deepseek_flops_per_token(depth: float, width: float, seq_len: float) -> float:
@@ -49,20 +63,21 @@ def deepseek_flops_per_token(depth: float, width: float, seq_len: float) -> floa
 def deepseek_lr(flops: float) -> float:
     """η* = 0.3118·C^-0.1250 with C = M·D (DeepSeek LLM; fitted on C ≈ 1e17–2e19)."""
     _check_positive(flops=flops)
-    return math.exp(math.log(0.3118) - 0.1250 * math.log(flops))
+    return math.exp(math.log(DEEPSEEK_LR_PREFACTOR) + DEEPSEEK_LR_EXPONENT * math.log(flops))
 
 
 def deepseek_batch_tokens(flops: float) -> float:
     """B* = 0.2920·C^0.3271 tokens (DeepSeek LLM; fitted on C ≈ 1e17–2e19; unit inferred as tokens)."""
     _check_positive(flops=flops)
-    return math.exp(math.log(0.2920) + 0.3271 * math.log(flops))
+    return math.exp(math.log(DEEPSEEK_BATCH_TOKENS_PREFACTOR) + DEEPSEEK_BATCH_TOKENS_EXPONENT * math.log(flops))
 
 
 def deepseek_compute_optimal(flops: float) -> tuple[float, float]:
     """M* = 0.1715·C^0.5243, D* = 5.8316·C^0.4757 (DeepSeek LLM IsoFLOP fit, C ≈ 1e17–3e20)."""
     _check_positive(flops=flops)
     log_c = math.log(flops)
-    return math.exp(math.log(0.1715) + 0.5243 * log_c), math.exp(math.log(5.8316) + 0.4757 * log_c)
+    (m_c, m_a), (d_c, d_a) = DEEPSEEK_ALLOCATION["flops_per_token"], DEEPSEEK_ALLOCATION["tokens"]
+    return math.exp(math.log(m_c) + m_a * log_c), math.exp(math.log(d_c) + d_a * log_c)
 
 
 def _get(target: Mapping[str, Any], name: str) -> float | None:

@@ -7,9 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from statistics import NormalDist
+
 import numpy as np
 
+from fitting.published import FLOPS_PER_PARAM_TOKEN
+
+# Every interval the service reports is a central 90% interval; Z90 is its normal quantile.
 LEVEL = 0.90
+Z90 = NormalDist().inv_cdf(0.5 + LEVEL / 2)
 _TAIL = 100 * (1 - LEVEL) / 2
 
 AXES: tuple[str, ...] = ("learning_rate", "batch_size", "weight_decay")
@@ -74,13 +80,13 @@ def percentile_bounds(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, n
 
 
 def scale_variables(n_params: float, tokens: float, width: float, depth: float) -> dict[str, float]:
-    """The candidate law variables of one scale (compute = 6·N·D); NaN when unknown."""
+    """The candidate law variables of one scale (compute = 6·N·D, training FLOPs); NaN when unknown."""
     return {
         "n_params": float(n_params),
         "tokens": float(tokens),
         "width": float(width),
         "depth": float(depth),
-        "compute": 6.0 * float(n_params) * float(tokens),
+        "compute": FLOPS_PER_PARAM_TOKEN * float(n_params) * float(tokens),
     }
 
 

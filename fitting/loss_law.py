@@ -290,6 +290,17 @@ class LossLawFit:
     def point(self) -> dict[str, float]:
         return {k: v.value for k, v in self.params.items()}
 
+    def unidentified(self) -> str | None:
+        """Why the data do not identify the law (a 90% interval of E, alpha or beta at least as wide as
+        its value), or None when they do. An unidentified law is withheld, not reported as a result."""
+        loose = [f"{k} = {iv.value:.3g} [{iv.low:.3g}, {iv.high:.3g}]" for k in ("E", "alpha", "beta")
+                 if (iv := self.params[k]).high - iv.low >= abs(iv.value)]
+        if not loose:
+            return None
+        return ("its 90% intervals are wider than the values (" + "; ".join(loose) + "): the runs do not "
+                "identify it; add final losses at more model sizes and token budgets (≥ 3 of each, "
+                "spread over ≥ 10×)")
+
     def predict(self, n_params: ArrayLike, tokens: ArrayLike) -> LossLawPrediction:
         """L = E + A/N^alpha + B/D^beta at (n_params, tokens); interval from the stored bootstrap samples."""
         n = np.asarray(n_params, dtype=float)
@@ -394,7 +405,9 @@ def _fit_validated(
         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
     if best is None:
-        raise RuntimeError("no L-BFGS-B start produced a finite objective")
+        raise InsufficientData("the loss-law optimiser found no start with a finite objective: the losses are "
+                               "not described by E + A/N^alpha + B/D^beta",
+                               missing="final losses that fall with n_params and tokens")
     theta = best.x
     with np.errstate(over="ignore"):
         point = _theta_to_params(theta)

@@ -19,12 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import AXIS_LABEL
+from fitting.common import AXIS_LABEL, Z90
+from fitting.published import FLOPS_PER_PARAM_TOKEN
 from fitting.study_fit import StudyFit, predict, target_variables
 
 LAW_WEIGHT = {"learning_rate": 1.0, "batch_size": 0.5, "weight_decay": 0.5}
 # A proxy may cost at most this much more than the largest proxy so far, or this share of the target.
 MAX_COST_OVER_LARGEST_PROXY = 16.0
+
+
+def flops(scale: Mapping[str, float]) -> float:
+    """Training FLOPs of a scale, 6·N·D."""
+    return FLOPS_PER_PARAM_TOKEN * scale["n_params"] * scale["tokens"]
 MAX_SHARE_OF_TARGET_COMPUTE = 0.01
 _SCALE_KEYS = ("n_params", "tokens", "width", "depth")
 
@@ -92,7 +98,7 @@ def _candidates(proxies: list[dict[str, float]], target: Mapping[str, float]) ->
 
 
 def _design(law: Any, scale: Mapping[str, float]) -> np.ndarray | None:
-    values = {**scale, "compute": 6.0 * scale["n_params"] * scale["tokens"]}
+    values = {**scale, "compute": flops(scale)}
     if any(v not in values or not values[v] > 0 for v in law.variables):
         return None
     return law.design(values)
@@ -104,7 +110,7 @@ def _observation_variance(fit: StudyFit, axis: str) -> float:
     for optimum in fit.optima:
         interval = optimum.to_dict().get(axis)
         if interval and interval["low"] > 0 and interval["high"] > 0:
-            half_widths.append((math.log(interval["high"]) - math.log(interval["low"])) / (2 * 1.645))
+            half_widths.append((math.log(interval["high"]) - math.log(interval["low"])) / (2 * Z90))
     noise = float(np.median(half_widths)) ** 2 if half_widths else 0.1**2
     return noise + fit.laws[axis].scatter ** 2
 
@@ -122,32 +128,31 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
     if not proxies:
         return []
     target = {k: float(v) for k, v in target.items() if v is not None and k in _SCALE_KEYS}
-    largest = max(6 * p["n_params"] * p["tokens"] for p in proxies)
+    largest = max(flops(p) for p in proxies)
     budget = largest * MAX_COST_OVER_LARGEST_PROXY
     if "n_params" in target and "tokens" in target:
-        budget = max(budget, MAX_SHARE_OF_TARGET_COMPUTE * 6 * target["n_params"] * target["tokens"])
+        budget = max(budget, MAX_SHARE_OF_TARGET_COMPUTE * flops(target))
     existing = [_log_scale(p) for p in proxies]
     candidates = []
     for c in _candidates(proxies, target):
         rounded = _round_scale(c)
         scale = {k: v for k, v in rounded.items() if v is not None and v > 0}
-        if "n_params" not in scale or "tokens" not in scale or 6 * scale["n_params"] * scale["tokens"] > budget:
+        if "n_params" not in scale or "tokens" not in scale or flops(scale) > budget:
             continue
         logs = _log_scale(scale)
         if any(_same_scale(logs, e) for e in existing) or any(_same_scale(logs, _log_scale(o)) for o in candidates):
             continue  # already measured, or already a candidate
         candidates.append(scale)
 
-    laws = {a: law for a, law in fit.laws.items() if len(law.samples) > 2}
+    laws = dict(fit.laws)
     full_target = {**target}
     if "n_params" in full_target and "tokens" in full_target:
-        full_target["compute"] = 6 * full_target["n_params"] * full_target["tokens"]
+        full_target["compute"] = flops(full_target)
     state = {}
     for axis, law in laws.items():
         if any(v not in full_target for v in law.variables):
             continue
-        samples = np.asarray(law.samples, float)
-        sigma = np.cov(samples, rowvar=False) + 1e-12 * np.eye(samples.shape[1])
+        sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))
         state[axis] = {"sigma": sigma, "x_t": law.design(full_target), "noise": _observation_variance(fit, axis),
                        "start": None}
         x_t = state[axis]["x_t"]
@@ -225,7 +230,7 @@ def _suggestion(fit: StudyFit, scale: dict[str, float], proxies: list[dict[str, 
         why = "spreads the proxies over a wider range"
     return Suggestion(
         scale=_round_scale(scale),
-        flops=float(f"{6 * scale['n_params'] * scale['tokens']:.3g}"),
+        flops=float(f"{flops(scale):.3g}"),
         learning_rate=lr,
         batch_size=bs,
         weight_decay=wd,

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, percentile_bounds, scale_variables
-from fitting.laws import BowlShape, PowerLaw, fit_laws, law_interval
+from fitting.laws import BowlShape, PowerLaw, fit_laws
+from fitting.loss_law import LossLawFit, fit_loss_law
 from fitting.optima import ScaleOptimum, analyse_sweeps
+from fitting.published import ExponentPrior, exponent_priors
 from fitting.runs import RunTable
 from fitting.weight_decay import analyse_weight_decay
 
@@ -29,6 +31,11 @@ FAR_FACTOR = 10.0
 MAX_LOG_FACTOR = 690.0
 LOSS_LAW_MIN_SCALES = 5
 LOSS_LAW_MAX_BOOTSTRAP = 200
+PRIOR_MODES = ("published", "none")
+
+
+class StaleState(ValueError):
+    """A stored fit state from an older engine version: it must be recomputed, not read."""
 
 
 class MissingTarget(ValueError):
@@ -46,13 +53,15 @@ class StudyFit:
     optima: tuple[ScaleOptimum, ...]
     laws: Mapping[str, PowerLaw]
     shape: BowlShape | None
-    loss_law: Any | None
-    weight_decay: Any | None
+    loss_law: LossLawFit | None
+    weight_decay_analysis: Mapping[str, Any] | None
     warnings: tuple[str, ...]
     n_runs: int
     missing: Mapping[str, str] = field(default_factory=dict)
     seq_len: float | None = None
     bootstrap: int = 0
+    outliers: tuple[Mapping[str, Any], ...] = ()
+    priors: str = "published"
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's fit-object fields (the app adds id, created_at, data_version)."""
@@ -62,15 +71,17 @@ class StudyFit:
             "loss_law": None if self.loss_law is None else self.loss_law.to_dict(),
             "warnings": list(self.warnings),
             "n_runs": self.n_runs,
-            "weight_decay_analysis": None if self.weight_decay is None else self.weight_decay.to_dict(),
+            "weight_decay_analysis": None if self.weight_decay_analysis is None else dict(self.weight_decay_analysis),
             "missing_laws": dict(self.missing),
+            "outliers": [dict(o) for o in self.outliers],
+            "priors": self.priors,
         }
 
     def to_state(self) -> dict[str, Any]:
         """JSON-serialisable state including bootstrap samples; `from_state` inverts it."""
         d = self.to_dict()
         d["state"] = {
-            "version": 1,
+            "version": 2,
             "laws": {a: law.to_state() for a, law in self.laws.items()},
             "shape": None if self.shape is None else self.shape.to_state(),
             "seq_len": self.seq_len,
@@ -80,35 +91,46 @@ class StudyFit:
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> StudyFit:
+        """Inverse of `to_state`. Raises StaleState for a state written by an older engine."""
         st = d.get("state") or {}
-        loss_law = None
-        if d.get("loss_law") is not None:
-            try:
-                from fitting.loss_law import LossLawFit
-
-                loss_law = LossLawFit.from_dict(d["loss_law"])
-            except (ImportError, KeyError, ValueError):
-                loss_law = None
+        if st.get("version") != 2:
+            raise StaleState(f"fit state version {st.get('version')!r} predates this engine (2): refit")
         return cls(
             optima=tuple(ScaleOptimum.from_dict(o) for o in d.get("optima", [])),
             laws={a: PowerLaw.from_state(v) for a, v in (st.get("laws") or {}).items()},
             shape=None if st.get("shape") is None else BowlShape.from_state(st["shape"]),
-            loss_law=loss_law,
-            weight_decay=None,
+            loss_law=None if d.get("loss_law") is None else LossLawFit.from_dict(d["loss_law"]),
+            weight_decay_analysis=d.get("weight_decay_analysis"),
             warnings=tuple(d.get("warnings", ())),
             n_runs=int(d.get("n_runs", 0)),
             missing=dict(d.get("missing_laws") or {}),
             seq_len=st.get("seq_len"),
             bootstrap=int(st.get("bootstrap", 0)),
+            outliers=tuple(d.get("outliers") or ()),
+            priors=str(d.get("priors", "published")),
         )
 
 
+def study_priors(parameterization: str, optimizer: str, mode: str, runs: RunTable
+                 ) -> dict[str, dict[str, ExponentPrior]]:
+    """Per axis, the published priors on its law's exponents ({} everywhere for mode "none")."""
+    if mode not in PRIOR_MODES:
+        raise ValueError(f"priors must be one of {PRIOR_MODES}, got {mode!r}")
+    if mode == "none":
+        return {}
+    bs = runs.batch_size[np.isfinite(runs.batch_size)]
+    batch_fixed = bool(bs.size) and bool(np.all(np.abs(np.log(bs / bs[0])) < 0.01))
+    return {a: exponent_priors(a, parameterization, optimizer, batch_fixed=batch_fixed) for a in AXES}
+
+
 def fit_study(
-    runs: RunTable, *, bootstrap: int = 200, seed: int = 0, seq_len: float | None = None, loss_law: bool = True
+    runs: RunTable, *, bootstrap: int = 200, seed: int = 0, seq_len: float | None = None, loss_law: bool = True,
+    parameterization: str = "sp", optimizer: str = "adamw", priors: str = "published",
 ) -> StudyFit:
     """Per-scale optima, power laws for lr/bs/wd, weight-decay analysis and loss law of a study.
 
-    log h* = c + Σ a_j log x_j per hyperparameter, fitted jointly with per-scale loss bowls.
+    log h* = c + Σ a_j log x_j per hyperparameter: a model average over variable sets with
+    published priors on the exponents (`priors="none"`: vague priors only).
     Raises InsufficientData when no run is usable at all.
     """
     if seq_len is None and len(runs):
@@ -116,23 +138,34 @@ def fit_study(
         if sl.size and np.all(sl == sl[0]):
             seq_len = float(sl[0])
     analysis = analyse_sweeps(runs, bootstrap=bootstrap, seed=seed)
-    lf = fit_laws(analysis, bootstrap=bootstrap, seed=seed)
+    law_set = fit_laws(analysis, bootstrap=bootstrap, seed=seed,
+                       priors=study_priors(parameterization, optimizer, priors, runs))
     warnings = list(analysis.warnings)
-    for axis, why in lf.missing.items():
+    for axis, why in law_set.missing.items():
         warnings.append(f"no {AXIS_LABEL[axis]} law: {why}")
+    for axis, law in law_set.laws.items():
+        moved = [v for v in law.variables if law.priors[v].published]
+        if moved and law.n_scales < 4:
+            warnings.append(f"{AXIS_LABEL[axis]} law rests on {law.n_scales} scales: its exponents are mostly the "
+                            "published priors'; proxies at more sizes and token budgets would let the data decide")
+        if law.calibration > 1.05:
+            warnings.append(f"{AXIS_LABEL[axis]} law: forecasts of the largest proxies from the smaller ones missed "
+                            f"by more than their intervals; intervals widened {law.calibration:.2f}×")
     wd = None
     if "weight_decay" in analysis.axes:
         res = analyse_weight_decay(analysis, seq_len, bootstrap=min(bootstrap, 200), seed=seed)
         if isinstance(res, str):
             warnings.append(f"weight-decay scaling model not tested: {res}")
         else:
-            wd = res
+            wd = res.to_dict()
     ll = _loss_law(analysis.optima, bootstrap, seed, warnings) if loss_law else None
-    return StudyFit(tuple(analysis.optima), lf.laws, lf.shape, ll, wd, tuple(warnings), len(runs),
-                    dict(lf.missing), seq_len, bootstrap)
+    outliers = tuple({"run_id": None if o.run_id is None or not math.isfinite(o.run_id) else int(o.run_id),
+                      "run_key": o.run_key, "reason": o.reason} for o in getattr(analysis, "outliers", ()))
+    return StudyFit(tuple(analysis.optima), law_set.laws, law_set.shape, ll, wd, tuple(warnings), len(runs),
+                    dict(law_set.missing), seq_len, bootstrap, outliers, priors)
 
 
-def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]):
+def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]) -> LossLawFit | None:
     pts = [(o.scale.n_params, o.scale.tokens, o.loss) for o in optima if math.isfinite(o.loss)]
     n_n = len({p[0] for p in pts})
     n_d = len({p[1] for p in pts})
@@ -140,16 +173,17 @@ def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]):
         warnings.append(f"no loss law: {len(pts)} scales with {n_n} distinct n_params and {n_d} distinct tokens; "
                         f"need ≥ {LOSS_LAW_MIN_SCALES} scales with ≥ 2 of each")
         return None
-    try:
-        from fitting.loss_law import fit_loss_law
-    except ImportError:
-        return None
     n, d, l = (np.array(c, dtype=float) for c in zip(*pts))
     try:
-        return fit_loss_law(n, d, l, bootstrap=min(bootstrap, LOSS_LAW_MAX_BOOTSTRAP), seed=seed)
-    except ValueError as e:
+        law = fit_loss_law(n, d, l, bootstrap=min(bootstrap, LOSS_LAW_MAX_BOOTSTRAP), seed=seed)
+    except InsufficientData as e:
         warnings.append(f"no loss law: {e}")
         return None
+    why = law.unidentified()
+    if why is not None:
+        warnings.append(f"no loss law: {why}")
+        return None
+    return law
 
 
 @dataclass(frozen=True)
@@ -197,6 +231,8 @@ def extrapolation(fit: StudyFit, target: Mapping[str, float]) -> Extrapolation:
     for law in fit.laws.values():
         for v in law.variables:
             lo, hi = law.ranges.get(v, (math.nan, math.nan))
+            if v not in target:
+                continue
             x = float(target[v])
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 continue
@@ -209,24 +245,29 @@ def extrapolation(fit: StudyFit, target: Mapping[str, float]) -> Extrapolation:
 
 
 def target_variables(fit: StudyFit, target: Mapping[str, float]) -> dict[str, float]:
+    """The target's law variables (compute derived from n_params and tokens); MissingTarget if a law needs one."""
     t = {k: float(v) for k, v in target.items() if v is not None}
     if "compute" not in t and "n_params" in t and "tokens" in t:
         t["compute"] = scale_variables(t["n_params"], t["tokens"], math.nan, math.nan)["compute"]
+    for v, x in t.items():
+        if not (math.isfinite(x) and x > 0):
+            raise ValueError(f"target {v} must be a positive number")
     for law in fit.laws.values():
-        for v in law.variables:
-            if v not in t:
-                if v == "compute":
-                    raise MissingTarget("n_params" if "n_params" not in t else "tokens")
-                raise MissingTarget(v)
-            if not (math.isfinite(t[v]) and t[v] > 0):
-                raise ValueError(f"target {v} must be a positive number")
+        _, share = law.usable_components(list(t))
+        # A law averaged over variable sets answers from the sets the target can feed (the
+        # average conditional on them); only when no set can is a variable missing.
+        if share <= 0.0:
+            v = next(v for m in law.models for v in m.variables if v not in t)
+            raise MissingTarget("n_params" if v == "compute" and "n_params" not in t else
+                                "tokens" if v == "compute" else v)
     return t
 
 
 def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None = None) -> Prediction:
-    """lr, bs, wd at `target` with 90% intervals; lr (and wd) at `batch_size` when given.
+    """lr, bs, wd at `target` with 90% predictive intervals; lr (and wd) at `batch_size` when given.
 
-    Conditional optimum: minimise the bowl over the free axes with z_bs = log bs − log bs*(x).
+    log h*(x) ~ the law's posterior mixture plus its scatter τ; conditional optimum: minimise
+    the bowl over the free axes with z_bs = log bs − log bs*(x), per draw.
     Raises InsufficientData (no learning-rate law) or MissingTarget (a law variable absent).
     """
     if "learning_rate" not in fit.laws:
@@ -239,10 +280,16 @@ def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None
         warnings.append(f"target is {ext.factor:.3g}× outside the proxies' {worst} range ({ext.level})")
     shape = fit.shape
     axes = shape.axes if shape else ()
-    logs: dict[str, tuple[float, np.ndarray]] = {}
+    draws: dict[str, tuple[float, np.ndarray]] = {}
     for a, law in fit.laws.items():
-        logs[a] = law.predict_log(t)
-    scatter = {a: law.scatter for a, law in fit.laws.items()}
+        w, share = law.usable_components(list(t))
+        if share < 1.0 - 1e-9:
+            unused = sorted({v for m in law.models for v in m.variables if v not in t})
+            warnings.append(f"{AXIS_LABEL[a]} law: variable sets using {', '.join(unused)} "
+                            f"({100 * (1 - share):.0f}% of the average) were left out because the target does not "
+                            f"give {'it' if len(unused) == 1 else 'them'}; pass {', '.join(unused)} to use the whole law")
+        value, law_draws, scatter = law.predict_log(t, weights=w)
+        draws[a] = (value, law_draws + scatter)
     conditioned = False
     if batch_size is not None:
         if not batch_size > 0:
@@ -255,53 +302,52 @@ def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None
                                           min(axes.index("learning_rate"), axes.index("batch_size"))]:
                 warnings.append("the LR–batch interaction is not identified (no runs vary both): lr at the given "
                                 "batch size equals the unconditional optimum")
-            logs = _conditional(fit, shape, logs, math.log(batch_size))
+            draws = _conditional(shape, draws, math.log(batch_size))
             conditioned = True
-    B = fit.bootstrap
-    rng = np.random.default_rng(0)
 
     def interval(a: str, offset: float = 0.0) -> Interval:
-        v, s = logs[a]
-        if s.size:
-            lo, hi = percentile_bounds(s + rng.standard_normal(s.size) * scatter[a])
-        else:
-            lo, hi = v - 1.645 * scatter[a], v + 1.645 * scatter[a]
-        vals = [math.exp(min(lo, v)) - offset, math.exp(v) - offset, math.exp(max(hi, v)) - offset]
-        vals = [max(x, 0.0) for x in vals]
+        v, s = draws[a]
+        lo, hi = percentile_bounds(s)
+        vals = [max(math.exp(x) - offset, 0.0) for x in (min(lo, v), v, max(hi, v))]
         return Interval(vals[1], vals[0], vals[2])
 
     lr = interval("learning_rate")
     bs = None
     if conditioned:
-        bs = Interval(float(batch_size), float(batch_size), float(batch_size))
+        bs = Interval(float(batch_size), float(batch_size), float(batch_size))  # type: ignore[arg-type]
     elif "batch_size" in fit.laws:
         bs = interval("batch_size")
     else:
-        warnings.append(f"no batch-size law: {fit.missing.get('batch_size', 'not fitted')}")
+        warnings.append(f"batch_size is null: no batch-size law ({fit.missing.get('batch_size', 'not fitted')}); "
+                        "sweep batch size over ≥ 3 values at ≥ 2 scales to get one")
     wd = None
     if "weight_decay" in fit.laws:
-        off = shape.wd_offset if shape else 0.0
-        wd = interval("weight_decay", off)
+        wd = interval("weight_decay", shape.wd_offset if shape else 0.0)
         if wd.value == 0.0:
             warnings.append("the weight-decay law predicts no decay at this target")
+    else:
+        warnings.append(f"weight_decay is null: no weight-decay law ({fit.missing.get('weight_decay', 'not fitted')}); "
+                        "sweep weight decay over ≥ 3 values at ≥ 2 scales to get one")
     bt = bs.value * fit.seq_len if (bs is not None and fit.seq_len) else None
     loss = None
-    if fit.loss_law is not None and "n_params" in t and "tokens" in t:
-        try:
-            loss = fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
-        except (ValueError, AttributeError):
-            loss = None
-    del B
+    if fit.loss_law is None:
+        why = next((w[len("no loss law: "):] for w in fit.warnings if w.startswith("no loss law: ")), "not fitted")
+        warnings.append(f"predicted_loss is null: no loss law ({why})")
+    elif "n_params" in t and "tokens" in t:
+        loss = fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
+    else:
+        warnings.append("predicted_loss is null: the loss law needs the target's n_params and tokens")
     return Prediction(lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()},
                       tuple(warnings), conditioned)
 
 
-def _conditional(fit: StudyFit, shape: BowlShape, logs, log_bs: float):
-    """Minimise ½zᵀHz + Σκz³ over the non-batch axes with z_bs fixed, per bootstrap sample."""
+def _conditional(shape: BowlShape, draws: Mapping[str, tuple[float, np.ndarray]], log_bs: float
+                 ) -> dict[str, tuple[float, np.ndarray]]:
+    """Minimise ½zᵀHz + Σκz³ over the non-batch axes with z_bs fixed, per draw (shape draws cycled)."""
     axes = shape.axes
     ib = axes.index("batch_size")
-    free = [j for j, a in enumerate(axes) if a != "batch_size" and a in logs]
-    out = dict(logs)
+    free = [j for j, a in enumerate(axes) if a != "batch_size" and a in draws]
+    out = dict(draws)
 
     def solve(H: np.ndarray, k: np.ndarray, zb: np.ndarray) -> np.ndarray:
         # H: (n, d, d), k: (n, d), zb: (n,) → z over free axes (n, f)
@@ -315,15 +361,21 @@ def _conditional(fit: StudyFit, shape: BowlShape, logs, log_bs: float):
             z = np.where(np.isfinite(step), z - step, z)
         return z
 
-    vb, sb = logs["batch_size"]
+    vb, sb = draws["batch_size"]
     z0 = solve(shape.hessian[None], shape.kappa[None], np.array([log_bs - vb]))[0]
-    n = min(len(sb), len(shape.hessian_samples))
-    zs = solve(shape.hessian_samples[:n], shape.kappa_samples[:n], log_bs - sb[:n]) if n else np.zeros((0, len(free)))
+    n = sb.size
+    if len(shape.hessian_samples):
+        pick = np.arange(n) % len(shape.hessian_samples)
+        H, K = shape.hessian_samples[pick], shape.kappa_samples[pick]
+    else:
+        H, K = np.broadcast_to(shape.hessian, (n, *shape.hessian.shape)), np.broadcast_to(shape.kappa, (n, shape.kappa.size))
+    zs = solve(H, K, log_bs - sb)
     for c, j in enumerate(free):
         a = axes[j]
-        v, s = logs[a]
-        out[a] = (v + float(z0[c]), (s[:n] + zs[:, c]) if n else s)
+        v, s = draws[a]
+        out[a] = (v + float(z0[c]), s + zs[:, c])
     return out
 
 
-__all__ = ["AXES", "Extrapolation", "MissingTarget", "Prediction", "StudyFit", "extrapolation", "fit_study", "law_interval", "predict"]
+__all__ = ["AXES", "Extrapolation", "MissingTarget", "Prediction", "StaleState", "StudyFit", "extrapolation",
+           "fit_study", "predict", "study_priors"]
