@@ -7,10 +7,10 @@ import re
 import time
 from typing import Any
 
-from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LRUCache, commit_cache
+from service.database import Engine
 
 
 class RepeatedGetCache:

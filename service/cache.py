@@ -14,9 +14,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from anyio import to_thread
-from sqlalchemy import Engine
 
-from store.db import ChangeProbe
+from store.db import ChangeProbe, Engine
 
 T = TypeVar("T")
 
