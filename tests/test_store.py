@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
@@ -34,7 +35,7 @@ def test_run_key_unique_per_study_and_indexes_exist(engine: Engine) -> None:
 
 def test_sqlite_pragmas(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
-        return
+        pytest.skip("SQLite-only: PostgreSQL has no pragmas")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
