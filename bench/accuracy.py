@@ -45,7 +45,6 @@ import numpy as np
 
 import fitting
 from fitting.backtest import (
-    NEAR_OPTIMAL,
     RegretSurface,
     leave_one_size_out,
     steplaw_procedure,
@@ -67,6 +66,8 @@ EXPONENT_TOL = 0.05
 OUTLIER_TARGET = 0.02
 FIT_TIME_TARGET = 2.0
 HALF_WIDTH_MIN = 0.05
+# Step Law's near-optimal band (RULES.md §6), defined here so the baselines do not depend on the engine's modules.
+NEAR_OPTIMAL = 0.0025
 # Published Step Law exponents (RULES.md §4); the constants are refitted in one baseline.
 PUB_LR_N, PUB_LR_D, PUB_BS_D = -0.7129, 0.3075, 0.5709
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12}
@@ -107,13 +108,23 @@ def hpscale(bootstrap: int) -> Callable[[RunTable], Predictor]:
     return method
 
 
-def published_exponents_refit(train: RunTable) -> Predictor:
-    """Step Law's published exponents; log constants = mean residual over near-optimal (0.25%) runs."""
+def published_exponents_refit(train: RunTable, best_run_only: bool = False) -> Predictor:
+    """Step Law's published exponents; log constants = mean residual over near-optimal (0.25%) runs.
+
+    With `best_run_only`, over each setting's single best run instead (the variant behind
+    the issue's 0.22% figure).
+    """
     scales, sidx = group_scales(train)
     ok = train.completed
     best = np.full(len(scales), np.inf)
     np.minimum.at(best, sidx[ok], train.final_loss[ok])
     near = ok & (train.final_loss <= (1 + NEAR_OPTIMAL) * best[sidx])
+    if best_run_only:
+        near = np.zeros(len(train), dtype=bool)
+        for s in range(len(scales)):
+            m = np.flatnonzero((sidx == s) & ok)
+            if m.size:
+                near[m[np.argmin(train.final_loss[m])]] = True
     ln, ld = np.log(train.n_params[near]), np.log(train.tokens[near])
     c_lr = float(np.mean(np.log(train.learning_rate[near]) - PUB_LR_N * ln - PUB_LR_D * ld))
     c_bs = float(np.mean(np.log(train.batch_size[near]) - PUB_BS_D * ld))
@@ -197,6 +208,7 @@ def part_a(runs: RunTable, boot: int, lomo_seeds: int) -> None:
         ("hpscale (fit_study + predict)", hpscale(boot)),
         ("Step Law procedure, refitted on training runs", steplaw_procedure),
         ("published exponents, constants refitted", published_exponents_refit),
+        ("  same, constants from settings' best runs", lambda t: published_exponents_refit(t, best_run_only=True)),
         ("published Step Law formula (optimistic ref.)", steplaw_published(STEPLAW_SEQ_LEN)),
     ]
     shapes = sorted({(n, w, d) for n, w, d in zip(runs.n_params, runs.width, runs.depth)})
