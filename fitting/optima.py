@@ -3,9 +3,21 @@
 Runs are grouped by scale (n_params, tokens, width, depth). The bottom of every scale's
 loss bowl is fitted jointly (`fitting.surface`: a free centre per scale, one curvature and
 asymmetry shared by all scales) in log space; the centre is the optimum. Each centre gets
-a 90% interval from a bootstrap over the scale's runs (shape held fixed), and flags when
-it is not bracketed by the sweep, when divergence caps it, when only two values bracket it
-or when the sweep is coordinate-wise (each optimum bracketed along one axis only).
+a 90% interval from a bootstrap over the scale's runs (shape held fixed), never narrower
+than the loss noise implies, and flags when it is not bracketed by the sweep, when
+divergence caps it, when only two values bracket it, when the sweep is coordinate-wise
+(each optimum bracketed along one axis only) or when the loss noise had to be assumed.
+
+`analyse_sweeps` runs named stages, each a pure function of arrays:
+  1. `find_outliers`      runs whose loss is implausible next to their neighbours;
+  2. `classify_runs`      robust best per scale, runs that left the basin, usable runs;
+  3. `weight_decay_offset`, `choose_axes`, `keep_modal_values`: the modelled axes;
+  4. `select_rows`        the band of near-optimal runs per scale and where each axis is active;
+  5. `interactions`       which axis pairs vary together (identified cross terms);
+  6. `fit_scale_bowls`    the joint bowl fit; `bowl_outliers` re-checks runs against it;
+  7. `loss_noise`         honest residual noise (measured, replicate and prior pooled);
+  8. `bootstrap_centres`  per-scale centres with standard errors and bootstrap samples;
+  9. `scale_optimum`      each scale's contract entry with its status and flags.
 """
 
 from __future__ import annotations
@@ -19,13 +31,41 @@ import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
 from fitting.runs import DIVERGED, RunTable
-from fitting.surface import DEFAULT_BAND, BowlData, BowlFit, fit_bowl, linear_bootstrap, select_band
+from fitting.surface import DEFAULT_BAND, MAX_BAND, BowlData, BowlFit, fit_bowl, linear_bootstrap, select_band
 
 NEAR_OPTIMAL = 0.0025
-# A completed run more than 20% above its scale's best loss has left the basin (a loss
-# spike or silent divergence); it bounds the optimum like a diverged run.
+# A completed run more than 20% above its scale's (robust) best loss has left the basin (a
+# loss spike or silent divergence); it bounds the optimum like a diverged run.
 LEFT_BASIN = 0.20
 _TOL = 0.01  # relative difference below which two hyperparameter values are the same
+
+# Outliers. A run is implausible for its scale when its log loss is further than
+# OUTLIER_Z robust standard deviations AND more than OUTLIER_MIN_DEV (relative) from what
+# its OUTLIER_NEIGHBOURS nearest runs at the same scale predict (their median), in
+# (log lr, log bs, log wd) measured in grid steps. The standard deviation is the larger of
+# the study-wide robust scale (1.4826·MAD) of such residuals, the neighbours' own spread
+# (large on a bowl wall, where neighbours differ a lot) and LOSS_NOISE. A run must also lie
+# beyond its second-nearest-in-loss neighbour by the same margin, so that one good run
+# beside a divergence cliff (neighbours split between ~2.6 and ~6.6) is not flagged. Runs
+# far above the scale's lower quartile (by LEFT_BASIN) are not neighbours: they left the
+# basin and are handled as diverged. After the bowl fit, runs in the band whose residual
+# exceeds the same thresholds are left out too (`bowl_outliers`) and the fit is redone once.
+OUTLIER_Z = 8.0
+OUTLIER_MIN_DEV = 0.03
+OUTLIER_NEIGHBOURS = 6
+_MIN_NEIGHBOURS = 3  # a scale needs ≥ 4 completed runs before its runs can be judged
+_MAX_NAMED = 5  # outliers named in the study warning
+_MAX_LOG_DEV = 20.0
+
+# Loss noise. σ0 = 0.3% relative (0.003 in log loss) is the typical seed-to-seed scatter of
+# a final LM loss at proxy scale (Step Law's smoothed losses scatter by ~0.1–0.5% around
+# their bowls; seed replicates in published sweeps differ by a few thousandths). It enters
+# as a scaled-inverse-χ² prior with NOISE_PRIOR_DOF pseudo-observations:
+#   σ² = (Σ wᵢrᵢ² + SS_replicates + ν0·σ0²) / (dof_fit + dof_replicates + ν0).
+# With fewer than MIN_NOISE_DOF measured degrees of freedom the noise is called assumed.
+LOSS_NOISE = 0.003
+NOISE_PRIOR_DOF = 5.0
+MIN_NOISE_DOF = 6
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,35 @@ class ScaleOptimum:
                    {a: (float(v[0]), float(v[1])) for a, v in near.items()}, n_near, tuple(d.get("flags", ())))
 
 
+@dataclass(frozen=True)
+class Outlier:
+    """A run left out as implausible for its scale: its row in the RunTable, its names, why."""
+
+    index: int
+    run_id: int | None
+    run_key: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "run_id": self.run_id, "run_key": self.run_key, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """Residual noise of log loss: pooled `sigma`, its measured part and degrees of freedom."""
+
+    sigma: float  # pooled (what the intervals use)
+    measured: float  # from the bowl residuals and replicates alone (NaN when dof = 0)
+    dof: int  # measured degrees of freedom (bowl residual + replicate)
+    replicate_dof: int
+    assumed: bool  # dof < MIN_NOISE_DOF: the prior σ0 dominates
+
+    def message(self) -> str:
+        return (f"loss noise was assumed ({100 * LOSS_NOISE:.2g}% relative), not measured: "
+                f"{self.dof} residual degree(s) of freedom; need ≥ {MIN_NOISE_DOF} more runs near the optimum "
+                "than the bowl has parameters, or seed replicates (same scale and hyperparameters)")
+
+
 @dataclass(frozen=True, eq=False)
 class SweepAnalysis:
     """Everything the law fits need from the per-scale stage (internal, not serialised)."""
@@ -123,6 +192,8 @@ class SweepAnalysis:
     n_runs: int
     log_lr_cap: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (S,) log lr of first divergence
     wd_offset: float = 0.0  # wd coordinate is log(wd + wd_offset)
+    outliers: tuple[Outlier, ...] = ()
+    noise: NoiseEstimate | None = None
 
 
 def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
@@ -130,13 +201,13 @@ def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
     cols = np.stack([runs.n_params, runs.tokens, runs.width, runs.depth], axis=1)
     key = np.where(np.isfinite(cols), np.round(np.log(np.where(cols > 0, cols, 1.0)), 9), -1e9)
     uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.ravel()
     first = [int(np.flatnonzero(inv == s)[0]) for s in range(len(uniq))]
     scales = tuple(Scale(*(float(cols[i, j]) for j in range(4))) for i in first)
-    order = np.argsort([(s.n_params, s.tokens) for s in scales], axis=0)[:, 0] if scales else np.zeros(0, int)
     order = sorted(range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth))
     remap = np.empty(len(scales), dtype=int)
     remap[order] = np.arange(len(scales))
-    return tuple(scales[i] for i in order), remap[inv.ravel()]
+    return tuple(scales[i] for i in order), remap[inv]
 
 
 def _modal(x: np.ndarray) -> float:
@@ -144,6 +215,431 @@ def _modal(x: np.ndarray) -> float:
     return float(v[np.argmax(c)])
 
 
+def _log_loss(runs: RunTable) -> np.ndarray:
+    """log final loss where it is a positive finite number, NaN elsewhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(runs.completed & (runs.final_loss > 0), np.log(np.abs(runs.final_loss)), np.nan)
+
+
+# Stage 1: outliers against neighbours --------------------------------------------------
+def _grid_coordinates(runs: RunTable, idx: np.ndarray) -> np.ndarray:
+    """(n, k) log lr, log bs, log wd of rows `idx` in units of each axis's median grid step.
+
+    Axes with a single value are dropped; wd = 0 sits half the smallest positive value below.
+    """
+    wd = runs.weight_decay[idx]
+    pos = wd[wd > 0]
+    wd_x = wd + 0.5 * pos.min() if pos.size else np.ones_like(wd)
+    cols = []
+    for x in (runs.learning_rate[idx], runs.batch_size[idx], wd_x):
+        lx = np.log(x)
+        steps = np.diff(np.unique(np.round(lx, 6)))
+        steps = steps[steps > _TOL]
+        if steps.size:
+            cols.append(lx / float(np.median(steps)))
+    return np.column_stack(cols) if cols else np.zeros((idx.size, 1))
+
+
+def neighbour_predictions(runs: RunTable, sidx: np.ndarray, n_scales: int, k: int = OUTLIER_NEIGHBOURS):
+    """Per run: median, 2nd-lowest and robust spread of the log losses of its k nearest runs at its scale.
+
+    Neighbours are completed runs of the same scale within LEFT_BASIN of the scale's lower
+    quartile (runs that left the basin are no guide to the basin). Returns (pred, second,
+    spread, n_neighbours), NaN / 0 where a run has fewer than _MIN_NEIGHBOURS neighbours.
+    """
+    y = _log_loss(runs)
+    ok = np.isfinite(y) & (runs.learning_rate > 0) & (runs.batch_size > 0)
+    pred, second, spread = (np.full(len(runs), np.nan) for _ in range(3))
+    n_nb = np.zeros(len(runs), dtype=int)
+    for s in range(n_scales):
+        idx = np.flatnonzero(ok & (sidx == s))
+        if idx.size == 0:
+            continue
+        idx = idx[y[idx] <= np.percentile(y[idx], 25) + math.log1p(LEFT_BASIN)]
+        if idx.size < _MIN_NEIGHBOURS + 1:
+            continue
+        Z = _grid_coordinates(runs, idx)
+        D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(D, np.inf)
+        kk = min(k, idx.size - 1)
+        yn = y[idx][np.argsort(D, axis=1, kind="stable")[:, :kk]]
+        med = np.median(yn, axis=1)
+        pred[idx] = med
+        second[idx] = np.sort(yn, axis=1)[:, 1]
+        spread[idx] = 1.4826 * np.median(np.abs(yn - med[:, None]), axis=1)
+        n_nb[idx] = kk
+    return pred, second, spread, n_nb
+
+
+def find_outliers(runs: RunTable, sidx: np.ndarray, n_scales: int) -> tuple[Outlier, ...]:
+    """Runs whose loss is implausibly far below what their neighbours at the scale predict.
+
+    Low losses are the dangerous ones: one would become the scale's best and push good
+    runs out of the basin. High losses inside the band are checked against the fitted
+    bowl (`bowl_outliers`); higher ones are handled as having left the basin.
+    """
+    y = _log_loss(runs)
+    pred, second, spread, n_nb = neighbour_predictions(runs, sidx, n_scales)
+    r = y - pred
+    seen = np.isfinite(r)
+    if not np.any(seen):
+        return ()
+    sigma = max(1.4826 * float(np.median(np.abs(r[seen] - np.median(r[seen])))), LOSS_NOISE)
+    with np.errstate(invalid="ignore"):
+        th = np.maximum(OUTLIER_Z * np.maximum(sigma, spread), math.log1p(OUTLIER_MIN_DEV))
+        low = seen & (r < -th) & (y - second < -th)
+    out = []
+    for i in np.flatnonzero(low):
+        p = math.exp(pred[i])
+        out.append(_outlier(runs, int(i), f"loss {runs.final_loss[i]:.4g} is {100 * (1 - runs.final_loss[i] / p):.0f}% "
+                                          f"below what its {n_nb[i]} nearest runs at this scale predict ({p:.4g})"))
+    return tuple(out)
+
+
+def _outlier(runs: RunTable, i: int, reason: str) -> Outlier:
+    rid = runs.run_id[i]
+    return Outlier(i, int(rid) if np.isfinite(rid) else None, runs.run_key[i], reason)
+
+
+def outlier_warning(runs: RunTable, outliers: tuple[Outlier, ...]) -> str | None:
+    if not outliers:
+        return None
+    named = ", ".join(runs.label(o.index) for o in outliers[:_MAX_NAMED])
+    more = f" and {len(outliers) - _MAX_NAMED} more" if len(outliers) > _MAX_NAMED else ""
+    return (f"{len(outliers)} run(s) left out as implausible for their scale (loss far from what neighbouring runs "
+            f"or the fitted bowl predict): {named}{more}; check them (e.g. {outliers[0].reason})")
+
+
+# Stage 2: classify runs --------------------------------------------------------------
+@dataclass(frozen=True)
+class RunClasses:
+    """Masks over the RunTable rows, and each scale's best loss among plausible runs."""
+
+    best: np.ndarray  # (S,) best completed loss, outliers excluded
+    left: np.ndarray  # completed but > LEFT_BASIN above the best
+    diverged: np.ndarray  # status diverged, or left the basin
+    usable: np.ndarray  # completed, plausible, in the basin, lr and bs positive
+    excluded: np.ndarray  # outliers
+
+
+def classify_runs(runs: RunTable, sidx: np.ndarray, n_scales: int, excluded: np.ndarray) -> RunClasses:
+    """Best loss per scale (outliers left out), runs that left the basin, and usable runs."""
+    ok = np.isfinite(_log_loss(runs)) & ~excluded
+    best = np.full(n_scales, np.inf)
+    np.minimum.at(best, sidx[ok], runs.final_loss[ok])
+    with np.errstate(invalid="ignore"):
+        left = ok & (runs.final_loss > (1 + LEFT_BASIN) * best[sidx])
+    diverged = (runs.status == DIVERGED) | left
+    usable = ok & ~left & (runs.learning_rate > 0) & (runs.batch_size > 0)
+    return RunClasses(best, left, diverged, usable, excluded)
+
+
+# Stage 3: modelled axes --------------------------------------------------------------
+def weight_decay_offset(weight_decay: np.ndarray, usable: np.ndarray) -> float:
+    """wd0 such that the wd coordinate is log(wd + wd0): half the smallest positive wd when 0 is swept, else 0.
+
+    Weight decay 0 (no decay) is a legitimate, often-swept value that log space cannot hold;
+    the offset puts wd = 0 one grid step below the sweep and leaves large wd in log scale.
+    """
+    pos = weight_decay[usable & (weight_decay > 0)]
+    return 0.5 * float(pos.min()) if pos.size and np.any(usable & (weight_decay == 0)) else 0.0
+
+
+def choose_axes(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int) -> tuple[tuple[str, ...], list[str]]:
+    """An axis is modelled if some scale sweeps it over ≥ 3 values (else its curvature is unknown)."""
+    axes, warnings = [], []
+    for a in AXES:
+        ok = usable & (hp[a] > 0)
+        n = max((distinct_log_values(hp[a][ok & (sidx == s)], _TOL) for s in range(n_scales)), default=0)
+        if n >= 3:
+            axes.append(a)
+        elif n == 2:
+            warnings.append(f"{AXIS_LABEL[a]} takes only 2 values at any scale; need ≥ 3 at one scale to locate its optimum")
+    return tuple(axes), warnings
+
+
+def keep_modal_values(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int,
+                      axes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Hyperparameters that are not modelled must not vary inside a scale: keep each scale's modal value."""
+    warnings = []
+    for a in AXES:
+        if a in axes:
+            continue
+        keep = np.zeros_like(usable)
+        for s in range(n_scales):
+            m = usable & (sidx == s)
+            if np.any(m):
+                mode = _modal(hp[a][m])
+                keep |= m & (np.abs(np.round(hp[a], 6) - mode) <= _TOL * abs(mode))
+        dropped = int(np.count_nonzero(usable & ~keep))
+        if dropped:
+            warnings.append(f"{dropped} run(s) left out: {AXIS_LABEL[a]} varies within a scale but too little to model")
+        usable = keep
+    return usable, warnings
+
+
+# Stage 4–5: band, active axes, interactions ------------------------------------------
+def select_rows(hp: Mapping[str, np.ndarray], axes: tuple[str, ...], y: np.ndarray, usable: np.ndarray,
+                sidx: np.ndarray, n_scales: int, band: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(in_band mask, active (S, d), n_values (S, d)): the band of each scale and where each axis varies in it."""
+    idx = np.flatnonzero(usable)
+    in_band = np.zeros(y.shape[0], dtype=bool)
+    in_band[idx[select_band(y[idx], sidx[idx], n_scales, band)]] = True
+    d = len(axes)
+    active = np.zeros((n_scales, d), dtype=bool)
+    n_values = np.zeros((n_scales, d), dtype=int)
+    for s in range(n_scales):
+        m = usable & (sidx == s)
+        for j, a in enumerate(axes):
+            n_values[s, j] = distinct_log_values(hp[a][m], _TOL)
+            active[s, j] = distinct_log_values(hp[a][in_band & (sidx == s)], _TOL) >= 2
+    return in_band, active, n_values
+
+
+def interactions(U: np.ndarray, usable: np.ndarray, sidx: np.ndarray, n_scales: int) -> np.ndarray:
+    """(d, d) lower-triangular pairs that ≥ 3 runs at one scale move together away from the modal values."""
+    d = U.shape[1]
+    cross = np.zeros((d, d), dtype=bool)
+    for s in range(n_scales):
+        m = usable & (sidx == s)
+        if not np.any(m):
+            continue
+        # Moves are measured from each axis's most common value (a coordinate-wise study's baseline).
+        b = np.array([_modal(U[m][:, j]) for j in range(d)])
+        moved = np.abs(np.round(U[m], 6) - b) > _TOL
+        for j in range(d):
+            for k in range(j):
+                if np.count_nonzero(moved[:, j] & moved[:, k]) >= 3:
+                    cross[j, k] = True
+    return cross
+
+
+# Stage 6: the joint bowl, and outliers against it ------------------------------------
+def fit_scale_bowls(U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray,
+                    cross: np.ndarray) -> tuple[BowlData, BowlFit | None, np.ndarray, list[str]]:
+    """Fit the bowl with a free centre per scale to the band's runs; warn when it fails or does not converge.
+
+    The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF runs more than the
+    model with it has parameters; otherwise κ = 0 (a handful of runs cannot identify it).
+    """
+    S, d = active.shape
+    rows = np.flatnonzero(in_band)
+    data = BowlData(u=U[rows], y=y[rows], scale=sidx[rows], active=active, cross=cross, n_scales=S)
+    designs, col_of = _one_hot(active)
+    beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
+    n_quad = np.unique(data.scale).size + int(active.sum()) + d + int(np.count_nonzero(np.tril(cross, -1)))
+    cubic = rows.size - n_quad - d >= MIN_NOISE_DOF
+    warnings: list[str] = []
+    try:
+        fit = fit_bowl(data, designs, beta0, cubic=cubic)
+    except (np.linalg.LinAlgError, ValueError) as e:  # pragma: no cover - defensive
+        warnings.append(f"the loss-surface fit failed ({e}); per-scale optima fall back to the best run")
+        return data, None, col_of, warnings
+    if not fit.success:
+        warnings.append("the per-scale loss-surface fit did not converge (least squares stopped on its evaluation "
+                        "budget): the optima and their intervals may be inaccurate")
+    return data, fit, col_of, warnings
+
+
+def bowl_outliers(runs: RunTable, fit: BowlFit, data: BowlData, rows: np.ndarray) -> tuple[Outlier, ...]:
+    """Band runs whose loss is further from the fitted bowl than OUTLIER_Z·σ and OUTLIER_MIN_DEV.
+
+    σ is the fit's robust residual scale, floored at LOSS_NOISE; only scales with more band
+    runs than _MIN_NEIGHBOURS are judged (with fewer, the bowl is forced through each run).
+    """
+    sigma = max(fit.noise, LOSS_NOISE)
+    th = max(OUTLIER_Z * sigma, math.log1p(OUTLIER_MIN_DEV))
+    counts = np.bincount(data.scale, minlength=data.n_scales)
+    out = []
+    for r_i in np.flatnonzero((np.abs(fit.resid) > th) & (counts[data.scale] > _MIN_NEIGHBOURS)):
+        i = int(rows[r_i])
+        p = math.exp(data.y[r_i] + fit.resid[r_i])
+        side = "above" if fit.resid[r_i] < 0 else "below"
+        out.append(_outlier(runs, i, f"loss {runs.final_loss[i]:.4g} is {100 * abs(runs.final_loss[i] / p - 1):.0f}% "
+                                     f"{side} the loss bowl fitted to its scale's near-optimal runs ({p:.4g})"))
+    return tuple(out)
+
+
+# Stage 7: noise ----------------------------------------------------------------------
+def replicate_scatter(hp: Mapping[str, np.ndarray], y: np.ndarray, usable: np.ndarray, sidx: np.ndarray) -> tuple[float, int]:
+    """(Σ squared deviations from group means, dof) over groups of usable runs at the same scale and hyperparameters."""
+    idx = np.flatnonzero(usable)
+    if idx.size < 2:
+        return 0.0, 0
+    key = np.column_stack([sidx[idx]] + [np.round(np.log(np.maximum(hp[a][idx], 1e-300)) / _TOL) for a in AXES])
+    _, g = np.unique(key, axis=0, return_inverse=True)
+    g = g.ravel()
+    n = np.bincount(g)
+    mean = np.bincount(g, weights=y[idx]) / n
+    ss = float(np.sum((y[idx] - mean[g]) ** 2))
+    return ss, int(np.sum(n - 1))
+
+
+def loss_noise(fit: BowlFit | None, replicate_ss: float, replicate_dof: int) -> NoiseEstimate:
+    """Residual noise of log loss pooled with the LOSS_NOISE prior (scaled-inverse-χ², NOISE_PRIOR_DOF).
+
+    The bowl contributes n·σ̂² with σ̂ its robust (MAD) residual scale, i.e. dof·σ² with the
+    MAD's shrinkage by the fitted parameters undone; replicates contribute their scatter.
+    """
+    dof_fit = fit.dof if fit is not None else 0
+    ss_fit = fit.resid.size * fit.noise**2 if dof_fit > 0 else 0.0
+    dof = dof_fit + replicate_dof
+    ss = ss_fit + replicate_ss
+    sigma = math.sqrt((ss + NOISE_PRIOR_DOF * LOSS_NOISE**2) / (dof + NOISE_PRIOR_DOF))
+    measured = math.sqrt(ss / dof) if dof > 0 else math.nan
+    return NoiseEstimate(sigma, measured, dof, replicate_dof, dof < MIN_NOISE_DOF)
+
+
+# Stage 8: per-scale centres ----------------------------------------------------------
+def bootstrap_centres(fit: BowlFit, data: BowlData, col_of: np.ndarray, sigma: float, bootstrap: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre (S, d), centre_se (S, d), samples (B, S, d)): each scale's bowl centre and its uncertainty.
+
+    A bootstrap over the scale's runs (one Gauss–Newton step, shape held fixed) gives the
+    samples; the Gauss–Newton standard error σ·√diag((JᵀWJ)⁻¹) with the pooled noise σ is a
+    floor, so a resample that drops one of only two or three runs along an axis (and pins
+    the centre) or a near-perfect fit to a handful of runs cannot give a falsely narrow interval.
+    """
+    S, d = data.active.shape
+    centre = np.full((S, d), np.nan)
+    centre_se = np.full((S, d), np.nan)
+    boot = np.full((max(bootstrap, 0), S, d), np.nan)
+    offs = np.cumsum([0] + [b.size for b in fit.beta])
+    for s in range(S):
+        js = [j for j in range(d) if data.active[s, j]]
+        for j in js:
+            centre[s, j] = fit.beta[j][col_of[s, j]]
+        rs = np.flatnonzero(data.scale == s)
+        if not js or bootstrap <= 0 or rs.size < 2:
+            continue
+        cols = np.array([s] + [S + offs[j] + col_of[s, j] for j in js])
+        counts = rng.multinomial(rs.size, np.full(rs.size, 1.0 / rs.size), size=bootstrap).astype(float)
+        samp = linear_bootstrap(fit.jac[np.ix_(rs, cols)], fit.weights[rs], fit.resid[rs], fit.params[cols],
+                                np.arange(rs.size), counts)
+        Js = fit.jac[np.ix_(rs, cols)] * np.sqrt(fit.weights[rs])[:, None]
+        floor = sigma * np.sqrt(np.diag(np.linalg.pinv(Js.T @ Js)))
+        for c, j in enumerate(js):
+            col = samp[:, 1 + c]
+            sd_boot = float(np.std(col))
+            se = max(sd_boot, float(floor[1 + c]))
+            if se > sd_boot:
+                if sd_boot > 1e-9 * se:
+                    col = centre[s, j] + (col - col.mean()) * (se / sd_boot)
+                else:
+                    col = centre[s, j] + se * rng.standard_normal(bootstrap)
+            boot[:, s, j] = col
+            centre_se[s, j] = se
+    return centre, centre_se, boot
+
+
+def divergence_caps(learning_rate: np.ndarray, diverged: np.ndarray, sidx: np.ndarray, n_scales: int) -> np.ndarray:
+    """(S,) log of the smallest learning rate that diverged (or left the basin) at each scale; +inf if none."""
+    cap = np.full(n_scales, np.inf)
+    ok = diverged & (learning_rate > 0)
+    np.minimum.at(cap, sidx[ok], np.log(learning_rate[ok]))
+    return cap
+
+
+# Stage 9: per-scale optima -----------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class _Evidence:
+    """What `scale_optimum` reads: the runs' classes and the fitted centres."""
+
+    runs: RunTable
+    sidx: np.ndarray
+    classes: RunClasses
+    usable: np.ndarray  # after the axis filters
+    hp: Mapping[str, np.ndarray]  # wd shifted by wd_offset
+    axes: tuple[str, ...]
+    wd_offset: float
+    centre: np.ndarray
+    centre_se: np.ndarray
+    boot: np.ndarray
+    log_lr_cap: np.ndarray
+    coordinate_wise: bool
+    noise: NoiseEstimate
+
+
+def scale_optimum(ev: _Evidence, s: int, scale: Scale) -> ScaleOptimum:
+    """Scale s's optimum per axis (bowl centre, or the best run's value when no bowl applies), near-optimal ranges, flags."""
+    runs, cl = ev.runs, ev.classes
+    m_all = ev.sidx == s
+    m = ev.usable & m_all
+    flags: list[str] = []
+    best = float(cl.best[s]) if np.isfinite(cl.best[s]) else math.nan
+    near = runs.completed & m_all & ~cl.left & ~cl.excluded & (runs.final_loss <= (1 + NEAR_OPTIMAL) * cl.best[s])
+    raw = {"learning_rate": runs.learning_rate, "batch_size": runs.batch_size, "weight_decay": runs.weight_decay}
+    near_rng = {a: (float(raw[a][near].min()), float(raw[a][near].max())) for a in AXES if np.any(near)}
+    opt: dict[str, AxisOptimum] = {}
+    if not np.any(m):
+        flags.append("no completed runs at this scale")
+    else:
+        ib = np.flatnonzero(m)[np.argmin(runs.final_loss[m])]
+        for a in AXES:
+            j = ev.axes.index(a) if a in ev.axes else -1
+            if j >= 0 and np.isfinite(ev.centre[s, j]):
+                opt[a] = _centre_optimum(ev, s, j, m, flags)
+            elif not (a == "weight_decay" and np.all(ev.hp[a][m] == 0)):
+                opt[a] = _best_run_optimum(ev, a, m, ib, near_rng, flags)
+        if ev.noise.assumed and any(np.isfinite(ev.centre[s])):
+            flags.append(ev.noise.message())
+    n_out = int(np.count_nonzero(cl.excluded & m_all))
+    if n_out:
+        flags.append(f"{n_out} run(s) at this scale left out as implausible outliers")
+    if ev.coordinate_wise:
+        flags.append("bracketed along one axis at a time only (coordinate-wise ablations)")
+    return ScaleOptimum(scale, int(m_all.sum()), int((cl.diverged & m_all).sum()), best, opt,
+                        near_rng, int(near.sum()), tuple(flags))
+
+
+def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[str]) -> AxisOptimum:
+    """The bowl centre of axis j at scale s with its bootstrap interval and status (bracketed, beyond, capped)."""
+    a = ev.axes[j]
+    vals = ev.hp[a][m]
+    nv = distinct_log_values(vals, _TOL)
+    lv = float(ev.centre[s, j])
+    lo_sw, hi_sw = np.log(vals.min()), np.log(vals.max())
+    status = "bracketed"
+    if lv > hi_sw + _TOL:
+        status = "above_sweep"
+        flags.append(f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep")
+    elif lv < lo_sw - _TOL:
+        status = "below_sweep"
+        flags.append(f"{AXIS_LABEL[a]} optimum lies below the smallest value swept: only an upper bound; extend the sweep")
+    samples = ev.boot[:, s, j]
+    cap = ev.log_lr_cap[s]
+    if a == "learning_rate" and lv >= cap:
+        status = "capped"
+        ok_lr = np.log(vals[vals < np.exp(cap)])
+        lv = float(ok_lr.max()) if ok_lr.size else lo_sw
+        samples = np.minimum(samples, cap)
+        flags.append(f"learning-rate optimum capped by a diverged run at lr={np.exp(cap):.3g}")
+    if nv == 2:
+        flags.append(f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales")
+    # An unidentified centre can have a huge standard error; ±_MAX_LOG_DEV (a factor of
+    # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite.
+    iv = Interval.exp_of(lv, np.clip(samples, lv - _MAX_LOG_DEV, lv + _MAX_LOG_DEV))
+    if a == "weight_decay" and ev.wd_offset > 0:
+        iv = Interval(*(max(v - ev.wd_offset, 0.0) for v in (iv.value, iv.low, iv.high)))
+        if iv.value == 0.0:
+            status = "below_sweep"
+            flags.append("weight-decay optimum is at 0 (no decay beats the swept values)")
+    return AxisOptimum(iv, float(ev.centre_se[s, j]), nv, status)
+
+
+def _best_run_optimum(ev: _Evidence, a: str, m: np.ndarray, ib: int, near_rng: Mapping[str, tuple[float, float]],
+                      flags: list[str]) -> AxisOptimum:
+    """An axis without a bowl centre: the value used (one value swept) or the best run's value (unresolved)."""
+    nv = distinct_log_values(ev.hp[a][m], _TOL)
+    v = float(ev.hp[a][ib]) - (ev.wd_offset if a == "weight_decay" else 0.0)
+    if nv <= 1:
+        return AxisOptimum(Interval(v, v, v), math.nan, nv, "not_swept")
+    flags.append(f"{AXIS_LABEL[a]} optimum not resolved at this scale: best run's value, interval = near-optimal runs")
+    lo, hi = near_rng.get(a, (v, v))
+    return AxisOptimum(Interval(v, min(lo, v), max(hi, v)), math.nan, nv, "best_run")
+
+
+# The pipeline ------------------------------------------------------------------------
 def analyse_sweeps(
     runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band: float = DEFAULT_BAND
 ) -> SweepAnalysis:
@@ -155,200 +651,77 @@ def analyse_sweeps(
         raise InsufficientData("no runs: need completed runs with a final loss")
     if np.any(~np.isfinite(runs.n_params) | ~np.isfinite(runs.tokens)):
         raise InsufficientData("every run needs n_params and tokens")
+    if not np.any(runs.completed):
+        raise InsufficientData("no completed runs with a final loss")
     scales, sidx = group_scales(runs)
     S = len(scales)
-    completed = runs.completed
-    if not np.any(completed):
-        raise InsufficientData("no completed runs with a final loss")
-    best = np.full(S, np.inf)
-    np.minimum.at(best, sidx[completed], runs.final_loss[completed])
-    with np.errstate(invalid="ignore"):
-        left = completed & (runs.final_loss > (1 + LEFT_BASIN) * best[sidx])
-    diverged = (runs.status == DIVERGED) | left
-    usable = completed & ~left & (runs.learning_rate > 0) & (runs.batch_size > 0)
-    warnings: list[str] = []
-    if np.any(left):
-        warnings.append(f"{int(left.sum())} completed run(s) ended > {LEFT_BASIN:.0%} above their scale's best loss; treated as diverged")
+    outliers = find_outliers(runs, sidx, S)
+    for _ in range(2):  # a second pass when the bowl exposes further outliers
+        excluded = np.zeros(len(runs), dtype=bool)
+        excluded[[o.index for o in outliers]] = True
+        st = _fit_stages(runs, sidx, S, excluded, band)
+        if st["fit"] is None:
+            break
+        extra = bowl_outliers(runs, st["fit"], st["data"], np.flatnonzero(st["in_band"]))
+        if not extra:
+            break
+        outliers = outliers + extra
+    cl, axes, fit, data = st["classes"], st["axes"], st["fit"], st["data"]
+    warnings = [w for w in (outlier_warning(runs, outliers),) if w] + st["warnings"]
+    noise = loss_noise(fit, *replicate_scatter(st["hp"], st["y"], st["usable"], sidx))
+    if noise.assumed and fit is not None:
+        warnings.append(noise.message())
+    S_d = (S, len(axes))
+    centre, centre_se, boot = np.full(S_d, np.nan), np.full(S_d, np.nan), np.full((max(bootstrap, 0), *S_d), np.nan)
+    if fit is not None:
+        centre, centre_se, boot = bootstrap_centres(fit, data, st["col_of"], noise.sigma, bootstrap,
+                                                    np.random.default_rng(seed))
+    log_lr_cap = divergence_caps(runs.learning_rate, cl.diverged, sidx, S)
+    ev = _Evidence(runs, sidx, cl, st["usable"], st["hp"], axes, st["wd0"], centre, centre_se, boot, log_lr_cap,
+                   st["coordinate_wise"], noise)
+    optima = tuple(scale_optimum(ev, s, scales[s]) for s in range(S))
+    return SweepAnalysis(scales, axes, data, fit, centre, centre_se, optima, st["coordinate_wise"], tuple(warnings),
+                         len(runs), log_lr_cap, st["wd0"], tuple(outliers), noise)
 
-    # Weight decay 0 (no decay) is a legitimate, often-swept value that log space cannot
-    # hold; the wd coordinate is log(wd + wd0) with wd0 half the smallest positive value
-    # swept, which puts wd = 0 one grid step below the sweep and leaves large wd in log scale.
-    pos = runs.weight_decay[usable & (runs.weight_decay > 0)]
-    wd0 = 0.5 * float(pos.min()) if pos.size and np.any(usable & (runs.weight_decay == 0)) else 0.0
+
+def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:
+    """Stages 2–6 for a given set of excluded runs: classes, axes, band, interactions, bowl fit."""
+    cl = classify_runs(runs, sidx, S, excluded)
+    warnings: list[str] = []
+    if np.any(cl.left):
+        warnings.append(f"{int(cl.left.sum())} completed run(s) ended > {LEFT_BASIN:.0%} above their scale's best "
+                        "loss; treated as diverged")
+    n_bad = int(np.count_nonzero(runs.completed & ~(runs.final_loss > 0)))
+    if n_bad:
+        warnings.append(f"{n_bad} completed run(s) with a final loss ≤ 0 left out: losses are modelled in log space")
+    wd0 = weight_decay_offset(runs.weight_decay, cl.usable)
     hp = {"learning_rate": runs.learning_rate, "batch_size": runs.batch_size, "weight_decay": runs.weight_decay + wd0}
-    positive_wd = hp["weight_decay"] > 0
-    # An axis is modelled if some scale sweeps it over ≥ 3 values (else its curvature is unknown).
-    axes: list[str] = []
-    for a in AXES:
-        ok = usable & (positive_wd if a == "weight_decay" else True)
-        counts = [distinct_log_values(hp[a][ok & (sidx == s)], _TOL) for s in range(S)]
-        if max(counts, default=0) >= 3:
-            axes.append(a)
-        elif max(counts, default=0) == 2:
-            warnings.append(f"{AXIS_LABEL[a]} takes only 2 values at any scale; need ≥ 3 at one scale to locate its optimum")
+    axes, w = choose_axes(hp, cl.usable, sidx, S)
+    warnings += w
+    usable = cl.usable
     if "weight_decay" in axes:
         if wd0 > 0:
             warnings.append(f"weight decay 0 was swept: the weight-decay axis is log(wd + {wd0:.3g}) "
                             "(half the smallest positive value), so runs without decay bound the optimum from below")
-        usable = usable & positive_wd
-    # Hyperparameters that are not modelled must not vary inside a scale: keep each scale's modal value.
-    for a in AXES:
-        if a in axes:
-            continue
-        keep = np.zeros_like(usable)
-        for s in range(S):
-            m = usable & (sidx == s)
-            if np.any(m):
-                keep |= m & (np.abs(np.round(hp[a], 6) - _modal(hp[a][m])) <= _TOL * np.abs(_modal(hp[a][m])))
-        dropped = int(np.count_nonzero(usable & ~keep))
-        if dropped:
-            warnings.append(f"{dropped} run(s) left out: {AXIS_LABEL[a]} varies within a scale but too little to model")
-        usable = keep
-
+        usable = usable & (hp["weight_decay"] > 0)
+    usable, w = keep_modal_values(hp, usable, sidx, S, axes)
+    warnings += w
     d = len(axes)
     U = np.stack([np.log(hp[a]) for a in axes], axis=1) if d else np.zeros((len(runs), 0))
     y = np.log(np.where(usable, runs.final_loss, 1.0))
-    idx_use = np.flatnonzero(usable)
-    in_band = np.zeros(len(runs), dtype=bool)
-    in_band[idx_use[select_band(y[idx_use], sidx[idx_use], S, band)]] = True
-
-    active = np.zeros((S, d), dtype=bool)
-    n_values = np.zeros((S, d), dtype=int)
-    for s in range(S):
-        m = usable & (sidx == s)
-        for j, a in enumerate(axes):
-            n_values[s, j] = distinct_log_values(hp[a][m], _TOL)
-            active[s, j] = distinct_log_values(hp[a][in_band & (sidx == s)], _TOL) >= 2
-
-    cross = np.zeros((d, d), dtype=bool)
-    for s in range(S):
-        m = usable & (sidx == s)
-        if not np.any(m):
-            continue
-        # Moves are measured from each axis's most common value (a coordinate-wise study's baseline).
-        b = np.array([_modal(U[m][:, j]) for j in range(d)])
-        moved = np.abs(np.round(U[m], 6) - b) > _TOL
-        for j in range(d):
-            for k in range(j):
-                if np.count_nonzero(moved[:, j] & moved[:, k]) >= 3:
-                    cross[j, k] = True
+    in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, band)
+    cross = interactions(U, usable, sidx, S)
     coordinate_wise = d >= 2 and not cross.any()
     if coordinate_wise:
         warnings.append("coordinate-wise sweep: no runs vary two of " + ", ".join(AXIS_LABEL[a] for a in axes)
                         + " together, so each optimum is bracketed along one axis at a time only and their "
                         "interactions (e.g. the LR–batch valley) are not identified")
-
-    fit = None
-    data = None
-    centre = np.full((S, d), np.nan)
-    centre_se = np.full((S, d), np.nan)
-    boot_centre = np.full((max(bootstrap, 0), S, d), np.nan)
+    data, fit, col_of = None, None, np.zeros((S, 0), dtype=int)
     if d:
-        rows = np.flatnonzero(in_band)
-        data = BowlData(u=U[rows], y=y[rows], scale=sidx[rows], active=active, cross=cross, n_scales=S)
-        designs, col_of = _one_hot(active)
-        beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
-        try:
-            fit = fit_bowl(data, designs, beta0)
-        except (np.linalg.LinAlgError, ValueError) as e:  # pragma: no cover - defensive
-            warnings.append(f"the loss-surface fit failed ({e}); per-scale optima fall back to the best run")
-            fit = None
-    rng = np.random.default_rng(seed)
-    if fit is not None:
-        for s in range(S):
-            js = [j for j in range(d) if active[s, j]]
-            if not js:
-                continue
-            for j in js:
-                centre[s, j] = fit.beta[j][col_of[s, j]]
-            rs = np.flatnonzero(data.scale == s)
-            if bootstrap > 0 and rs.size >= 2:
-                P0 = S
-                offs = np.cumsum([0] + [b.size for b in fit.beta])
-                cols = np.array([s] + [P0 + offs[j] + col_of[s, j] for j in js])
-                counts = rng.multinomial(rs.size, np.full(rs.size, 1.0 / rs.size), size=bootstrap).astype(float)
-                samp = linear_bootstrap(fit.jac[np.ix_(rs, cols)], fit.weights[rs], fit.resid[rs], fit.params[cols],
-                                        np.arange(rs.size), counts)
-                # A resample that drops one of only two or three runs along an axis leaves the
-                # centre pinned at the estimate; the Gauss–Newton standard error (σ²(JᵀWJ)⁻¹)
-                # is the floor so such optima do not get falsely narrow intervals.
-                Js = fit.jac[np.ix_(rs, cols)] * np.sqrt(fit.weights[rs])[:, None]
-                asym = fit.noise * np.sqrt(np.diag(np.linalg.pinv(Js.T @ Js)))
-                for c, j in enumerate(js):
-                    sd_boot = float(np.std(samp[:, 1 + c]))
-                    se = max(sd_boot, float(asym[1 + c]))
-                    col = samp[:, 1 + c]
-                    if se > sd_boot:
-                        col = centre[s, j] + (col - col.mean()) * (se / max(sd_boot, 1e-12)) if sd_boot > 1e-9 * se else centre[s, j] + se * rng.standard_normal(bootstrap)
-                    boot_centre[:, s, j] = col
-                    centre_se[s, j] = se
-
-    log_lr_cap = np.full(S, np.inf)
-    optima = []
-    for s in range(S):
-        m_all = sidx == s
-        m = usable & m_all
-        comp = completed & m_all
-        flags: list[str] = []
-        bl = float(best[s]) if np.isfinite(best[s]) else math.nan
-        if np.any(diverged & m_all):
-            log_lr_cap[s] = float(np.log(runs.learning_rate[diverged & m_all].min()))
-        near = comp & ~left & (runs.final_loss <= (1 + NEAR_OPTIMAL) * best[s])
-        raw = {"learning_rate": runs.learning_rate, "batch_size": runs.batch_size, "weight_decay": runs.weight_decay}
-        near_rng = {a: (float(raw[a][near].min()), float(raw[a][near].max())) for a in AXES if np.any(near)}
-        opt: dict[str, AxisOptimum] = {}
-        if not np.any(m):
-            flags.append("no completed runs at this scale")
-        else:
-            ib = np.flatnonzero(m)[np.argmin(runs.final_loss[m])]
-            for a in AXES:
-                j = axes.index(a) if a in axes else -1
-                vals = hp[a][m]
-                nv = distinct_log_values(vals, _TOL)
-                if j >= 0 and np.isfinite(centre[s, j]):
-                    lv = centre[s, j]
-                    lo_sw, hi_sw = np.log(vals.min()), np.log(vals.max())
-                    status = "bracketed"
-                    if lv > hi_sw + _TOL:
-                        status = "above_sweep"
-                        flags.append(f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep")
-                    elif lv < lo_sw - _TOL:
-                        status = "below_sweep"
-                        flags.append(f"{AXIS_LABEL[a]} optimum lies below the smallest value swept: only an upper bound; extend the sweep")
-                    samples = boot_centre[:, s, j]
-                    if a == "learning_rate" and lv >= log_lr_cap[s]:
-                        status = "capped"
-                        ok_lr = np.log(vals[vals < np.exp(log_lr_cap[s])])
-                        lv = float(ok_lr.max()) if ok_lr.size else lo_sw
-                        samples = np.minimum(samples, log_lr_cap[s])
-                        flags.append(f"learning-rate optimum capped by a diverged run at lr={np.exp(log_lr_cap[s]):.3g}")
-                    if nv == 2:
-                        flags.append(f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales")
-                    iv = Interval.exp_of(lv, samples)
-                    if a == "weight_decay" and wd0 > 0:
-                        iv = Interval(*(max(v - wd0, 0.0) for v in (iv.value, iv.low, iv.high)))
-                        if iv.value == 0.0:
-                            status = "below_sweep"
-                            flags.append("weight-decay optimum is at 0 (no decay beats the swept values)")
-                    opt[a] = AxisOptimum(iv, float(centre_se[s, j]), nv, status)
-                elif a == "weight_decay" and np.all(hp[a][m] == 0):
-                    continue
-                elif a == "batch_size" or a == "weight_decay" or a == "learning_rate":
-                    v = float(hp[a][ib]) - (wd0 if a == "weight_decay" else 0.0)
-                    st = "not_swept" if nv <= 1 else "best_run"
-                    if nv > 1:
-                        flags.append(f"{AXIS_LABEL[a]} optimum not resolved at this scale: best run's value, interval = near-optimal runs")
-                        lo, hi = near_rng.get(a, (v, v))
-                        lo, hi = min(lo, v), max(hi, v)
-                        opt[a] = AxisOptimum(Interval(v, min(lo, v), max(hi, v)), math.nan, nv, st)
-                    else:
-                        opt[a] = AxisOptimum(Interval(v, v, v), math.nan, nv, st)
-        if coordinate_wise:
-            flags.append("bracketed along one axis at a time only (coordinate-wise ablations)")
-        optima.append(ScaleOptimum(scales[s], int(m_all.sum()), int((diverged & m_all).sum()), bl, opt,
-                                   near_rng, int(near.sum()), tuple(flags)))
-    return SweepAnalysis(tuple(scales), tuple(axes), data, fit, centre, centre_se, tuple(optima), coordinate_wise,
-                         tuple(warnings), len(runs), log_lr_cap, wd0)
+        data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross)
+        warnings += w
+    return {"classes": cl, "axes": axes, "hp": hp, "wd0": wd0, "usable": usable, "y": y, "in_band": in_band,
+            "coordinate_wise": coordinate_wise, "data": data, "fit": fit, "col_of": col_of, "warnings": warnings}
 
 
 def _one_hot(active: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -56,7 +56,14 @@ class BowlFit:
     jac: np.ndarray  # (n, P) Jacobian of residuals at the solution
     resid: np.ndarray
     weights: np.ndarray  # IRLS weights of the robust loss at the solution
-    success: bool
+    success: bool  # both least-squares passes converged
+
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom: runs in the fit minus identified parameters (rank of J), ≥ 0."""
+        if self.resid.size == 0:
+            return 0
+        return max(int(self.resid.size) - int(np.linalg.matrix_rank(self.jac)), 0)
 
     @property
     def hessian(self) -> np.ndarray:
@@ -147,35 +154,41 @@ def fit_bowl(
 ) -> BowlFit:
     """Robust (soft-L1) least squares of the bowl model; returns the shape, centres and Jacobian.
 
-    log loss = l0_s + ½ zᵀ L Lᵀ z + Σ κ_a z_a³ with z = log h − X β.
+    log loss = l0_s + ½ zᵀ L Lᵀ z + Σ κ_a z_a³ with z = log h − X β. `cubic=False` holds
+    κ at 0 (for sweeps with too few runs to identify the asymmetry). `success` is False
+    when either least-squares pass stopped without meeting its tolerance, even after one
+    retry with a larger evaluation budget; callers must say so.
     """
     d = data.u.shape[1]
     if chol0 is None or kappa0 is None:
         chol0, kappa0 = initial_shape(d, data.cross)
     l0 = np.array([data.y[data.scale == s].min() if np.any(data.scale == s) else 0.0 for s in range(data.n_scales)])
     p0 = pack(l0, beta0, chol0, kappa0 if cubic else np.zeros(d), data.cross)
-    n_kappa = d
+    free = np.ones(p0.size, dtype=bool)
+    if not cubic:
+        free[-d:] = False
 
-    def fun(p):
-        return residuals_and_jacobian(_with_kappa(p, cubic, n_kappa), data, designs)[0]
+    def full(q: np.ndarray) -> np.ndarray:
+        p = p0.copy()
+        p[free] = q
+        return p
 
-    def jac(p):
-        J = residuals_and_jacobian(_with_kappa(p, cubic, n_kappa), data, designs)[1]
-        if not cubic:
-            J = J.copy()
-            J[:, -n_kappa:] = 0.0
-        return J
+    def fun(q):
+        return residuals_and_jacobian(full(q), data, designs)[0]
+
+    def jac(q):
+        return residuals_and_jacobian(full(q), data, designs)[1][:, free]
 
     # Two passes: plain least squares to get a residual scale, then soft-L1 at that scale so
     # a few odd runs (spikes, half-diverged runs inside the band) cannot drag the centre.
-    sol = least_squares(fun, p0, jac=jac, method="trf", x_scale="jac", max_nfev=200)
+    sol = _solve(fun, jac, p0[free])
     r = sol.fun
     noise = max(1.4826 * float(np.median(np.abs(r - np.median(r)))), 1e-5)
-    sol = least_squares(fun, sol.x, jac=jac, method="trf", loss="soft_l1", f_scale=noise, x_scale="jac", max_nfev=200)
-    p = _with_kappa(sol.x, cubic, n_kappa)
+    sol2 = _solve(fun, jac, sol.x, loss="soft_l1", f_scale=noise)
+    p = full(sol2.x)
     r, J = residuals_and_jacobian(p, data, designs)
     if not cubic:
-        J[:, -n_kappa:] = 0.0
+        J[:, -d:] = 0.0
     w = 1.0 / np.sqrt(1.0 + (r / noise) ** 2)
     l0, beta, chol, kappa, _ = _unpack(p, designs, d, data.n_scales, data.cross)
     return BowlFit(
@@ -188,16 +201,16 @@ def fit_bowl(
         jac=J,
         resid=r,
         weights=w,
-        success=bool(sol.success),
+        success=bool(sol.success and sol2.success),
     )
 
 
-def _with_kappa(p: np.ndarray, cubic: bool, n_kappa: int) -> np.ndarray:
-    if cubic:
-        return p
-    q = p.copy()
-    q[-n_kappa:] = 0.0
-    return q
+def _solve(fun, jac, x0: np.ndarray, **kw):
+    """least_squares with one retry at 5× the evaluation budget when it stops on the budget (status 0)."""
+    sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", max_nfev=200, **kw)
+    if sol.status == 0:
+        sol = least_squares(fun, sol.x, jac=jac, method="trf", x_scale="jac", max_nfev=1000, **kw)
+    return sol
 
 
 def one_step_bootstrap(
