@@ -33,6 +33,7 @@ def assert_interval(interval: dict) -> None:
     assert all(math.isfinite(interval[k]) for k in ("low", "value", "high"))
 
 
+@pytest.mark.slow
 def test_fit_object_follows_the_contract(steplaw: TestClient) -> None:
     response = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 50})
     assert response.status_code == 201, response.text
@@ -58,6 +59,7 @@ def test_fit_object_follows_the_contract(steplaw: TestClient) -> None:
     assert steplaw.get("/v1/studies/steplaw").json()["latest_fit_id"] == fit["id"]
 
 
+@pytest.mark.slow
 def test_fit_is_reused_until_the_data_change(steplaw: TestClient, engine: Engine) -> None:
     first = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     again = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
@@ -82,6 +84,7 @@ def test_fit_errors(client: TestClient, tokens: dict[str, str]) -> None:
     assert client.post("/v1/studies/empty/fits", headers=bearer(tokens["read"])).status_code == 403
 
 
+@pytest.mark.slow
 def test_concurrent_recommendations_on_stale_data_fit_once(steplaw: TestClient, engine: Engine) -> None:
     barrier = threading.Barrier(20)
     statuses: list[int] = []
@@ -107,6 +110,7 @@ def recommend(client: TestClient, study: str = "steplaw", **params: object):
     return client.get(f"/v1/studies/{study}/recommendation", params={**TARGET_7B, **params})
 
 
+@pytest.mark.slow
 def test_recommendation_at_7b_on_step_law(steplaw: TestClient) -> None:
     response = recommend(steplaw)
     assert response.status_code == 200, response.text
@@ -127,6 +131,7 @@ def test_recommendation_at_7b_on_step_law(steplaw: TestClient) -> None:
     assert rec["fit_id"] == steplaw.get("/v1/studies/steplaw").json()["latest_fit_id"]
 
 
+@pytest.mark.slow
 def test_learning_rate_follows_the_lr_batch_valley(steplaw: TestClient) -> None:
     """In the Step Law sweeps the best lr grows with the batch: conditioning must follow."""
     lrs = [recommend(steplaw, batch_size=b).json()["learning_rate"]["value"] for b in (128, 512, 2048)]
@@ -136,6 +141,7 @@ def test_learning_rate_follows_the_lr_batch_valley(steplaw: TestClient) -> None:
     assert at_free_batch["learning_rate"]["value"] == pytest.approx(free["learning_rate"]["value"], rel=0.02)
 
 
+@pytest.mark.slow
 def test_batch_multiple_rounds_and_reconditions(steplaw: TestClient) -> None:
     free = recommend(steplaw).json()
     rounded = recommend(steplaw, batch_multiple=384).json()
@@ -147,6 +153,7 @@ def test_batch_multiple_rounds_and_reconditions(steplaw: TestClient) -> None:
     assert any("rounded" in w for w in rounded["warnings"])
 
 
+@pytest.mark.slow
 def test_recommendation_errors(steplaw: TestClient, client: TestClient) -> None:
     response = steplaw.get("/v1/studies/steplaw/recommendation", params={"n_params": 7e9, "width": 4096})
     assert response.status_code == 422
@@ -166,6 +173,7 @@ def test_recommendation_errors(steplaw: TestClient, client: TestClient) -> None:
     assert "learning rate" in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_suggestions_plan_the_next_sweep(steplaw: TestClient) -> None:
     response = steplaw.get("/v1/studies/steplaw/suggestions", params={"count": 3, **TARGET_7B})
     assert response.status_code == 200, response.text
@@ -245,6 +253,7 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
     assert client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": -1}).status_code == 422
 
 
+@pytest.mark.slow
 def test_repeated_recommendations_never_outlive_a_commit(steplaw: TestClient, engine: Engine, tokens: dict[str, str]) -> None:
     """Answers are reused for identical requests, but a new run, a revoked token or other
     credentials always go through the full stack (SQLite: until the next commit only)."""

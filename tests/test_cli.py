@@ -28,6 +28,7 @@ def import_steplaw(database_url: str, study: str = "steplaw") -> int:
 
 
 
+@pytest.mark.slow
 def test_steplaw_import_loads_every_run(database_url: str, engine: Engine, client: TestClient) -> None:
     assert import_steplaw(database_url) == 0
     assert count_rows(engine) == 1746

@@ -27,6 +27,8 @@ import pytest
 from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
 from tests.test_serve import free_port, wait_healthy
 
+pytestmark = pytest.mark.slow  # starts servers or a browser
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_FLAGS = [

@@ -21,6 +21,8 @@ from store.models import Fit, Run
 from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, count_rows
 from tests.test_serve import free_port, wait_healthy
 
+pytestmark = pytest.mark.slow  # starts servers or a browser
+
 TARGET = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 
 

@@ -36,6 +36,8 @@ from store.models import Run
 from tests.conftest import make_run
 from tests.test_serve import free_port, wait_healthy
 
+pytestmark = pytest.mark.slow  # starts servers or a browser
+
 WRITERS = 8
 RUNS_PER_WRITER = 5_000
 SHARED = RUNS_PER_WRITER // 2  # keys every writer submits: 50% of each writer's runs

@@ -319,6 +319,7 @@ FUZZ_SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 @FUZZ_SETTINGS
 @given(body=bodies)
 def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(fuzz_target: TestClient, engine: Engine, body: Any) -> None:
@@ -354,6 +355,7 @@ def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(fuzz_target
 query_values = st.one_of(st.text(max_size=30), st.text(any_char.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=30), st.integers().map(str), st.floats().map(str))
 
 
+@pytest.mark.slow
 @FUZZ_SETTINGS
 @given(params=st.dictionaries(st.sampled_from(["limit", "cursor", "status", "width", "depth", "created_by", "other"]), query_values, max_size=4))
 def test_listing_query_never_5xx(fuzz_target: TestClient, params: dict[str, str]) -> None:
@@ -366,6 +368,7 @@ def test_listing_query_never_5xx(fuzz_target: TestClient, params: dict[str, str]
         assert {d["field"] for d in error["details"]} <= set(params), error
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(name=st.text(any_char.filter(lambda c: c not in "/?#"), min_size=1, max_size=80), body=st.binary(max_size=300))
 def test_odd_study_names_and_binary_bodies_never_5xx(fuzz_target: TestClient, name: str, body: bytes) -> None:
@@ -407,6 +410,7 @@ def api_schema(fuzz_app: tuple[Any, dict[str, str]]) -> Any:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 def test_openapi_schema_fuzz_has_no_server_errors(case: Any, fuzz_app: tuple[Any, dict[str, str]]) -> None:

@@ -35,6 +35,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> No
     raise AssertionError("server did not become healthy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_upgrades_and_serves_with_bootstrap_token(database_url: str, workers: int) -> None:
     port = free_port()
