@@ -522,11 +522,8 @@ def bootstrap_centres(fit: BowlFit, data: BowlData, col_of: np.ndarray, sigma: f
             col = samp[:, 1 + c]
             sd_boot = float(np.std(col))
             se = max(sd_boot, float(floor[1 + c]))
-            if se > sd_boot:
-                if sd_boot > 1e-9 * se:
-                    col = centre[s, j] + (col - col.mean()) * (se / sd_boot)
-                else:
-                    col = centre[s, j] + se * rng.standard_normal(bootstrap)
+            if se > sd_boot:  # the floor decides: its (normal) distribution, not a rescaled degenerate resample
+                col = centre[s, j] + se * rng.standard_normal(bootstrap)
             boot[:, s, j] = col
             centre_se[s, j] = se
     return centre, centre_se, boot

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import Interval, percentile_bounds
+from fitting.common import Interval
 from fitting.laws import weighted_law
 from fitting.optima import SweepAnalysis
 
@@ -149,5 +149,4 @@ def analyse_weight_decay(
         else:
             models[name] = {"consistent": None, "evidence": "width does not vary where weight decay is swept"}
     supported = tuple(k for k, v in models.items() if v.get("consistent"))
-    lo, hi = percentile_bounds(bs_[:, 1:]) if len(bs_) else (None, None)
     return WeightDecayAnalysis(tuple(pts), variables, wd_exp, tau_exp, models, supported, tuple(notes))
