@@ -22,7 +22,6 @@ from app.routers import fits, runs, studies
 from service.database import Engine, open_database, readiness
 from service.settings import Settings
 
-
 CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
 
 

@@ -202,7 +202,7 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
     print(f"{'name':<24} {'scope':<6} {'created':<20} {'last used':<20} status")
     for t in tokens.list_tokens(_engine(args)):
-        fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"  # noqa: E731
+        fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"
         status = "revoked" if t.revoked_at else "active"
         print(f"{t.name:<24} {t.scope:<6} {fmt(t.created_at):<20} {fmt(t.last_used_at):<20} {status}")
     return 0

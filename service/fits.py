@@ -89,7 +89,9 @@ def _rebuilt(engine: Engine, row: dict[str, Any]) -> StudyFit:
     fit = _fits.get(key)
     if fit is None:
         with engine.connect() as conn, conn.begin():
-            fit = StudyFit.from_state(queries.fit_result(conn, row["id"]))
+            state = queries.fit_result(conn, row["id"])
+        assert state is not None, "a finished fit has a result"
+        fit = StudyFit.from_state(state)
         _fits.put(key, fit)
     return fit
 

@@ -35,6 +35,10 @@ def _invalid(field: str, message: str) -> InvalidTarget:
     return InvalidTarget(f"invalid target: {field}: {message}", [field_detail(field, message)])
 
 
+def _given(target: Mapping[str, float | None]) -> dict[str, float]:
+    return {name: float(value) for name, value in target.items() if value is not None}
+
+
 def check_target(values: Mapping[str, float | None]) -> None:
     """Refuse a target quantity outside the limits, naming it (None means not given)."""
     for name, value in values.items():
@@ -95,7 +99,7 @@ async def recommendation_json(
     if body is None:
         with _engine_refusals():
             result = await to_thread.run_sync(
-                lambda: recommend(stored.result, target, stored.study, batch_size=batch_size,
+                lambda: recommend(stored.result, _given(target), stored.study, batch_size=batch_size,
                                   batch_multiple=batch_multiple, compute=compute)
             )
         document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
@@ -112,7 +116,7 @@ def suggestions(
     check_target(target)
     stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
     with _engine_refusals():
-        items = suggest_runs(stored.result, target, count)
+        items = suggest_runs(stored.result, _given(target), count)
     return json_safe(
         {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
     )

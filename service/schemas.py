@@ -81,22 +81,23 @@ Priors = Literal["published", "none"]
 RunStatus = Literal["completed", "diverged", "failed"]
 
 
-def _limited(name: str, kind: type = float) -> Any:
-    """A run field bounded by the contract's limit for `name`."""
+def _limit(name: str, integer: bool = False) -> Any:
+    """The pydantic bound of a run field: the contract's limit for `name`."""
     bound = RUN_LIMITS[name]
-    low = {"ge": bound.low} if bound.low_inclusive else {"gt": bound.low}
-    high = int(bound.high) if kind is int else bound.high
-    return Annotated[kind, Field(**low, le=high)]
+    high = int(bound.high) if integer else bound.high
+    if bound.low_inclusive:
+        return Field(ge=bound.low, le=high)
+    return Field(gt=bound.low, le=high)
 
 
-NParams = _limited("n_params")
-Tokens = _limited("tokens")
-Width = _limited("width", int)
-Depth = _limited("depth", int)
-SeqLen = _limited("seq_len", int)
-LearningRate = _limited("learning_rate")
-BatchSize = _limited("batch_size", int)
-WeightDecay = _limited("weight_decay")
+NParams = Annotated[float, _limit("n_params")]
+Tokens = Annotated[float, _limit("tokens")]
+Width = Annotated[int, _limit("width", integer=True)]
+Depth = Annotated[int, _limit("depth", integer=True)]
+SeqLen = Annotated[int, _limit("seq_len", integer=True)]
+LearningRate = Annotated[float, _limit("learning_rate")]
+BatchSize = Annotated[int, _limit("batch_size", integer=True)]
+WeightDecay = Annotated[float, _limit("weight_decay")]
 
 
 class StudyIn(BaseModel):

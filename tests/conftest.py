@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from app.main import create_app
-from service.settings import Settings
 from service.limits import SCOPES
+from service.settings import Settings
 from store import migrate, queries
 from store.db import make_engine, normalize_url, run_in_transaction
 from store.models import Base, Run
