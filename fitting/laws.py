@@ -350,7 +350,8 @@ def _log_vars(analysis: SweepAnalysis) -> dict[str, np.ndarray]:
 
 
 def admissible_sets(logx: Mapping[str, np.ndarray], rows: np.ndarray, max_vars: int,
-                    priors: Mapping[str, ExponentPrior] | None = None) -> list[tuple[str, ...]]:
+                    priors: Mapping[str, ExponentPrior] | None = None,
+                    cache: dict[tuple, list[tuple[str, ...]]] | None = None) -> list[tuple[str, ...]]:
     """Variable sets that vary across `rows`, are not collinear and span distinct spaces.
 
     Sets spanning the same space over `rows` (e.g. {n_params, tokens} and {compute, tokens},
@@ -359,6 +360,9 @@ def admissible_sets(logx: Mapping[str, np.ndarray], rows: np.ndarray, max_vars: 
     is kept so the average does not count a model twice.
     """
     priors = priors or {}
+    key0 = (rows.tobytes(), max_vars, tuple(v for v, p in sorted(priors.items()) if p.published))
+    if cache is not None and key0 in cache:
+        return cache[key0]
     varying = [v for v in SCALE_VARS if np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
     by_span: dict[tuple, tuple[str, ...]] = {}
     for k in range(1, max_vars + 1):
@@ -375,17 +379,22 @@ def admissible_sets(logx: Mapping[str, np.ndarray], rows: np.ndarray, max_vars: 
             if old is None or rank < (-sum(priors.get(v, VAGUE).published for v in old),
                                       [SCALE_VARS.index(v) for v in old]):
                 by_span[key] = combo
-    return list(by_span.values())
+    out = list(by_span.values())
+    if cache is not None:
+        cache[key0] = out
+    return out
 
 
 def _collinear(Z: np.ndarray) -> bool:
-    for j in range(Z.shape[1]):
-        others = np.delete(Z, j, axis=1)
-        if others.shape[1]:
-            res = Z[:, j] - others @ np.linalg.lstsq(others, Z[:, j], rcond=None)[0]
-            if 1 - res @ res / (Z[:, j] @ Z[:, j]) > COLLINEAR_R2:
-                return True
-    return False
+    """Whether some column of centred Z has R² > COLLINEAR_R2 on the others (R²_j = 1 − 1/VIF_j)."""
+    if Z.shape[1] < 2:
+        return False
+    C = np.corrcoef(Z, rowvar=False)
+    try:
+        vif = np.diag(np.linalg.inv(C))
+    except np.linalg.LinAlgError:
+        return True
+    return bool(np.any(1.0 - 1.0 / np.maximum(vif, 1e-12) > COLLINEAR_R2))
 
 
 @dataclass(frozen=True)
@@ -423,8 +432,12 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
     """Posterior of every variable set × τ on `rows`, weighted by evidence × prior.
 
     Sets are a priori equally likely except that each shape variable (width, depth) without
-    a published prior divides the odds by SHAPE_VARIABLE_PRIOR_ODDS.
+    a published prior divides the odds by SHAPE_VARIABLE_PRIOR_ODDS, and leaving out a
+    variable that varies and has a published prior asserts its exponent is exactly 0: that
+    costs the prior's density ratio at 0, exp(−½(mean/sd)²) (e^−4 for the learning rate's
+    N^−0.71 ± 0.25; nothing for the batch's N^0 ± 0.15).
     """
+    varying = [v for v in priors if v in logx and np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
     used = sorted({v for s in sets for v in s}, key=SCALE_VARS.index)
     centre = {v: float(np.mean(logx[v][rows])) for v in used}
     means, covs, log_ev = [], [], []
@@ -437,11 +450,18 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
         means.append(mu)
         covs.append(cov)
         n_shape = sum(v in ("width", "depth") and not priors.get(v, VAGUE).published for v in combo)
-        log_ev.append(ev + _LOG_TAU_PRIOR - n_shape * math.log(SHAPE_VARIABLE_PRIOR_ODDS))
+        omitted = sum(0.5 * (priors[v].mean / priors[v].sd) ** 2 for v in varying
+                      if v not in combo and priors[v].published and not _implied(v, combo))
+        log_ev.append(ev + _LOG_TAU_PRIOR - n_shape * math.log(SHAPE_VARIABLE_PRIOR_ODDS) - omitted)
     le = np.array(log_ev)
     log_w = le - _logsumexp(le.ravel())
     per_set = np.array([_logsumexp(r) for r in le])
     return _Average(tuple(sets), centre, tuple(means), tuple(covs), log_w, per_set)
+
+
+def _implied(v: str, combo: Sequence[str]) -> bool:
+    """Whether `combo` carries v's effect through compute = 6·N·D (or N, D through compute)."""
+    return (v in ("n_params", "tokens") and "compute" in combo) or (v == "compute" and {"n_params", "tokens"} & set(combo))
 
 
 def _logsumexp(a: np.ndarray) -> float:
@@ -467,8 +487,9 @@ def forward_splits(logx: Mapping[str, np.ndarray], rows: np.ndarray, min_train: 
     return out
 
 
-def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars) -> tuple[np.ndarray, np.ndarray] | None:
-    sets = admissible_sets(logx, train, min(max_vars, max(train.size - 1, 1)), priors)
+def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    sets = admissible_sets(logx, train, min(max_vars, max(train.size - 1, 1)), priors, cache)
     if not sets:
         return None
     avg = fit_average(logx, train, y_all[train], se2_all[train], priors, sets)
@@ -476,11 +497,13 @@ def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars) -> tuple
 
 
 def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray, se2_all: np.ndarray,
-             priors: Mapping[str, ExponentPrior], max_vars: int) -> tuple[float | None, float | None, float]:
+             priors: Mapping[str, ExponentPrior], max_vars: int, cache: dict | None = None
+             ) -> tuple[float | None, float | None, float]:
     """(forward RMS error, leave-one-scale-out RMS error, calibration factor) of the whole procedure."""
+    cache = {} if cache is None else cache
     errs, z2 = [], []
     for train, test in forward_splits(logx, rows):
-        got = _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars)
+        got = _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache)
         if got is None:
             continue
         mean, var = got
@@ -495,7 +518,7 @@ def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray
         folds = rows if rows.size <= MAX_CV_FOLDS else rows[np.linspace(0, rows.size - 1, MAX_CV_FOLDS).astype(int)]
         cv_errs = []
         for r in folds:
-            got = _refit_predict(logx, rows[rows != r], np.array([r]), y_all, se2_all, priors, max_vars)
+            got = _refit_predict(logx, rows[rows != r], np.array([r]), y_all, se2_all, priors, max_vars, cache)
             if got is not None:
                 cv_errs.append(float(got[0][0] - y_all[r]))
         cv = float(np.sqrt(np.mean(np.square(cv_errs)))) if cv_errs else None
@@ -504,7 +527,8 @@ def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray
 
 # --- the laws of a study -----------------------------------------------------------------
 def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray],
-                 priors: Mapping[str, ExponentPrior], forced: Sequence[str] | None = None) -> PowerLaw | str:
+                 priors: Mapping[str, ExponentPrior], forced: Sequence[str] | None = None,
+                 cache: dict | None = None) -> PowerLaw | str:
     """The averaged power law of axis j from the per-scale optima, or why there is none."""
     axis = analysis.axes[j]
     rows = np.flatnonzero(np.isfinite(analysis.centre[:, j]))
@@ -515,7 +539,7 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
     if forced is not None:
         sets = [tuple(forced)]
     else:
-        sets = admissible_sets(logx, rows, min(MAX_VARIABLES, max(rows.size - 1, 1)), priors)
+        sets = admissible_sets(logx, rows, min(MAX_VARIABLES, max(rows.size - 1, 1)), priors, cache)
         if not has_prior:
             sets = [s for s in sets if len(s) <= rows.size - 2]
     if not sets:
@@ -524,7 +548,8 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
     y_all = analysis.centre[:, j]
     se = analysis.centre_se[:, j]
     fill = np.nanmax(se[rows]) if np.any(np.isfinite(se[rows])) else 0.1
-    se2_all = np.where(np.isfinite(se), se, fill) ** 2
+    se_all = np.maximum(np.where(np.isfinite(se), se, fill), _beyond_good_runs(analysis, j))
+    se2_all = se_all**2
     avg = fit_average(logx, rows, y_all[rows], se2_all[rows], priors, sets)
 
     w_set = np.exp(np.array([_logsumexp(r) for r in avg.log_w]))
@@ -549,7 +574,7 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
     models = [LawModel(mo.variables, mo.weight / total, mo.log_evidence) for mo in models]
 
     forward, cv, calibration = (None, None, 1.0) if forced is not None else backtest(
-        logx, rows, y_all, se2_all, priors, MAX_VARIABLES)
+        logx, rows, y_all, se2_all, priors, MAX_VARIABLES, cache)
     centre = tuple(avg.centre[v] for v in union)
     law = PowerLaw(axis, union, centre, tuple(components), tuple(models), {v: priors.get(v, VAGUE) for v in union},
                    math.nan, cv, forward, calibration, int(rows.size),
@@ -564,6 +589,26 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
     r2 = 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
     object.__setattr__(law, "r2", r2)
     return law
+
+
+def _beyond_good_runs(analysis: SweepAnalysis, j: int) -> np.ndarray:
+    """Per scale, how far (log units) the optimum lies outside the range of its near-optimal runs.
+
+    An optimum placed beyond every good run (an unbracketed sweep, a bowl the runs barely
+    curve) is a bound more than a value: its standard error is at least that distance, so
+    one such scale cannot drag a law.
+    """
+    axis = analysis.axes[j]
+    out = np.zeros(len(analysis.scales))
+    offset = analysis.wd_offset if axis == "weight_decay" else 0.0
+    for s, opt in enumerate(analysis.optima):
+        near = opt.near_optimal.get(axis)
+        c = analysis.centre[s, j]
+        if near is None or not np.isfinite(c) or near[0] + offset <= 0:
+            continue
+        lo, hi = math.log(near[0] + offset), math.log(near[1] + offset)
+        out[s] = max(0.0, lo - c, c - hi)
+    return out
 
 
 def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
@@ -582,9 +627,10 @@ def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
         return LawSet({}, None, missing)
     logx = _log_vars(analysis)
     laws: dict[str, PowerLaw] = {}
+    cache: dict = {}  # admissible variable sets per row subset, shared by the axes' backtests
     for j, axis in enumerate(analysis.axes):
         forced = None if variables is None else variables.get(axis)
-        got = law_for_axis(analysis, j, logx, (priors or {}).get(axis, {}), forced)
+        got = law_for_axis(analysis, j, logx, (priors or {}).get(axis, {}), forced, cache)
         if isinstance(got, str):
             missing[axis] = got
         else:
