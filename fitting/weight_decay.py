@@ -75,18 +75,7 @@ def analyse_weight_decay(
     j = analysis.axes.index("weight_decay")
     rows = [s for s in range(len(analysis.scales)) if np.isfinite(analysis.centre[s, j])
             and analysis.optima[s].optimum.get("weight_decay") is not None]
-    pts = []
-    for s in rows:
-        o = analysis.optima[s]
-        wd = o.optimum["weight_decay"]
-        lr = o.optimum["learning_rate"].value.value if "learning_rate" in o.optimum else math.nan
-        bs = o.optimum["batch_size"].value.value if "batch_size" in o.optimum else math.nan
-        tau = tau_f = None
-        if wd.value.value > 0 and lr > 0:
-            tau = 1.0 / (lr * wd.value.value)
-            if seq_len and bs > 0:
-                tau_f = tau / (o.scale.tokens / (bs * seq_len))
-        pts.append(WeightDecayPoint(o.scale.to_dict(), wd.value, lr, bs, wd.status, tau, tau_f))
+    pts = [_point(analysis.optima[s], seq_len) for s in rows]
     notes = []
     if analysis.coordinate_wise:
         notes.append("weight decay bracketed along one axis only: each wd optimum is conditional on that scale's "
@@ -132,6 +121,26 @@ def analyse_weight_decay(
         tau_exp = {v: Interval.from_samples(bt[1 + k], bts[:, 1 + k]) for k, v in enumerate(variables)}
     else:
         notes.append("τ as a fraction of training needs seq_len and the lr/bs at every scale")
+    models = _model_evidence(wd_exp, tau_exp)
+    supported = tuple(k for k, v in models.items() if v.get("consistent"))
+    return WeightDecayAnalysis(tuple(pts), variables, wd_exp, tau_exp, models, supported, tuple(notes))
+
+
+def _point(o, seq_len: float | None) -> WeightDecayPoint:
+    """One scale's wd optimum with the AdamW timescale τ = 1/(lr·wd) in steps and as a fraction of training."""
+    wd = o.optimum["weight_decay"]
+    lr = o.optimum["learning_rate"].value.value if "learning_rate" in o.optimum else math.nan
+    bs = o.optimum["batch_size"].value.value if "batch_size" in o.optimum else math.nan
+    tau = tau_f = None
+    if wd.value.value > 0 and lr > 0:
+        tau = 1.0 / (lr * wd.value.value)
+        if seq_len and bs > 0:
+            tau_f = tau / (o.scale.tokens / (bs * seq_len))
+    return WeightDecayPoint(o.scale.to_dict(), wd.value, lr, bs, wd.status, tau, tau_f)
+
+
+def _model_evidence(wd_exp: dict[str, Interval], tau_exp: dict[str, Interval]) -> dict[str, dict[str, Any]]:
+    """For each scaling model of MODELS: is its predicted slope inside the fitted interval(s), and the evidence."""
     models: dict[str, dict[str, Any]] = {}
     for name, slope in MODELS.items():
         if slope is None:
@@ -148,5 +157,4 @@ def analyse_weight_decay(
                             "evidence": f"slope of log wd* in log width = {iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}] (model: {slope:g})"}
         else:
             models[name] = {"consistent": None, "evidence": "width does not vary where weight decay is swept"}
-    supported = tuple(k for k, v in models.items() if v.get("consistent"))
-    return WeightDecayAnalysis(tuple(pts), variables, wd_exp, tau_exp, models, supported, tuple(notes))
+    return models
