@@ -45,10 +45,6 @@ COLLINEAR_R2 = 0.98
 # sweeps scatter around their law by a few percent to ~20% (Step Law's residuals ~5–10%).
 TAU_GRID = np.array([0.0, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7])
 TAU_PRIOR_SCALE = 0.15
-# Width and depth describe a model's shape; with few shapes they are easily confused with
-# each other and with n_params, and a law in them needs the target's shape too. Each one
-# without a published prior costs a variable set these prior odds.
-SHAPE_VARIABLE_PRIOR_ODDS = 4.0
 # Variable sets whose posterior weight is below this are dropped from the average.
 MIN_MODEL_WEIGHT = 0.02
 # Calibration from forward backtests: the factor is shrunk toward 1 as if ν0 forecasts had
@@ -431,11 +427,10 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
                 priors: Mapping[str, ExponentPrior], sets: Sequence[tuple[str, ...]]) -> _Average:
     """Posterior of every variable set × τ on `rows`, weighted by evidence × prior.
 
-    Sets are a priori equally likely except that each shape variable (width, depth) without
-    a published prior divides the odds by SHAPE_VARIABLE_PRIOR_ODDS, and leaving out a
-    variable that varies and has a published prior asserts its exponent is exactly 0: that
-    costs the prior's density ratio at 0, exp(−½(mean/sd)²) (e^−4 for the learning rate's
-    N^−0.71 ± 0.25; nothing for the batch's N^0 ± 0.15).
+    Sets are a priori equally likely, except that leaving out a variable that varies and has
+    a published prior asserts its exponent is exactly 0: that costs the prior's density
+    ratio at 0, exp(−½(mean/sd)²) (e^−4 for the learning rate's N^−0.71 ± 0.25; nothing for
+    the batch's N^0 ± 0.15).
     """
     varying = [v for v in priors if v in logx and np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
     used = sorted({v for s in sets for v in s}, key=SCALE_VARS.index)
@@ -449,10 +444,9 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
         mu, cov, ev = posterior(X, y, se2, m0, prec0)
         means.append(mu)
         covs.append(cov)
-        n_shape = sum(v in ("width", "depth") and not priors.get(v, VAGUE).published for v in combo)
         omitted = sum(0.5 * (priors[v].mean / priors[v].sd) ** 2 for v in varying
                       if v not in combo and priors[v].published and not _implied(v, combo))
-        log_ev.append(ev + _LOG_TAU_PRIOR - n_shape * math.log(SHAPE_VARIABLE_PRIOR_ODDS) - omitted)
+        log_ev.append(ev + _LOG_TAU_PRIOR - omitted)
     le = np.array(log_ev)
     log_w = le - _logsumexp(le.ravel())
     per_set = np.array([_logsumexp(r) for r in le])
