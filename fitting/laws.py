@@ -15,8 +15,9 @@ a vague N(0, 1) where nothing is published or the study asks for `priors="none"`
   the model uncertainty.
 - **Backtests.** `forward_error` refits the whole procedure without the largest scales
   (along n_params, tokens and compute in turn) and predicts them; `cv_error` leaves one
-  scale out at a time. Where forward predictions miss by more than their own predictive
-  spread, every interval of the law is widened by that factor (`calibration`, ≥ 1).
+  scale out at a time. The RMS of the forward misses in units of their own predictive
+  spread scales every interval of the law (`calibration`, shrunk toward 1, in [0.7, 3]):
+  wider where forecasts of larger scales missed, narrower where they were all well inside.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ TAU_PRIOR_SCALE = 0.15
 # Variable sets whose posterior weight is below this are dropped from the average.
 MIN_MODEL_WEIGHT = 0.02
 # Calibration from forward backtests: the factor is shrunk toward 1 as if ν0 forecasts had
-# been exactly right, and never exceeds MAX_CALIBRATION.
+# missed by exactly their predictive spread, and kept in [MIN_CALIBRATION, MAX_CALIBRATION].
 CALIBRATION_PRIOR_N = 3.0
 MAX_CALIBRATION = 3.0
+MIN_CALIBRATION = 0.7
 # Leave-one-scale-out is capped at this many held-out scales (evenly spread) for speed.
 MAX_CV_FOLDS = 40
 PREDICTIVE_SAMPLES = 2000
@@ -95,7 +97,7 @@ class PowerLaw:
     """log h* = c + Σ a_j (log x_j − m_j) for one hyperparameter: a mixture over variable sets and τ.
 
     `variables` is the union of the averaged sets (absent ones have coefficient 0 in a
-    component); `calibration` (≥ 1) multiplies every predictive deviation from the mean.
+    component); `calibration` multiplies every predictive deviation from the mean.
     """
 
     axis: str
@@ -506,7 +508,7 @@ def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray
         z2.extend((e * e / (var + se2_all[test])).tolist())
     forward = float(np.sqrt(np.mean(np.square(errs)))) if errs else None
     calibration = math.sqrt((sum(z2) + CALIBRATION_PRIOR_N) / (len(z2) + CALIBRATION_PRIOR_N))
-    calibration = min(max(calibration, 1.0), MAX_CALIBRATION)
+    calibration = min(max(calibration, MIN_CALIBRATION), MAX_CALIBRATION)
     cv = None
     if rows.size >= MIN_SCALES:
         folds = rows if rows.size <= MAX_CV_FOLDS else rows[np.linspace(0, rows.size - 1, MAX_CV_FOLDS).astype(int)]
