@@ -61,7 +61,9 @@ def _load_assets() -> dict[str, Asset]:
             continue
         body = path.read_bytes()
         digest = hashlib.sha256(body).hexdigest()
-        content_type = _CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        content_type = (
+            _CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
         assets[path.name] = Asset(body, content_type, f'"{digest[:32]}"', digest[:12])
     return assets
 

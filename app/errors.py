@@ -110,12 +110,16 @@ def install_error_handlers(app: FastAPI) -> None:
             # error: nesting too deep (RecursionError) or an integer literal too long.
             cause = exc.__cause__
             reason = (
-                "nested too deeply" if isinstance(cause, RecursionError)
-                else "a number is too long" if isinstance(cause, ValueError)
+                "nested too deeply"
+                if isinstance(cause, RecursionError)
+                else "a number is too long"
+                if isinstance(cause, ValueError)
                 else "unreadable"
             )
             return error_response(
-                422, "validation_error", f"invalid input: body: invalid JSON: {reason}",
+                422,
+                "validation_error",
+                f"invalid input: body: invalid JSON: {reason}",
                 [_body_detail(f"invalid JSON: {reason}")],
             )
         code = _STATUS_CODES.get(exc.status_code, "error")

@@ -36,9 +36,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes"
-        )
+        too_large = error_response(413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes")
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:

@@ -132,8 +132,10 @@ def published_exponents_refit(train: RunTable, best_run_only: bool = False) -> P
     ln, ld = np.log(train.n_params[near]), np.log(train.tokens[near])
     c_lr = float(np.mean(np.log(train.learning_rate[near]) - PUB_LR_N * ln - PUB_LR_D * ld))
     c_bs = float(np.mean(np.log(train.batch_size[near]) - PUB_BS_D * ld))
-    return lambda s: (math.exp(c_lr + PUB_LR_N * math.log(s.n_params) + PUB_LR_D * math.log(s.tokens)),
-                      math.exp(c_bs + PUB_BS_D * math.log(s.tokens)))
+    return lambda s: (
+        math.exp(c_lr + PUB_LR_N * math.log(s.n_params) + PUB_LR_D * math.log(s.tokens)),
+        math.exp(c_bs + PUB_BS_D * math.log(s.tokens)),
+    )
 
 
 def guarded(method: Callable[[RunTable], Predictor], failed: set, name: str) -> Callable[[RunTable], Predictor]:
@@ -197,8 +199,7 @@ def regret_table(title: str, rows: list[tuple[str, dict, int, int]], target: flo
     for name, reg, nf, n in rows:
         v = np.array(list(reg.values())) if reg else np.array([np.nan])
         mean = float(np.mean(v)) if reg else float("nan")
-        print(f"  {name:<44} {_pct(mean):>9} {_pct(float(np.median(v))):>9} {_pct(float(np.max(v))):>9} "
-              f"{n:>9} {nf:>7}")
+        print(f"  {name:<44} {_pct(mean):>9} {_pct(float(np.median(v))):>9} {_pct(float(np.max(v))):>9} {n:>9} {nf:>7}")
     name, reg, nf, n = rows[0]
     mean = float(np.mean(list(reg.values()))) if reg else float("nan")
     ok = bool(reg) and nf == 0 and mean <= target
@@ -222,14 +223,19 @@ def part_a(runs: RunTable, boot: int, lomo_seeds: int) -> None:
     train = np.isin(runs.n_params, ns[:2])
     test = set(ns[2:4])
     rows = [(name, *forward_split(runs, train, test, m, name)) for name, m in methods]
-    regret_table(f"(i) forward: fit N ∈ {{{', '.join(f'{n:.3g}' for n in ns[:2])}}}, predict "
-                 f"N ∈ {{{', '.join(f'{n:.3g}' for n in sorted(test))}}}", rows, TARGET_FWD2)
+    regret_table(
+        f"(i) forward: fit N ∈ {{{', '.join(f'{n:.3g}' for n in ns[:2])}}}, predict "
+        f"N ∈ {{{', '.join(f'{n:.3g}' for n in sorted(test))}}}",
+        rows,
+        TARGET_FWD2,
+    )
     # (ii) N < 5e8 → 537M
     train = runs.n_params < 5e8
     test = {n for n in ns if n >= 5e8}
     rows = [(name, *forward_split(runs, train, test, m, name)) for name, m in methods]
-    regret_table(f"(ii) forward: fit N < 5e8, predict N ∈ {{{', '.join(f'{n:.3g}' for n in sorted(test))}}}",
-                 rows, TARGET_FWD3)
+    regret_table(
+        f"(ii) forward: fit N < 5e8, predict N ∈ {{{', '.join(f'{n:.3g}' for n in sorted(test))}}}", rows, TARGET_FWD3
+    )
     # (iii) LOMO, full and 30%
     rows = [(name, *lomo(runs, m, name)) for name, m in methods]
     regret_table("(iii) leave-one-model-size-out, all runs", rows, TARGET_LOMO)
@@ -242,8 +248,11 @@ def part_a(runs: RunTable, boot: int, lomo_seeds: int) -> None:
             merged.update({(*key, seed): v for key, v in r.items()})
             nf, n = nf + f, n + k
         rows.append((name, merged, nf, n))
-    regret_table(f"(iv) leave-one-model-size-out, 30% of runs (train_fraction=0.3, seeds 0..{lomo_seeds - 1}, "
-                 f"settings × seeds)", rows, TARGET_LOMO30)
+    regret_table(
+        f"(iv) leave-one-model-size-out, 30% of runs (train_fraction=0.3, seeds 0..{lomo_seeds - 1}, settings × seeds)",
+        rows,
+        TARGET_LOMO30,
+    )
 
 
 # --- b. synthetic calibration ---------------------------------------------------------------
@@ -254,16 +263,28 @@ def _interval(p, axis: str):
 
 def synthetic_seed(seed: int, boot: int) -> dict:
     runs, truth = random_study(seed)
-    rec = {"seed": seed, "n_runs": len(runs), "n_outliers": len(truth.outliers), "targets": [], "exponents": [],
-           "fit_failed": False, "same_set": {}}
+    rec = {
+        "seed": seed,
+        "n_runs": len(runs),
+        "n_outliers": len(truth.outliers),
+        "targets": [],
+        "exponents": [],
+        "fit_failed": False,
+        "same_set": {},
+    }
     try:
         fit = fit_study(runs, bootstrap=boot, seed=seed, loss_law=False)
     except Exception as e:  # noqa: BLE001
         _err(f"synthetic seed {seed} fit", e)
         rec["fit_failed"] = True
         for t in truth.targets():
-            rec["targets"].append({"factor": t["factor"], **{a: None for a in AXES},
-                                   "truth": truth.optimum(t["n_params"], t["tokens"], t["width"], t["depth"])})
+            rec["targets"].append(
+                {
+                    "factor": t["factor"],
+                    **{a: None for a in AXES},
+                    "truth": truth.optimum(t["n_params"], t["tokens"], t["width"], t["depth"]),
+                }
+            )
         return rec
     for axis in AXES:
         law = fit.laws.get(axis)
@@ -275,8 +296,15 @@ def synthetic_seed(seed: int, boot: int) -> dict:
             for v in law.variables:
                 iv = law.exponent(v)
                 identified = (iv.high - iv.low) / 2 <= EXPONENT_TOL
-                rec["exponents"].append((axis, v, iv.value - truth.exponent(axis, v), identified,
-                                         iv.low <= truth.exponent(axis, v) <= iv.high))
+                rec["exponents"].append(
+                    (
+                        axis,
+                        v,
+                        iv.value - truth.exponent(axis, v),
+                        identified,
+                        iv.low <= truth.exponent(axis, v) <= iv.high,
+                    )
+                )
     for t in truth.targets():
         tgt = {k: t[k] for k in ("n_params", "tokens", "width", "depth")}
         row = {"factor": t["factor"], "truth": truth.optimum(**tgt)}
@@ -297,13 +325,19 @@ def part_b(n_seeds: int, boot: int, n_three: int) -> None:
     t0 = time.perf_counter()
     recs = [synthetic_seed(s, boot) for s in range(n_seeds)]
     n_fail = sum(r["fit_failed"] for r in recs)
-    print(f"  {n_seeds} studies, {sum(r['n_runs'] for r in recs)} runs, "
-          f"{sum(r['n_outliers'] > 0 for r in recs)} with outliers; fits failed: {n_fail}; "
-          f"{time.perf_counter() - t0:.1f} s")
-    print("\n  90%-interval coverage of the true optimum at targets beyond the largest proxy "
-          f"(band {COVERAGE_BAND[0]:.0%}–{COVERAGE_BAND[1]:.0%}; a missing prediction counts as a miss)")
-    print(f"  {'hyperparameter':<15} {'target':>6} {'n':>4} {'missing':>8} {'coverage':>9} {'cov|avail':>10} "
-          f"{'med width(log)':>15} {'mean|logerr|':>13} {'med|logerr|':>12}")
+    print(
+        f"  {n_seeds} studies, {sum(r['n_runs'] for r in recs)} runs, "
+        f"{sum(r['n_outliers'] > 0 for r in recs)} with outliers; fits failed: {n_fail}; "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
+    print(
+        "\n  90%-interval coverage of the true optimum at targets beyond the largest proxy "
+        f"(band {COVERAGE_BAND[0]:.0%}–{COVERAGE_BAND[1]:.0%}; a missing prediction counts as a miss)"
+    )
+    print(
+        f"  {'hyperparameter':<15} {'target':>6} {'n':>4} {'missing':>8} {'coverage':>9} {'cov|avail':>10} "
+        f"{'med width(log)':>15} {'mean|logerr|':>13} {'med|logerr|':>12}"
+    )
     for axis in AXES:
         for factor in (4.0, 16.0, None):
             rows = [t for r in recs for t in r["targets"] if factor is None or t["factor"] == factor]
@@ -316,16 +350,22 @@ def part_b(n_seeds: int, boot: int, n_three: int) -> None:
             c_all = sum(cov) / n if n else float("nan")
             c_av = sum(cov) / len(have) if have else float("nan")
             lab = "all" if factor is None else f"{factor:g}×"
-            print(f"  {axis:<15} {lab:>6} {n:>4} {miss:>8} {c_all:>9.0%} {c_av:>10.0%} "
-                  f"{(np.median(width) if width else float('nan')):>15.3f} "
-                  f"{(np.mean(lerr) if lerr else float('nan')):>13.3f} {(np.median(lerr) if lerr else float('nan')):>12.3f}")
+            print(
+                f"  {axis:<15} {lab:>6} {n:>4} {miss:>8} {c_all:>9.0%} {c_av:>10.0%} "
+                f"{(np.median(width) if width else float('nan')):>15.3f} "
+                f"{(np.mean(lerr) if lerr else float('nan')):>13.3f} {(np.median(lerr) if lerr else float('nan')):>12.3f}"
+            )
             if factor is None:
                 ok = n > 0 and COVERAGE_BAND[0] <= c_all <= COVERAGE_BAND[1]
                 SUMMARY.append((f"(b) coverage {axis} (4× and 16×)", f"{c_all:.0%} of {n} (band 80–97%)", _verdict(ok)))
-    print("\n  exponent errors (fitted − true) where the fitted law uses the true law's variables; "
-          f"identified = 90% interval within ±{EXPONENT_TOL}")
-    print(f"  {'hyperparameter':<15} {'variable':<10} {'fits with same vars':>20} {'mean|err|':>10} {'max|err|':>9} "
-          f"{'within ±0.05':>13} {'covered':>8} {'identified':>11} {'ident. ±0.05':>13}")
+    print(
+        "\n  exponent errors (fitted − true) where the fitted law uses the true law's variables; "
+        f"identified = 90% interval within ±{EXPONENT_TOL}"
+    )
+    print(
+        f"  {'hyperparameter':<15} {'variable':<10} {'fits with same vars':>20} {'mean|err|':>10} {'max|err|':>9} "
+        f"{'within ±0.05':>13} {'covered':>8} {'identified':>11} {'ident. ±0.05':>13}"
+    )
     for axis in AXES:
         same = [r["same_set"].get(axis) for r in recs if not r["fit_failed"]]
         n_same = sum(bool(s) for s in same)
@@ -340,23 +380,33 @@ def part_b(n_seeds: int, boot: int, n_three: int) -> None:
             a = np.abs([e for e, _, _ in rows])
             idn = np.array([i for _, i, _ in rows])
             ai = a[idn]
-            print(f"  {axis:<15} {v:<10} {f'{n_same}/{len(recs)}':>20} {a.mean():>10.3f} {a.max():>9.3f} "
-                  f"{np.mean(a <= EXPONENT_TOL):>13.0%} {np.mean([c for _, _, c in rows]):>8.0%} "
-                  f"{f'{idn.sum()}/{idn.size}':>11} {(np.mean(ai <= EXPONENT_TOL) if ai.size else float('nan')):>13.0%}")
+            print(
+                f"  {axis:<15} {v:<10} {f'{n_same}/{len(recs)}':>20} {a.mean():>10.3f} {a.max():>9.3f} "
+                f"{np.mean(a <= EXPONENT_TOL):>13.0%} {np.mean([c for _, _, c in rows]):>8.0%} "
+                f"{f'{idn.sum()}/{idn.size}':>11} {(np.mean(ai <= EXPONENT_TOL) if ai.size else float('nan')):>13.0%}"
+            )
     rows = [(abs(e), i) for r in recs for _, _, e, i, _ in r["exponents"]]
     ident = np.array([e for e, i in rows if i])
     if ident.size:
         share = float(np.mean(ident <= EXPONENT_TOL))
-        SUMMARY.append(("(b) exponent errors where identified",
-                        (f"{share:.0%} of {ident.size} within ±{EXPONENT_TOL} (max {ident.max():.3f}); "
-                         f"all comparable: {np.mean(np.array([e for e, _ in rows]) <= EXPONENT_TOL):.0%} of {len(rows)}"),
-                        _verdict(share >= EXPONENT_IDENTIFIED_SHARE)))
+        SUMMARY.append(
+            (
+                "(b) exponent errors where identified",
+                (
+                    f"{share:.0%} of {ident.size} within ±{EXPONENT_TOL} (max {ident.max():.3f}); "
+                    f"all comparable: {np.mean(np.array([e for e, _ in rows]) <= EXPONENT_TOL):.0%} of {len(rows)}"
+                ),
+                _verdict(share >= EXPONENT_IDENTIFIED_SHARE),
+            )
+        )
     else:
         SUMMARY.append(("(b) exponent errors (same-variable laws)", "no comparable law", "n/a"))
 
     print("\n  three runs at one scale (lr varied ×2 around a guess; bs, wd at their optimum; noise 0.2%)")
-    print(f"  {'seed':>4} {'source':<22} {'lr value':>10} {'low':>10} {'high':>10} {'true lr*':>10} "
-          f"{'half-width':>11} {'covers':>7}  noise warning")
+    print(
+        f"  {'seed':>4} {'source':<22} {'lr value':>10} {'low':>10} {'high':>10} {'true lr*':>10} "
+        f"{'half-width':>11} {'covers':>7}  noise warning"
+    )
     hws = []
     for seed in range(n_three):
         runs, truth = lr_only_study(seed)
@@ -383,11 +433,18 @@ def part_b(n_seeds: int, boot: int, n_three: int) -> None:
         hw = (iv[2] - iv[1]) / (2 * iv[0])
         hws.append(hw)
         noise_w = any(("nois" in w.lower() or "assum" in w.lower()) for w in warn)
-        print(f"  {seed:>4} {src:<22} {iv[0]:>10.3e} {iv[1]:>10.3e} {iv[2]:>10.3e} {true_lr:>10.3e} "
-              f"{hw:>10.1%} {iv[1] <= true_lr <= iv[2]!s:>7}  {'yes' if noise_w else 'no'}")
+        print(
+            f"  {seed:>4} {src:<22} {iv[0]:>10.3e} {iv[1]:>10.3e} {iv[2]:>10.3e} {true_lr:>10.3e} "
+            f"{hw:>10.1%} {iv[1] <= true_lr <= iv[2]!s:>7}  {'yes' if noise_w else 'no'}"
+        )
     hw_min = float(np.nanmin(hws)) if np.isfinite(hws).any() else float("nan")
-    SUMMARY.append(("(b) three runs at one scale: lr interval half-width", f"min ±{hw_min:.1%} (want > ±5%)",
-                    _verdict(math.isfinite(hw_min) and hw_min > HALF_WIDTH_MIN)))
+    SUMMARY.append(
+        (
+            "(b) three runs at one scale: lr interval half-width",
+            f"min ±{hw_min:.1%} (want > ±5%)",
+            _verdict(math.isfinite(hw_min) and hw_min > HALF_WIDTH_MIN),
+        )
+    )
 
 
 # --- c. one absurd run ------------------------------------------------------------------------
@@ -413,12 +470,25 @@ def part_c(runs: RunTable, boot: int) -> None:
     lrs, bss = np.unique(runs.learning_rate[m]), np.unique(runs.batch_size[m])
     lr, bs = float(lrs[len(lrs) // 2]), float(bss[len(bss) // 2])
     i = int(np.flatnonzero(m)[0])
-    bad = RunTable.from_records([{"n_params": n_min, "tokens": tokens, "width": runs.width[i], "depth": runs.depth[i],
-                                  "seq_len": runs.seq_len[i], "learning_rate": lr, "batch_size": bs,
-                                  "final_loss": 0.5}])
+    bad = RunTable.from_records(
+        [
+            {
+                "n_params": n_min,
+                "tokens": tokens,
+                "width": runs.width[i],
+                "depth": runs.depth[i],
+                "seq_len": runs.seq_len[i],
+                "learning_rate": lr,
+                "batch_size": bs,
+                "final_loss": 0.5,
+            }
+        ]
+    )
     neighbours = runs.final_loss[m & runs.completed]
-    print(f"  added run #{len(runs)}: N={n_min:.4g}, D={tokens:.4g}, lr={lr:.4g}, bs={bs:g}, final_loss=0.5 "
-          f"(setting's losses {neighbours.min():.3f}–{np.median(neighbours):.3f} median)")
+    print(
+        f"  added run #{len(runs)}: N={n_min:.4g}, D={tokens:.4g}, lr={lr:.4g}, bs={bs:g}, final_loss=0.5 "
+        f"(setting's losses {neighbours.min():.3f}–{np.median(neighbours):.3f} median)"
+    )
     try:
         f0 = fit_study(runs, bootstrap=boot)
         f1 = fit_study(concat(runs, bad), bootstrap=boot)
@@ -436,8 +506,10 @@ def part_c(runs: RunTable, boot: int) -> None:
         if a is None or b is None:
             continue
         moves[axis] = b[0] / a[0] - 1
-        print(f"  {axis:<14} without {a[0]:.5g} [{a[1]:.4g}, {a[2]:.4g}]   with {b[0]:.5g} [{b[1]:.4g}, {b[2]:.4g}]"
-              f"   change {moves[axis]:+.2%}")
+        print(
+            f"  {axis:<14} without {a[0]:.5g} [{a[1]:.4g}, {a[2]:.4g}]   with {b[0]:.5g} [{b[1]:.4g}, {b[2]:.4g}]"
+            f"   change {moves[axis]:+.2%}"
+        )
     div0 = sum(o.n_diverged for o in f0.optima)
     div1 = sum(o.n_diverged for o in f1.optima)
     print(f"  runs counted as diverged over all scales: {div0} without, {div1} with the absurd run")
@@ -448,14 +520,22 @@ def part_c(runs: RunTable, boot: int) -> None:
     print(f"  new warnings ({len(new)}):" + ("" if new else " none"))
     for w in new[:5]:
         print(f"    - {w[:160]}")
-    print(f"  a warning names the run: {'yes' if named else 'no'}"
-          + (f"; fit attributes listing runs: {', '.join(extra)}" if extra else ""))
-    worst = max((abs(moves.get(a, float('nan'))) for a in ("learning_rate", "batch_size")), default=float("nan"))
-    SUMMARY.append(("(c) one absurd run: 7B lr/batch change",
-                    (f"lr {moves.get('learning_rate', float('nan')):+.2%}, "
-                     f"batch {moves.get('batch_size', float('nan')):+.2%} (target < 2%); "
-                     f"named in warnings: {'yes' if named else 'no'}"),
-                    _verdict(bool(worst < OUTLIER_TARGET and named))))
+    print(
+        f"  a warning names the run: {'yes' if named else 'no'}"
+        + (f"; fit attributes listing runs: {', '.join(extra)}" if extra else "")
+    )
+    worst = max((abs(moves.get(a, float("nan"))) for a in ("learning_rate", "batch_size")), default=float("nan"))
+    SUMMARY.append(
+        (
+            "(c) one absurd run: 7B lr/batch change",
+            (
+                f"lr {moves.get('learning_rate', float('nan')):+.2%}, "
+                f"batch {moves.get('batch_size', float('nan')):+.2%} (target < 2%); "
+                f"named in warnings: {'yes' if named else 'no'}"
+            ),
+            _verdict(bool(worst < OUTLIER_TARGET and named)),
+        )
+    )
 
 
 # --- d. fit time ---------------------------------------------------------------------------------
@@ -480,17 +560,32 @@ def part_d(runs: RunTable, repeat: int) -> None:
     print(f"  fit_study(bootstrap=1000), best of {repeat}:          {full:.3f} s")
     print(f"  … without the loss law:                          {noll:.3f} s")
     print(f"  baseline: Step Law procedure least squares:      {base * 1e3:.2f} ms")
-    SUMMARY.append(("(d) Step Law fit time, one core", f"{full:.2f} s (target < {FIT_TIME_TARGET:g} s)",
-                    _verdict(math.isfinite(full) and full < FIT_TIME_TARGET)))
+    SUMMARY.append(
+        (
+            "(d) Step Law fit time, one core",
+            f"{full:.2f} s (target < {FIT_TIME_TARGET:g} s)",
+            _verdict(math.isfinite(full) and full < FIT_TIME_TARGET),
+        )
+    )
 
 
 def _provenance() -> str:
     root = Path(fitting.__file__).resolve().parents[1]
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "fitting"], capture_output=True,
-                               text=True, timeout=10, check=False).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "fitting"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev, dirty = "?", ""
     return f"fitting from {root} (git {rev or '?'}{', fitting/ modified' if dirty else ''})"
@@ -505,13 +600,17 @@ def main() -> None:
     n_seeds = args.seeds or (8 if args.quick else 30)
     t0 = time.perf_counter()
     print(f"bench/accuracy.py{' --quick' if args.quick else ''}: {_provenance()}")
-    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, bootstrap {args.bootstrap}, "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, bootstrap {args.bootstrap}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
     runs = load_steplaw()
-    for name, fn in (("a", lambda: part_a(runs, args.bootstrap, 2 if args.quick else 5)),
-                     ("b", lambda: part_b(n_seeds, args.bootstrap, 3 if args.quick else 5)),
-                     ("c", lambda: part_c(runs, args.bootstrap)),
-                     ("d", lambda: part_d(runs, 1 if args.quick else 3))):
+    for name, fn in (
+        ("a", lambda: part_a(runs, args.bootstrap, 2 if args.quick else 5)),
+        ("b", lambda: part_b(n_seeds, args.bootstrap, 3 if args.quick else 5)),
+        ("c", lambda: part_c(runs, args.bootstrap)),
+        ("d", lambda: part_d(runs, 1 if args.quick else 3)),
+    ):
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - one broken part must not hide the others

@@ -39,11 +39,11 @@ from typing import Any
 # Allow `python bench/ingest.py` from a checkout without relying on the current directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
+import httpx
 
-from store import migrate, queries  # noqa: E402
-from store.db import make_engine, run_in_transaction  # noqa: E402
-from store.queries import RUN_FIELDS  # noqa: E402
+from store import migrate, queries
+from store.db import make_engine, run_in_transaction
+from store.queries import RUN_FIELDS
 
 STUDY = "bench-ingest"
 CREATED_BY = "bench"
@@ -143,10 +143,7 @@ def bench_baseline(directory: Path, runs: list[dict[str, Any]], batch: int) -> f
         (STUDY, _sqlite_timestamp(), CREATED_BY),
     )
     (study_id,) = db.execute("SELECT id FROM studies WHERE name = ?", (STUDY,)).fetchone()
-    sql = (
-        f"INSERT INTO runs ({', '.join(_RAW_COLUMNS)})"
-        f" VALUES ({', '.join('?' for _ in _RAW_COLUMNS)})"
-    )
+    sql = f"INSERT INTO runs ({', '.join(_RAW_COLUMNS)}) VALUES ({', '.join('?' for _ in _RAW_COLUMNS)})"
 
     started = time.perf_counter()
     for chunk in batches(runs, batch):
@@ -192,9 +189,7 @@ def bench_store(directory: Path, runs: list[dict[str, Any]], batch: int) -> floa
 
     started = time.perf_counter()
     for chunk in batches(runs, batch):
-        result = run_in_transaction(
-            engine, lambda conn: queries.insert_runs(conn, study.id, chunk, CREATED_BY)
-        )
+        result = run_in_transaction(engine, lambda conn: queries.insert_runs(conn, study.id, chunk, CREATED_BY))
         if result.inserted != len(chunk):
             raise SystemExit(f"store: inserted {result.inserted} of {len(chunk)} runs")
     elapsed = time.perf_counter() - started

@@ -58,7 +58,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
 STUDY = "steplaw"
 STEPLAW_RUNS = 1_746
@@ -98,7 +98,9 @@ def prepare_database(database_url: str, data: Path) -> str:
         "import", str(data), "--study", STUDY, "--create", "--seq-len", "2048", *maps,
         "--database-url", database_url, "--quiet",
     ])  # fmt: skip
-    output = _run_cli(["tokens", "create", "--scope", "read", "--name", "bench-recommend", "--database-url", database_url])
+    output = _run_cli(
+        ["tokens", "create", "--scope", "read", "--name", "bench-recommend", "--database-url", database_url]
+    )
     return output.strip().splitlines()[-1].strip()
 
 
@@ -278,8 +280,14 @@ class Load:
 
 
 def _client_process(
-    port: int, request: bytes, threads: int, start_at: float, duration: float, max_requests: int | None,
-    expect_length: int | None, queue: multiprocessing.Queue,  # type: ignore[type-arg]
+    port: int,
+    request: bytes,
+    threads: int,
+    start_at: float,
+    duration: float,
+    max_requests: int | None,
+    expect_length: int | None,
+    queue: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
     """`threads` connections in one process, closed loop from `start_at` (wall clock) for `duration`."""
     results: list[tuple[list[float], dict[str, int]]] = []
@@ -335,8 +343,16 @@ def _client_process(
 
 
 def run_load(
-    port: int, path: str, token: str | None, *, connections: int, processes: int, duration: float,
-    server_pid: int, max_requests: int | None = None, expect_length: int | None = None,
+    port: int,
+    path: str,
+    token: str | None,
+    *,
+    connections: int,
+    processes: int,
+    duration: float,
+    server_pid: int,
+    max_requests: int | None = None,
+    expect_length: int | None = None,
 ) -> Load:
     """Closed-loop load: `connections` keep-alive connections over `processes` client processes."""
     request = _request_bytes(path, port, token)
@@ -380,7 +396,9 @@ def warm_up(server: Server, token: str | None, args: argparse.Namespace) -> int:
         response = client.get(RECOMMENDATION)
         seconds = time.perf_counter() - started
         if response.status_code != 200:
-            raise SystemExit(f"first recommendation -> {response.status_code}: {response.text[:500]}\n{server.log_tail()}")
+            raise SystemExit(
+                f"first recommendation -> {response.status_code}: {response.text[:500]}\n{server.log_tail()}"
+            )
         study = client.get(f"/v1/studies/{STUDY}")
         runs = study.json().get("run_count") if study.status_code == 200 else None
         if runs is not None and runs != STEPLAW_RUNS:
@@ -438,8 +456,13 @@ def bench_variant(database_url: str, token: str | None, args: argparse.Namespace
 
 
 def report(name: str, totals: dict[str, Load], args: argparse.Namespace) -> None:
-    print(f"\n{name}: {args.connections} connections, {args.workers} worker(s), {args.rounds} x {args.duration:g} s per endpoint")
-    print(f"{'endpoint':<16} {'requests':>9} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'server CPU ms/req':>18} {'client CPU ms/req':>18}")
+    print(
+        f"\n{name}: {args.connections} connections, {args.workers} worker(s), {args.rounds} x {args.duration:g} s per endpoint"
+    )
+    print(
+        f"{'endpoint':<16} {'requests':>9} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} "
+        f"{'server CPU ms/req':>18} {'client CPU ms/req':>18}"
+    )
     for path, label in ((RECOMMENDATION, "recommendation"), (HEALTHZ, "healthz")):
         load = totals[path]
         print(
@@ -449,8 +472,13 @@ def report(name: str, totals: dict[str, Load], args: argparse.Namespace) -> None
         )
     ratio = totals[RECOMMENDATION].rate / totals[HEALTHZ].rate
     p99 = totals[RECOMMENDATION].percentile_ms(0.99)
-    print(f"throughput ratio recommendation/healthz: {ratio:.3f} (target >= {RATIO_TARGET}) {'PASS' if ratio >= RATIO_TARGET else 'MISS'}")
-    print(f"recommendation p99: {p99:.2f} ms (target <= {P99_TARGET_MS:g} ms) {'PASS' if p99 <= P99_TARGET_MS else 'MISS'}")
+    print(
+        f"throughput ratio recommendation/healthz: {ratio:.3f} (target >= {RATIO_TARGET}) "
+        f"{'PASS' if ratio >= RATIO_TARGET else 'MISS'}"
+    )
+    print(
+        f"recommendation p99: {p99:.2f} ms (target <= {P99_TARGET_MS:g} ms) {'PASS' if p99 <= P99_TARGET_MS else 'MISS'}"
+    )
 
 
 # --- main ------------------------------------------------------------------------------
@@ -458,12 +486,18 @@ def report(name: str, totals: dict[str, Load], args: argparse.Namespace) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "steplaw_dense_proxy.csv",
-                        help="the Step Law CSV (default: ../shared/data/steplaw_dense_proxy.csv from the repo root)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "steplaw_dense_proxy.csv",
+        help="the Step Law CSV (default: ../shared/data/steplaw_dense_proxy.csv from the repo root)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per endpoint per round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds; the endpoint that goes first alternates")
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections")
-    parser.add_argument("--processes", type=int, default=2, help="load-generator processes (threads share the connections)")
+    parser.add_argument(
+        "--processes", type=int, default=2, help="load-generator processes (threads share the connections)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="hpscale serve --workers")
     parser.add_argument("--warmup", type=int, default=400, help="warm-up requests per endpoint after the first")
     parser.add_argument("--no-auth", action="store_true", help="also measure a `serve --no-auth` server (no token)")
@@ -474,7 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--duration, --rounds, --connections and --workers must be positive")
     args.processes = max(1, min(args.processes, args.connections))
 
-    print(f"machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; client: {args.processes} processes, raw HTTP/1.1 sockets")
+    print(
+        f"machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; "
+        f"client: {args.processes} processes, raw HTTP/1.1 sockets"
+    )
     print(f"target: GET {RECOMMENDATION}")
     results: list[tuple[str, dict[str, Load]]] = []
     with tempfile.TemporaryDirectory(prefix="hpscale-bench-") as tmp:

@@ -97,8 +97,10 @@ def steplaw_published(seq_len: float = 2048.0) -> Method:
     def method(train: RunTable) -> Predictor:
         a_n, a_d = STEP_LAW_LR_EXPONENTS["n_params"], STEP_LAW_LR_EXPONENTS["tokens"]
         b_d = STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"]
-        return lambda s: (STEP_LAW_LR_PREFACTOR * s.n_params**a_n * s.tokens**a_d,
-                          STEP_LAW_BATCH_TOKENS_PREFACTOR * s.tokens**b_d / seq_len)
+        return lambda s: (
+            STEP_LAW_LR_PREFACTOR * s.n_params**a_n * s.tokens**a_d,
+            STEP_LAW_BATCH_TOKENS_PREFACTOR * s.tokens**b_d / seq_len,
+        )
 
     return method
 
@@ -113,7 +115,7 @@ def leave_one_size_out(
     """
     scales, sidx = group_scales(runs)
     surfaces = {}
-    for s, sc in enumerate(scales):
+    for s in range(len(scales)):
         m = (sidx == s) & runs.completed
         surfaces[s] = RegretSurface.from_runs(runs.learning_rate[m], runs.batch_size[m], runs.final_loss[m])
     keep = np.ones(len(runs), dtype=bool)
@@ -122,7 +124,7 @@ def leave_one_size_out(
         keep[:] = False
         for s in range(len(scales)):
             idx = np.flatnonzero(sidx == s)
-            keep[rng.choice(idx, int(round(train_fraction * idx.size)), replace=False)] = True
+            keep[rng.choice(idx, round(train_fraction * idx.size), replace=False)] = True
     sizes = sorted({sc.n_params for sc in scales})
     out: dict[tuple[float, float], float] = {}
     for n in sizes:

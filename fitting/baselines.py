@@ -43,15 +43,19 @@ def _check_positive(**values: float) -> None:
 def step_law_lr(n_params: float, tokens: float) -> float:
     """η* = 1.7973·N^-0.7129·D^0.3075 (Step Law; dense N 2.1e8–1.07e9 non-embedding, D 4e9–1e11)."""
     _check_positive(n_params=n_params, tokens=tokens)
-    return math.exp(math.log(STEP_LAW_LR_PREFACTOR) + STEP_LAW_LR_EXPONENTS["n_params"] * math.log(n_params)
-                    + STEP_LAW_LR_EXPONENTS["tokens"] * math.log(tokens))
+    return math.exp(
+        math.log(STEP_LAW_LR_PREFACTOR)
+        + STEP_LAW_LR_EXPONENTS["n_params"] * math.log(n_params)
+        + STEP_LAW_LR_EXPONENTS["tokens"] * math.log(tokens)
+    )
 
 
 def step_law_batch_tokens(tokens: float) -> float:
     """B* = 0.5807·D^0.5709 tokens (Step Law; fitted on D 4e9–1e11; independent of N)."""
     _check_positive(tokens=tokens)
-    return math.exp(math.log(STEP_LAW_BATCH_TOKENS_PREFACTOR)
-                    + STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"] * math.log(tokens))
+    return math.exp(
+        math.log(STEP_LAW_BATCH_TOKENS_PREFACTOR) + STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"] * math.log(tokens)
+    )
 
 
 def deepseek_flops_per_token(depth: float, width: float, seq_len: float) -> float:

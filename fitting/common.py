@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 

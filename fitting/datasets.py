@@ -36,19 +36,17 @@ def load_steplaw(path: str | os.PathLike[str] | None = None) -> RunTable:
     with open(Path(path) if path is not None else data_dir() / STEPLAW_FILE, newline="") as f:
         rows = list(csv.DictReader(f))
     return RunTable.from_records(
-        
-            {
-                "n_params": r["N"],
-                "tokens": r["D"],
-                "width": r["h"],
-                "depth": r["numl"],
-                "seq_len": STEPLAW_SEQ_LEN,
-                "learning_rate": r["lr"],
-                "batch_size": r["bs"],
-                "final_loss": r["smooth loss"],
-            }
-            for r in rows
-        
+        {
+            "n_params": r["N"],
+            "tokens": r["D"],
+            "width": r["h"],
+            "depth": r["numl"],
+            "seq_len": STEPLAW_SEQ_LEN,
+            "learning_rate": r["lr"],
+            "batch_size": r["bs"],
+            "final_loss": r["smooth loss"],
+        }
+        for r in rows
     )
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from fitting.common import AXIS_LABEL, SCALE_VARS, Interval
 from fitting.optima import SweepAnalysis
 from fitting.published import CONSTANT_SD, VAGUE, ExponentPrior
-from fitting.surface import BowlFit, one_step_bootstrap
+from fitting.surface import BowlSolution, one_step_bootstrap
 
 MIN_SCALES = 3
 # With published priors on the exponents two scales suffice: the data fix the constant and
@@ -70,14 +70,24 @@ class Component:
     model: int  # index into PowerLaw.models
 
     def to_state(self) -> dict[str, Any]:
-        return {"weight": self.weight, "tau": self.tau, "mean": self.mean.tolist(), "cov": self.cov.tolist(),
-                "model": self.model}
+        return {
+            "weight": self.weight,
+            "tau": self.tau,
+            "mean": self.mean.tolist(),
+            "cov": self.cov.tolist(),
+            "model": self.model,
+        }
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> Component:
         mean = np.asarray(d["mean"], float)
-        return cls(float(d["weight"]), float(d["tau"]), mean, np.asarray(d["cov"], float).reshape(mean.size, mean.size),
-                   int(d["model"]))
+        return cls(
+            float(d["weight"]),
+            float(d["tau"]),
+            mean,
+            np.asarray(d["cov"], float).reshape(mean.size, mean.size),
+            int(d["model"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -175,16 +185,24 @@ class PowerLaw:
         share = float(self._weights[ok].sum())
         return (self._weights * ok / share if share > 0 else self._weights * 0), share
 
-    def predict_log(self, target: Mapping[str, float], *, seed: int = 0, n: int = PREDICTIVE_SAMPLES,
-                    weights: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+    def predict_log(
+        self,
+        target: Mapping[str, float],
+        *,
+        seed: int = 0,
+        n: int = PREDICTIVE_SAMPLES,
+        weights: np.ndarray | None = None,
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         """log h* at `target`: posterior mean, draws of the law's mean, draws of the scatter τ·ε.
 
         Both draw sets include the calibration factor; a predictive draw is their sum.
         Variables a component does not use may be absent from `target` (its weight must be 0).
         """
         w = self._weights if weights is None else weights
-        x = np.array([1.0] + [math.log(float(target[v])) - m if v in target else 0.0
-                              for v, m in zip(self.variables, self.log_centre)])
+        x = np.array(
+            [1.0]
+            + [math.log(float(target[v])) - m if v in target else 0.0 for v, m in zip(self.variables, self.log_centre)]
+        )
         means = np.array([c.mean @ x for c in self.components])
         sds = np.sqrt(np.maximum([x @ c.cov @ x for c in self.components], 0.0))
         taus = np.array([c.tau for c in self.components])
@@ -229,21 +247,31 @@ class PowerLaw:
         }
 
     def to_state(self) -> dict[str, Any]:
-        return {**self.to_dict(), "axis": self.axis, "log_centre": list(self.log_centre),
-                "components": [c.to_state() for c in self.components],
-                "priors": {v: p.to_dict() for v, p in self.priors.items()}}
+        return {
+            **self.to_dict(),
+            "axis": self.axis,
+            "log_centre": list(self.log_centre),
+            "components": [c.to_state() for c in self.components],
+            "priors": {v: p.to_dict() for v, p in self.priors.items()},
+        }
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> PowerLaw:
         return cls(
-            d["axis"], tuple(d["variables"]), tuple(float(x) for x in d["log_centre"]),
+            d["axis"],
+            tuple(d["variables"]),
+            tuple(float(x) for x in d["log_centre"]),
             tuple(Component.from_state(c) for c in d["components"]),
             tuple(LawModel(tuple(m["variables"]), float(m["weight"]), float(m["log_evidence"])) for m in d["models"]),
-            {v: ExponentPrior(float(p["mean"]), float(p["sd"]), str(p["source"])) for v, p in d.get("priors", {}).items()},
+            {
+                v: ExponentPrior(float(p["mean"]), float(p["sd"]), str(p["source"]))
+                for v, p in d.get("priors", {}).items()
+            },
             float(d["r2"]) if d.get("r2") is not None else math.nan,
             None if d.get("cv_error") is None else float(d["cv_error"]),
             None if d.get("forward_error") is None else float(d["forward_error"]),
-            float(d.get("calibration", 1.0)), int(d["n_scales"]),
+            float(d.get("calibration", 1.0)),
+            int(d["n_scales"]),
             {k: (float(v[0]), float(v[1])) for k, v in d.get("ranges", {}).items()},
             d.get("method", cls.method),
         )
@@ -262,18 +290,28 @@ class BowlShape:
     wd_offset: float = 0.0
 
     def to_state(self) -> dict[str, Any]:
-        return {"axes": list(self.axes), "hessian": self.hessian.tolist(), "kappa": self.kappa.tolist(),
-                "hessian_samples": np.round(self.hessian_samples, 9).tolist(),
-                "kappa_samples": np.round(self.kappa_samples, 9).tolist(),
-                "cross_identified": self.cross_identified.tolist(), "wd_offset": self.wd_offset}
+        return {
+            "axes": list(self.axes),
+            "hessian": self.hessian.tolist(),
+            "kappa": self.kappa.tolist(),
+            "hessian_samples": np.round(self.hessian_samples, 9).tolist(),
+            "kappa_samples": np.round(self.kappa_samples, 9).tolist(),
+            "cross_identified": self.cross_identified.tolist(),
+            "wd_offset": self.wd_offset,
+        }
 
     @classmethod
     def from_state(cls, d: Mapping[str, Any]) -> BowlShape:
         k = len(d["axes"])
-        return cls(tuple(d["axes"]), np.asarray(d["hessian"], float).reshape(k, k), np.asarray(d["kappa"], float),
-                   np.asarray(d["hessian_samples"], float).reshape(-1, k, k),
-                   np.asarray(d["kappa_samples"], float).reshape(-1, k),
-                   np.asarray(d["cross_identified"], bool).reshape(k, k), float(d.get("wd_offset", 0.0)))
+        return cls(
+            tuple(d["axes"]),
+            np.asarray(d["hessian"], float).reshape(k, k),
+            np.asarray(d["kappa"], float),
+            np.asarray(d["hessian_samples"], float).reshape(-1, k, k),
+            np.asarray(d["kappa_samples"], float).reshape(-1, k),
+            np.asarray(d["cross_identified"], bool).reshape(k, k),
+            float(d.get("wd_offset", 0.0)),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -296,8 +334,9 @@ def _tau_log_prior() -> np.ndarray:
 _LOG_TAU_PRIOR = _tau_log_prior()
 
 
-def posterior(X: np.ndarray, y: np.ndarray, se2: np.ndarray, m0: np.ndarray, prec0: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def posterior(
+    X: np.ndarray, y: np.ndarray, se2: np.ndarray, m0: np.ndarray, prec0: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gaussian posterior and log evidence of y = Xb + e, e ~ N(0, se² + τ²), b ~ N(m0, diag(1/prec0)), per τ.
 
     Returns means (T, p), covariances (T, p, p) and log evidences (T,) over TAU_GRID.
@@ -347,9 +386,13 @@ def _log_vars(analysis: SweepAnalysis) -> dict[str, np.ndarray]:
     return out
 
 
-def admissible_sets(logx: Mapping[str, np.ndarray], rows: np.ndarray, max_vars: int,
-                    priors: Mapping[str, ExponentPrior] | None = None,
-                    cache: dict[tuple, list[tuple[str, ...]]] | None = None) -> list[tuple[str, ...]]:
+def admissible_sets(
+    logx: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    max_vars: int,
+    priors: Mapping[str, ExponentPrior] | None = None,
+    cache: dict[tuple, list[tuple[str, ...]]] | None = None,
+) -> list[tuple[str, ...]]:
     """Variable sets that vary across `rows`, are not collinear and span distinct spaces.
 
     Sets spanning the same space over `rows` (e.g. {n_params, tokens} and {compute, tokens},
@@ -374,8 +417,10 @@ def admissible_sets(logx: Mapping[str, np.ndarray], rows: np.ndarray, max_vars: 
             key = (k, tuple(np.round(Q @ Q.T, 6).ravel()))
             rank = (-sum(priors.get(v, VAGUE).published for v in combo), [SCALE_VARS.index(v) for v in combo])
             old = by_span.get(key)
-            if old is None or rank < (-sum(priors.get(v, VAGUE).published for v in old),
-                                      [SCALE_VARS.index(v) for v in old]):
+            if old is None or rank < (
+                -sum(priors.get(v, VAGUE).published for v in old),
+                [SCALE_VARS.index(v) for v in old],
+            ):
                 by_span[key] = combo
     out = list(by_span.values())
     if cache is not None:
@@ -420,13 +465,20 @@ class _Average:
         return mean, np.maximum(second - mean * mean, 0.0)
 
 
-def _design(logx: Mapping[str, np.ndarray], rows: np.ndarray, combo: Sequence[str], centre: Mapping[str, float]
-            ) -> np.ndarray:
+def _design(
+    logx: Mapping[str, np.ndarray], rows: np.ndarray, combo: Sequence[str], centre: Mapping[str, float]
+) -> np.ndarray:
     return np.column_stack([np.ones(rows.size)] + [logx[v][rows] - centre[v] for v in combo])
 
 
-def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray, se2: np.ndarray,
-                priors: Mapping[str, ExponentPrior], sets: Sequence[tuple[str, ...]]) -> _Average:
+def fit_average(
+    logx: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    y: np.ndarray,
+    se2: np.ndarray,
+    priors: Mapping[str, ExponentPrior],
+    sets: Sequence[tuple[str, ...]],
+) -> _Average:
     """Posterior of every variable set × τ on `rows`, weighted by evidence × prior.
 
     Sets are a priori equally likely, except that leaving out a variable that varies and has
@@ -446,8 +498,11 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
         mu, cov, ev = posterior(X, y, se2, m0, prec0)
         means.append(mu)
         covs.append(cov)
-        omitted = sum(0.5 * (priors[v].mean / priors[v].sd) ** 2 for v in varying
-                      if v not in combo and priors[v].published and not _implied(v, combo))
+        omitted = sum(
+            0.5 * (priors[v].mean / priors[v].sd) ** 2
+            for v in varying
+            if v not in combo and priors[v].published and not _implied(v, combo)
+        )
         log_ev.append(ev + _LOG_TAU_PRIOR - omitted)
     le = np.array(log_ev)
     log_w = le - _logsumexp(le.ravel())
@@ -457,7 +512,9 @@ def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray,
 
 def _implied(v: str, combo: Sequence[str]) -> bool:
     """Whether `combo` carries v's effect through compute = 6·N·D (or N, D through compute)."""
-    return (v in ("n_params", "tokens") and "compute" in combo) or (v == "compute" and {"n_params", "tokens"} & set(combo))
+    return (v in ("n_params", "tokens") and "compute" in combo) or (
+        v == "compute" and {"n_params", "tokens"} & set(combo)
+    )
 
 
 def _logsumexp(a: np.ndarray) -> float:
@@ -466,8 +523,9 @@ def _logsumexp(a: np.ndarray) -> float:
 
 
 # --- backtests ---------------------------------------------------------------------------
-def forward_splits(logx: Mapping[str, np.ndarray], rows: np.ndarray, min_train: int = MIN_SCALES_WITH_PRIORS
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+def forward_splits(
+    logx: Mapping[str, np.ndarray], rows: np.ndarray, min_train: int = MIN_SCALES_WITH_PRIORS
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) row splits holding out the largest scales along n_params, tokens and compute in turn."""
     out: list[tuple[np.ndarray, np.ndarray]] = []
     seen = set()
@@ -483,8 +541,7 @@ def forward_splits(logx: Mapping[str, np.ndarray], rows: np.ndarray, min_train: 
     return out
 
 
-def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache
-                   ) -> tuple[np.ndarray, np.ndarray] | None:
+def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache) -> tuple[np.ndarray, np.ndarray] | None:
     sets = admissible_sets(logx, train, min(max_vars, max(train.size - 1, 1)), priors, cache)
     if not sets:
         return None
@@ -492,9 +549,15 @@ def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache
     return avg.predict(logx, test)
 
 
-def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray, se2_all: np.ndarray,
-             priors: Mapping[str, ExponentPrior], max_vars: int, cache: dict | None = None
-             ) -> tuple[float | None, float | None, float]:
+def backtest(
+    logx: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    y_all: np.ndarray,
+    se2_all: np.ndarray,
+    priors: Mapping[str, ExponentPrior],
+    max_vars: int,
+    cache: dict | None = None,
+) -> tuple[float | None, float | None, float]:
     """(forward RMS error, leave-one-scale-out RMS error, calibration factor) of the whole procedure."""
     cache = {} if cache is None else cache
     errs, z2 = [], []
@@ -522,9 +585,14 @@ def backtest(logx: Mapping[str, np.ndarray], rows: np.ndarray, y_all: np.ndarray
 
 
 # --- the laws of a study -----------------------------------------------------------------
-def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray],
-                 priors: Mapping[str, ExponentPrior], forced: Sequence[str] | None = None,
-                 cache: dict | None = None) -> PowerLaw | str:
+def law_for_axis(
+    analysis: SweepAnalysis,
+    j: int,
+    logx: Mapping[str, np.ndarray],
+    priors: Mapping[str, ExponentPrior],
+    forced: Sequence[str] | None = None,
+    cache: dict | None = None,
+) -> PowerLaw | str:
     """The averaged power law of axis j from the per-scale optima, or why there is none."""
     axis = analysis.axes[j]
     rows = np.flatnonzero(np.isfinite(analysis.centre[:, j]))
@@ -539,8 +607,10 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
         if not has_prior:
             sets = [s for s in sets if len(s) <= rows.size - 2]
     if not sets:
-        return (f"{AXIS_LABEL[axis]}: the {rows.size} scales where it is swept do not vary in any of "
-                f"{', '.join(SCALE_VARS)} independently; need scales that differ in size or tokens")
+        return (
+            f"{AXIS_LABEL[axis]}: the {rows.size} scales where it is swept do not vary in any of "
+            f"{', '.join(SCALE_VARS)} independently; need scales that differ in size or tokens"
+        )
     y_all = analysis.centre[:, j]
     se = analysis.centre_se[:, j]
     fill = np.nanmax(se[rows]) if np.any(np.isfinite(se[rows])) else 0.1
@@ -569,13 +639,28 @@ def law_for_axis(analysis: SweepAnalysis, j: int, logx: Mapping[str, np.ndarray]
     total = sum(mo.weight for mo in models)
     models = [LawModel(mo.variables, mo.weight / total, mo.log_evidence) for mo in models]
 
-    forward, cv, calibration = (None, None, 1.0) if forced is not None else backtest(
-        logx, rows, y_all, se2_all, priors, MAX_VARIABLES, cache)
+    forward, cv, calibration = (
+        (None, None, 1.0) if forced is not None else backtest(logx, rows, y_all, se2_all, priors, MAX_VARIABLES, cache)
+    )
     centre = tuple(avg.centre[v] for v in union)
-    law = PowerLaw(axis, union, centre, tuple(components), tuple(models), {v: priors.get(v, VAGUE) for v in union},
-                   math.nan, cv, forward, calibration, int(rows.size),
-                   {v: (float(np.exp(logx[v][rows].min())), float(np.exp(logx[v][rows].max()))) for v in SCALE_VARS
-                    if np.all(np.isfinite(logx[v][rows]))})
+    law = PowerLaw(
+        axis,
+        union,
+        centre,
+        tuple(components),
+        tuple(models),
+        {v: priors.get(v, VAGUE) for v in union},
+        math.nan,
+        cv,
+        forward,
+        calibration,
+        int(rows.size),
+        {
+            v: (float(np.exp(logx[v][rows].min())), float(np.exp(logx[v][rows].max())))
+            for v in SCALE_VARS
+            if np.all(np.isfinite(logx[v][rows]))
+        },
+    )
     # R² of the averaged law's mean over the optima, weighted by their total variance.
     pred = np.array([law.predict_log({v: math.exp(logx[v][r]) for v in union}, n=1)[0] for r in rows])
     y = y_all[rows]
@@ -607,9 +692,14 @@ def _beyond_good_runs(analysis: SweepAnalysis, j: int) -> np.ndarray:
     return out
 
 
-def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
-             priors: Mapping[str, Mapping[str, ExponentPrior]] | None = None,
-             variables: Mapping[str, Sequence[str]] | None = None) -> LawSet:
+def fit_laws(
+    analysis: SweepAnalysis,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    priors: Mapping[str, Mapping[str, ExponentPrior]] | None = None,
+    variables: Mapping[str, Sequence[str]] | None = None,
+) -> LawSet:
     """The averaged power law of every swept axis, and the bowl shape with scale-bootstrap samples.
 
     log h*_a = c_a + Σ a_aj (log x_j − m_j) per axis (see the module docstring).
@@ -617,7 +707,7 @@ def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
     variable set (backtests of fixed forms).
     """
     missing: dict[str, str] = {}
-    if analysis.fit is None or analysis.data is None:
+    if analysis.bowl is None or analysis.data is None:
         for a in ("learning_rate", "batch_size", "weight_decay"):
             missing[a] = f"{AXIS_LABEL[a]} is not swept over ≥ 3 values at any scale"
         return LawSet({}, None, missing)
@@ -634,11 +724,11 @@ def fit_laws(analysis: SweepAnalysis, *, bootstrap: int = 200, seed: int = 0,
     for a in ("learning_rate", "batch_size", "weight_decay"):
         if a not in analysis.axes and a not in missing:
             missing[a] = f"{AXIS_LABEL[a]} is not swept over ≥ 3 values at any scale; no optimum to fit a law to"
-    shape = _bowl_shape(analysis.fit, analysis, bootstrap, seed) if laws else None
+    shape = _bowl_shape(analysis.bowl, analysis, bootstrap, seed) if laws else None
     return LawSet(laws, shape, missing)
 
 
-def _bowl_shape(fit: BowlFit, analysis: SweepAnalysis, bootstrap: int, seed: int) -> BowlShape:
+def _bowl_shape(fit: BowlSolution, analysis: SweepAnalysis, bootstrap: int, seed: int) -> BowlShape:
     """The shared curvature with samples from a bootstrap over scales (one Gauss–Newton step each)."""
     S = len(analysis.scales)
     B = max(int(bootstrap), 0)
@@ -656,5 +746,6 @@ def _bowl_shape(fit: BowlFit, analysis: SweepAnalysis, bootstrap: int, seed: int
         v = samples[:, base + c]
         L[:, j, k] = np.exp(v) if j == k else v
     H_s = L @ np.transpose(L, (0, 2, 1))
-    return BowlShape(analysis.axes, fit.hessian, fit.kappa, H_s, samples[:, base + len(tri):], cross,
-                     analysis.wd_offset)
+    return BowlShape(
+        analysis.axes, fit.hessian, fit.kappa, H_s, samples[:, base + len(tri) :], cross, analysis.wd_offset
+    )

@@ -225,8 +225,7 @@ def _validate(n_params: ArrayLike, tokens: ArrayLike, loss: ArrayLike) -> tuple[
     n = arrays[0].size
     if n < MIN_POINTS:
         raise InsufficientData(
-            f"the loss law has 5 parameters and needs at least {MIN_POINTS} (n_params, tokens, loss) "
-            f"points; got {n}",
+            f"the loss law has 5 parameters and needs at least {MIN_POINTS} (n_params, tokens, loss) points; got {n}",
             missing=f"{MIN_POINTS - n} more completed run(s)",
         )
     for name, arr in (("n_params", arrays[0]), ("tokens", arrays[1])):
@@ -265,7 +264,7 @@ class LossLawPrediction:
 
 
 @dataclass(frozen=True, eq=False)
-class LossLawFit:
+class LossLaw:
     """Result of `fit_loss_law`.
 
     `params` maps E, A, B, alpha, beta to 90% bootstrap intervals around the point
@@ -293,13 +292,18 @@ class LossLawFit:
     def unidentified(self) -> str | None:
         """Why the data do not identify the law (a 90% interval of E, alpha or beta at least as wide as
         its value), or None when they do. An unidentified law is withheld, not reported as a result."""
-        loose = [f"{k} = {iv.value:.3g} [{iv.low:.3g}, {iv.high:.3g}]" for k in ("E", "alpha", "beta")
-                 if (iv := self.params[k]).high - iv.low >= abs(iv.value)]
+        loose = [
+            f"{k} = {iv.value:.3g} [{iv.low:.3g}, {iv.high:.3g}]"
+            for k in ("E", "alpha", "beta")
+            if (iv := self.params[k]).high - iv.low >= abs(iv.value)
+        ]
         if not loose:
             return None
-        return ("its 90% intervals are wider than the values (" + "; ".join(loose) + "): the runs do not "
-                "identify it; add final losses at more model sizes and token budgets (≥ 3 of each, "
-                "spread over ≥ 10×)")
+        return (
+            "its 90% intervals are wider than the values (" + "; ".join(loose) + "): the runs do not "
+            "identify it; add final losses at more model sizes and token budgets (≥ 3 of each, "
+            "spread over ≥ 10×)"
+        )
 
     def predict(self, n_params: ArrayLike, tokens: ArrayLike) -> LossLawPrediction:
         """L = E + A/N^alpha + B/D^beta at (n_params, tokens); interval from the stored bootstrap samples."""
@@ -338,7 +342,7 @@ class LossLawFit:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LossLawFit:
+    def from_dict(cls, d: Mapping[str, Any]) -> LossLaw:
         if d.get("form", FORM) != FORM:
             raise ValueError(f"unsupported loss-law form {d.get('form')!r}; expected {FORM!r}")
         raw = d.get("bootstrap_samples") or {}
@@ -373,7 +377,7 @@ def fit_loss_law(
     bootstrap: int = 200,
     seed: int | None = 0,
     polish: int = DEFAULT_POLISH,
-) -> LossLawFit:
+) -> LossLaw:
     """Fit L = E + A/N^alpha + B/D^beta by Huber(δ=1e-3) on log L, multi-start L-BFGS-B, bootstrap intervals.
 
     `bootstrap` resamples of the points are refitted warm-started from the point
@@ -390,7 +394,7 @@ def fit_loss_law(
 
 def _fit_validated(
     n: np.ndarray, d: np.ndarray, l: np.ndarray, *, bootstrap: int, seed: int | None, polish: int
-) -> LossLawFit:
+) -> LossLaw:
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
     delta = HUBER_DELTA
 
@@ -405,9 +409,11 @@ def _fit_validated(
         if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
             best = res
     if best is None:
-        raise InsufficientData("the loss-law optimiser found no start with a finite objective: the losses are "
-                               "not described by E + A/N^alpha + B/D^beta",
-                               missing="final losses that fall with n_params and tokens")
+        raise InsufficientData(
+            "the loss-law optimiser found no start with a finite objective: the losses are "
+            "not described by E + A/N^alpha + B/D^beta",
+            missing="final losses that fall with n_params and tokens",
+        )
     theta = best.x
     with np.errstate(over="ignore"):
         point = _theta_to_params(theta)
@@ -444,9 +450,7 @@ def _fit_validated(
         )
     for name, arr in (("n_params", n), ("tokens", d)):
         if np.unique(arr).size < 3:
-            warnings.append(
-                f"only {np.unique(arr).size} distinct {name}: the {name} exponent is barely identified"
-            )
+            warnings.append(f"only {np.unique(arr).size} distinct {name}: the {name} exponent is barely identified")
 
     rng = np.random.default_rng(seed)
     resamples = [rng.integers(0, n.size, n.size) for _ in range(bootstrap)]
@@ -475,13 +479,11 @@ def _fit_validated(
     if failed:
         warnings.append(f"{failed} of {bootstrap} bootstrap resamples were unidentifiable or failed and were skipped")
 
-    if 0 < bootstrap and len(boot_params) < 50:
+    if bootstrap > 0 and len(boot_params) < 50:
         warnings.append(f"only {len(boot_params)} bootstrap refits succeeded: the 90% intervals are rough")
-    params = {
-        name: Interval.from_samples(float(point[j]), boot_params[:, j]) for j, name in enumerate(PARAM_NAMES)
-    }
+    params = {name: Interval.from_samples(float(point[j]), boot_params[:, j]) for j, name in enumerate(PARAM_NAMES)}
     resid = _log_predict(theta, log_n, log_d)[0] - log_l
-    return LossLawFit(
+    return LossLaw(
         params=params,
         n_points=int(n.size),
         n_bootstrap=len(boot_params),
@@ -529,7 +531,7 @@ def _log_n_opt(params: np.ndarray, log_c6: float) -> np.ndarray:
     return np.where((alpha > 0) & (beta > 0), out, np.nan)
 
 
-def compute_optimal(fit: LossLawFit, flops: float) -> ComputeOptimal:
+def compute_optimal(fit: LossLaw, flops: float) -> ComputeOptimal:
     """N*, D* minimising E + A/N^alpha + B/D^beta subject to 6·N·D = C (closed form, bootstrap intervals)."""
     c = float(flops)
     if not math.isfinite(c) or c <= 0:
@@ -559,7 +561,9 @@ def compute_optimal(fit: LossLawFit, flops: float) -> ComputeOptimal:
     ):
         if value > hi or value < lo:
             factor = max(value / hi, lo / value)
-            warnings.append(f"optimal {name} {value:.3g} is {factor:.3g}x outside the fitted range [{lo:.3g}, {hi:.3g}]")
+            warnings.append(
+                f"optimal {name} {value:.3g} is {factor:.3g}x outside the fitted range [{lo:.3g}, {hi:.3g}]"
+            )
     return ComputeOptimal(c, exp_iv(n_iv), exp_iv(d_iv), exp_iv(r_iv), tuple(warnings))
 
 
@@ -568,7 +572,7 @@ __all__: Sequence[str] = (
     "ComputeOptimal",
     "InsufficientData",
     "Interval",
-    "LossLawFit",
+    "LossLaw",
     "LossLawPrediction",
     "compute_optimal",
     "fit_loss_law",

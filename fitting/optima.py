@@ -31,7 +31,7 @@ import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
 from fitting.runs import DIVERGED, RunTable
-from fitting.surface import DEFAULT_BAND, MAX_BAND, BowlData, BowlFit, fit_bowl, linear_bootstrap, select_band
+from fitting.surface import DEFAULT_BAND, BowlData, BowlSolution, fit_bowl, linear_bootstrap, select_band
 
 NEAR_OPTIMAL = 0.0025
 # A completed run more than 20% above its scale's (robust) best loss has left the basin (a
@@ -81,8 +81,15 @@ class Scale:
         return scale_variables(self.n_params, self.tokens, self.width, self.depth)
 
     def to_dict(self) -> dict[str, float | None]:
-        return {k: (None if not math.isfinite(v) else v) for k, v in
-                {"n_params": self.n_params, "tokens": self.tokens, "width": self.width, "depth": self.depth}.items()}
+        return {
+            k: (None if not math.isfinite(v) else v)
+            for k, v in {
+                "n_params": self.n_params,
+                "tokens": self.tokens,
+                "width": self.width,
+                "depth": self.depth,
+            }.items()
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Scale:
@@ -140,11 +147,24 @@ class ScaleOptimum:
         for a in AXES:
             o = d.get(a)
             if o is not None:
-                opt[a] = AxisOptimum(Interval.from_dict(o), float(o.get("log_se", math.nan)), int(o.get("n_values", 0)), str(o.get("status", "")))
+                opt[a] = AxisOptimum(
+                    Interval.from_dict(o),
+                    float(o.get("log_se", math.nan)),
+                    int(o.get("n_values", 0)),
+                    str(o.get("status", "")),
+                )
         near = dict(d.get("near_optimal") or {})
         n_near = int(near.pop("n_runs", 0))
-        return cls(Scale.from_dict(d["scale"]), int(d["n_runs"]), int(d.get("n_diverged", 0)), float(d["loss"]), opt,
-                   {a: (float(v[0]), float(v[1])) for a, v in near.items()}, n_near, tuple(d.get("flags", ())))
+        return cls(
+            Scale.from_dict(d["scale"]),
+            int(d["n_runs"]),
+            int(d.get("n_diverged", 0)),
+            float(d["loss"]),
+            opt,
+            {a: (float(v[0]), float(v[1])) for a, v in near.items()},
+            n_near,
+            tuple(d.get("flags", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -171,9 +191,11 @@ class NoiseEstimate:
     assumed: bool  # dof < MIN_NOISE_DOF: the prior σ0 dominates
 
     def message(self) -> str:
-        return (f"loss noise was assumed ({100 * LOSS_NOISE:.2g}% relative), not measured: "
-                f"{self.dof} residual degree(s) of freedom; need ≥ {MIN_NOISE_DOF} more runs near the optimum "
-                "than the bowl has parameters, or seed replicates (same scale and hyperparameters)")
+        return (
+            f"loss noise was assumed ({100 * LOSS_NOISE:.2g}% relative), not measured: "
+            f"{self.dof} residual degree(s) of freedom; need ≥ {MIN_NOISE_DOF} more runs near the optimum "
+            "than the bowl has parameters, or seed replicates (same scale and hyperparameters)"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,7 +205,7 @@ class SweepAnalysis:
     scales: tuple[Scale, ...]
     axes: tuple[str, ...]  # the modelled (swept) axes, order of the bowl's columns
     data: BowlData | None
-    fit: BowlFit | None
+    bowl: BowlSolution | None
     centre: np.ndarray  # (S, d) log optimum, NaN where the axis is not active
     centre_se: np.ndarray  # (S, d)
     optima: tuple[ScaleOptimum, ...]
@@ -204,7 +226,9 @@ def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
     inv = inv.ravel()
     first = [int(np.flatnonzero(inv == s)[0]) for s in range(len(uniq))]
     scales = tuple(Scale(*(float(cols[i, j]) for j in range(4))) for i in first)
-    order = sorted(range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth))
+    order = sorted(
+        range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth)
+    )
     remap = np.empty(len(scales), dtype=int)
     remap[order] = np.arange(len(scales))
     return tuple(scales[i] for i in order), remap[inv]
@@ -291,8 +315,14 @@ def find_outliers(runs: RunTable, sidx: np.ndarray, n_scales: int) -> tuple[Outl
     out = []
     for i in np.flatnonzero(low):
         p = math.exp(pred[i])
-        out.append(_outlier(runs, int(i), f"loss {runs.final_loss[i]:.4g} is {100 * (1 - runs.final_loss[i] / p):.0f}% "
-                                          f"below what its {n_nb[i]} nearest runs at this scale predict ({p:.4g})"))
+        out.append(
+            _outlier(
+                runs,
+                int(i),
+                f"loss {runs.final_loss[i]:.4g} is {100 * (1 - runs.final_loss[i] / p):.0f}% "
+                f"below what its {n_nb[i]} nearest runs at this scale predict ({p:.4g})",
+            )
+        )
     return tuple(out)
 
 
@@ -306,8 +336,10 @@ def outlier_warning(runs: RunTable, outliers: tuple[Outlier, ...]) -> str | None
         return None
     named = ", ".join(runs.label(o.index) for o in outliers[:_MAX_NAMED])
     more = f" and {len(outliers) - _MAX_NAMED} more" if len(outliers) > _MAX_NAMED else ""
-    return (f"{len(outliers)} run(s) left out as implausible for their scale (loss far from what neighbouring runs "
-            f"or the fitted bowl predict): {named}{more}; check them (e.g. {outliers[0].reason})")
+    return (
+        f"{len(outliers)} run(s) left out as implausible for their scale (loss far from what neighbouring runs "
+        f"or the fitted bowl predict): {named}{more}; check them (e.g. {outliers[0].reason})"
+    )
 
 
 # Stage 2: classify runs --------------------------------------------------------------
@@ -345,7 +377,9 @@ def weight_decay_offset(weight_decay: np.ndarray, usable: np.ndarray) -> float:
     return 0.5 * float(pos.min()) if pos.size and np.any(usable & (weight_decay == 0)) else 0.0
 
 
-def choose_axes(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int) -> tuple[tuple[str, ...], list[str]]:
+def choose_axes(
+    hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int
+) -> tuple[tuple[str, ...], list[str]]:
     """An axis is modelled if some scale sweeps it over ≥ 3 values (else its curvature is unknown)."""
     axes, warnings = [], []
     for a in AXES:
@@ -354,12 +388,15 @@ def choose_axes(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarr
         if n >= 3:
             axes.append(a)
         elif n == 2:
-            warnings.append(f"{AXIS_LABEL[a]} takes only 2 values at any scale; need ≥ 3 at one scale to locate its optimum")
+            warnings.append(
+                f"{AXIS_LABEL[a]} takes only 2 values at any scale; need ≥ 3 at one scale to locate its optimum"
+            )
     return tuple(axes), warnings
 
 
-def keep_modal_values(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int,
-                      axes: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+def keep_modal_values(
+    hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np.ndarray, n_scales: int, axes: tuple[str, ...]
+) -> tuple[np.ndarray, list[str]]:
     """Hyperparameters that are not modelled must not vary inside a scale: keep each scale's modal value."""
     warnings = []
     for a in AXES:
@@ -379,8 +416,15 @@ def keep_modal_values(hp: Mapping[str, np.ndarray], usable: np.ndarray, sidx: np
 
 
 # Stage 4–5: band, active axes, interactions ------------------------------------------
-def select_rows(hp: Mapping[str, np.ndarray], axes: tuple[str, ...], y: np.ndarray, usable: np.ndarray,
-                sidx: np.ndarray, n_scales: int, band: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def select_rows(
+    hp: Mapping[str, np.ndarray],
+    axes: tuple[str, ...],
+    y: np.ndarray,
+    usable: np.ndarray,
+    sidx: np.ndarray,
+    n_scales: int,
+    band: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(in_band mask, active (S, d), n_values (S, d)): the band of each scale and where each axis varies in it."""
     idx = np.flatnonzero(usable)
     in_band = np.zeros(y.shape[0], dtype=bool)
@@ -415,8 +459,9 @@ def interactions(U: np.ndarray, usable: np.ndarray, sidx: np.ndarray, n_scales: 
 
 
 # Stage 6: the joint bowl, and outliers against it ------------------------------------
-def fit_scale_bowls(U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray,
-                    cross: np.ndarray) -> tuple[BowlData, BowlFit | None, np.ndarray, list[str]]:
+def fit_scale_bowls(
+    U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray, cross: np.ndarray
+) -> tuple[BowlData, BowlSolution | None, np.ndarray, list[str]]:
     """Fit the bowl with a free centre per scale to the band's runs; warn when it fails or does not converge.
 
     The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF runs more than the
@@ -436,12 +481,14 @@ def fit_scale_bowls(U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.
         warnings.append(f"the loss-surface fit failed ({e}); per-scale optima fall back to the best run")
         return data, None, col_of, warnings
     if not fit.success:
-        warnings.append("the per-scale loss-surface fit did not converge (least squares stopped on its evaluation "
-                        "budget): the optima and their intervals may be inaccurate")
+        warnings.append(
+            "the per-scale loss-surface fit did not converge (least squares stopped on its evaluation "
+            "budget): the optima and their intervals may be inaccurate"
+        )
     return data, fit, col_of, warnings
 
 
-def bowl_outliers(runs: RunTable, fit: BowlFit, data: BowlData, rows: np.ndarray) -> tuple[Outlier, ...]:
+def bowl_outliers(runs: RunTable, fit: BowlSolution, data: BowlData, rows: np.ndarray) -> tuple[Outlier, ...]:
     """Band runs whose loss is further from the fitted bowl than OUTLIER_Z·σ and OUTLIER_MIN_DEV.
 
     σ is the fit's robust residual scale, floored at LOSS_NOISE; only scales with more band
@@ -455,13 +502,21 @@ def bowl_outliers(runs: RunTable, fit: BowlFit, data: BowlData, rows: np.ndarray
         i = int(rows[r_i])
         p = math.exp(data.y[r_i] + fit.resid[r_i])
         side = "above" if fit.resid[r_i] < 0 else "below"
-        out.append(_outlier(runs, i, f"loss {runs.final_loss[i]:.4g} is {100 * abs(runs.final_loss[i] / p - 1):.0f}% "
-                                     f"{side} the loss bowl fitted to its scale's near-optimal runs ({p:.4g})"))
+        out.append(
+            _outlier(
+                runs,
+                i,
+                f"loss {runs.final_loss[i]:.4g} is {100 * abs(runs.final_loss[i] / p - 1):.0f}% "
+                f"{side} the loss bowl fitted to its scale's near-optimal runs ({p:.4g})",
+            )
+        )
     return tuple(out)
 
 
 # Stage 7: noise ----------------------------------------------------------------------
-def replicate_scatter(hp: Mapping[str, np.ndarray], y: np.ndarray, usable: np.ndarray, sidx: np.ndarray) -> tuple[float, int]:
+def replicate_scatter(
+    hp: Mapping[str, np.ndarray], y: np.ndarray, usable: np.ndarray, sidx: np.ndarray
+) -> tuple[float, int]:
     """(Σ squared deviations from group means, dof) over groups of usable runs at the same scale and hyperparameters."""
     idx = np.flatnonzero(usable)
     if idx.size < 2:
@@ -475,7 +530,7 @@ def replicate_scatter(hp: Mapping[str, np.ndarray], y: np.ndarray, usable: np.nd
     return ss, int(np.sum(n - 1))
 
 
-def loss_noise(fit: BowlFit | None, replicate_ss: float, replicate_dof: int) -> NoiseEstimate:
+def loss_noise(fit: BowlSolution | None, replicate_ss: float, replicate_dof: int) -> NoiseEstimate:
     """Residual noise of log loss pooled with the LOSS_NOISE prior (scaled-inverse-χ², NOISE_PRIOR_DOF).
 
     The bowl contributes n·σ̂² with σ̂ its robust (MAD) residual scale, i.e. dof·σ² with the
@@ -491,8 +546,9 @@ def loss_noise(fit: BowlFit | None, replicate_ss: float, replicate_dof: int) -> 
 
 
 # Stage 8: per-scale centres ----------------------------------------------------------
-def bootstrap_centres(fit: BowlFit, data: BowlData, col_of: np.ndarray, sigma: float, bootstrap: int,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bootstrap_centres(
+    fit: BowlSolution, data: BowlData, col_of: np.ndarray, sigma: float, bootstrap: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(centre (S, d), centre_se (S, d), samples (B, S, d)): each scale's bowl centre and its uncertainty.
 
     A bootstrap over the scale's runs (one Gauss–Newton step, shape held fixed) gives the
@@ -514,8 +570,9 @@ def bootstrap_centres(fit: BowlFit, data: BowlData, col_of: np.ndarray, sigma: f
             continue
         cols = np.array([s] + [S + offs[j] + col_of[s, j] for j in js])
         counts = rng.multinomial(rs.size, np.full(rs.size, 1.0 / rs.size), size=bootstrap).astype(float)
-        samp = linear_bootstrap(fit.jac[np.ix_(rs, cols)], fit.weights[rs], fit.resid[rs], fit.params[cols],
-                                np.arange(rs.size), counts)
+        samp = linear_bootstrap(
+            fit.jac[np.ix_(rs, cols)], fit.weights[rs], fit.resid[rs], fit.params[cols], np.arange(rs.size), counts
+        )
         Js = fit.jac[np.ix_(rs, cols)] * np.sqrt(fit.weights[rs])[:, None]
         floor = sigma * np.sqrt(np.diag(np.linalg.pinv(Js.T @ Js)))
         for c, j in enumerate(js):
@@ -585,8 +642,9 @@ def scale_optimum(ev: _Evidence, s: int, scale: Scale) -> ScaleOptimum:
         flags.append(f"{n_out} run(s) at this scale left out as implausible outliers")
     if ev.coordinate_wise:
         flags.append("bracketed along one axis at a time only (coordinate-wise ablations)")
-    return ScaleOptimum(scale, int(m_all.sum()), int((cl.diverged & m_all).sum()), best, opt,
-                        near_rng, int(near.sum()), tuple(flags))
+    return ScaleOptimum(
+        scale, int(m_all.sum()), int((cl.diverged & m_all).sum()), best, opt, near_rng, int(near.sum()), tuple(flags)
+    )
 
 
 def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[str]) -> AxisOptimum:
@@ -599,10 +657,14 @@ def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[st
     status = "bracketed"
     if lv > hi_sw + _TOL:
         status = "above_sweep"
-        flags.append(f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep")
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep"
+        )
     elif lv < lo_sw - _TOL:
         status = "below_sweep"
-        flags.append(f"{AXIS_LABEL[a]} optimum lies below the smallest value swept: only an upper bound; extend the sweep")
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies below the smallest value swept: only an upper bound; extend the sweep"
+        )
     samples = ev.boot[:, s, j]
     cap = ev.log_lr_cap[s]
     if a == "learning_rate" and lv >= cap:
@@ -612,7 +674,9 @@ def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[st
         samples = np.minimum(samples, cap)
         flags.append(f"learning-rate optimum capped by a diverged run at lr={np.exp(cap):.3g}")
     if nv == 2:
-        flags.append(f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales")
+        flags.append(
+            f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales"
+        )
     # An unidentified centre can have a huge standard error; ±_MAX_LOG_DEV (a factor of
     # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite.
     iv = Interval.exp_of(lv, np.clip(samples, lv - _MAX_LOG_DEV, lv + _MAX_LOG_DEV))
@@ -624,8 +688,9 @@ def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[st
     return AxisOptimum(iv, float(ev.centre_se[s, j]), nv, status)
 
 
-def _best_run_optimum(ev: _Evidence, a: str, m: np.ndarray, ib: int, near_rng: Mapping[str, tuple[float, float]],
-                      flags: list[str]) -> AxisOptimum:
+def _best_run_optimum(
+    ev: _Evidence, a: str, m: np.ndarray, ib: int, near_rng: Mapping[str, tuple[float, float]], flags: list[str]
+) -> AxisOptimum:
     """An axis without a bowl centre: the value used (one value swept) or the best run's value (unresolved)."""
     nv = distinct_log_values(ev.hp[a][m], _TOL)
     v = float(ev.hp[a][ib]) - (ev.wd_offset if a == "weight_decay" else 0.0)
@@ -637,9 +702,7 @@ def _best_run_optimum(ev: _Evidence, a: str, m: np.ndarray, ib: int, near_rng: M
 
 
 # The pipeline ------------------------------------------------------------------------
-def analyse_sweeps(
-    runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band: float = DEFAULT_BAND
-) -> SweepAnalysis:
+def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band: float = DEFAULT_BAND) -> SweepAnalysis:
     """Per-scale optima of lr, bs, wd in log space with 90% intervals and flags.
 
     log loss = l0_s + ½ zᵀHz + Σκ z³, z = log h − log h*_s (shared H, κ; h*_s per scale).
@@ -671,14 +734,42 @@ def analyse_sweeps(
     S_d = (S, len(axes))
     centre, centre_se, boot = np.full(S_d, np.nan), np.full(S_d, np.nan), np.full((max(bootstrap, 0), *S_d), np.nan)
     if fit is not None:
-        centre, centre_se, boot = bootstrap_centres(fit, data, st["col_of"], noise.sigma, bootstrap,
-                                                    np.random.default_rng(seed))
+        centre, centre_se, boot = bootstrap_centres(
+            fit, data, st["col_of"], noise.sigma, bootstrap, np.random.default_rng(seed)
+        )
     log_lr_cap = divergence_caps(runs.learning_rate, cl.diverged, sidx, S)
-    ev = _Evidence(runs, sidx, cl, st["usable"], st["hp"], axes, st["wd0"], centre, centre_se, boot, log_lr_cap,
-                   st["coordinate_wise"], noise)
+    ev = _Evidence(
+        runs,
+        sidx,
+        cl,
+        st["usable"],
+        st["hp"],
+        axes,
+        st["wd0"],
+        centre,
+        centre_se,
+        boot,
+        log_lr_cap,
+        st["coordinate_wise"],
+        noise,
+    )
     optima = tuple(scale_optimum(ev, s, scales[s]) for s in range(S))
-    return SweepAnalysis(scales, axes, data, fit, centre, centre_se, optima, st["coordinate_wise"], tuple(warnings),
-                         len(runs), log_lr_cap, st["wd0"], tuple(outliers), noise)
+    return SweepAnalysis(
+        scales,
+        axes,
+        data,
+        fit,
+        centre,
+        centre_se,
+        optima,
+        st["coordinate_wise"],
+        tuple(warnings),
+        len(runs),
+        log_lr_cap,
+        st["wd0"],
+        tuple(outliers),
+        noise,
+    )
 
 
 def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:
@@ -686,8 +777,10 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     cl = classify_runs(runs, sidx, S, excluded)
     warnings: list[str] = []
     if np.any(cl.left):
-        warnings.append(f"{int(cl.left.sum())} completed run(s) ended > {LEFT_BASIN:.0%} above their scale's best "
-                        "loss; treated as diverged")
+        warnings.append(
+            f"{int(cl.left.sum())} completed run(s) ended > {LEFT_BASIN:.0%} above their scale's best "
+            "loss; treated as diverged"
+        )
     n_bad = int(np.count_nonzero(runs.completed & ~(runs.final_loss > 0)))
     if n_bad:
         warnings.append(f"{n_bad} completed run(s) with a final loss ≤ 0 left out: losses are modelled in log space")
@@ -698,8 +791,10 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     usable = cl.usable
     if "weight_decay" in axes:
         if wd0 > 0:
-            warnings.append(f"weight decay 0 was swept: the weight-decay axis is log(wd + {wd0:.3g}) "
-                            "(half the smallest positive value), so runs without decay bound the optimum from below")
+            warnings.append(
+                f"weight decay 0 was swept: the weight-decay axis is log(wd + {wd0:.3g}) "
+                "(half the smallest positive value), so runs without decay bound the optimum from below"
+            )
         usable = usable & (hp["weight_decay"] > 0)
     usable, w = keep_modal_values(hp, usable, sidx, S, axes)
     warnings += w
@@ -710,15 +805,30 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     cross = interactions(U, usable, sidx, S)
     coordinate_wise = d >= 2 and not cross.any()
     if coordinate_wise:
-        warnings.append("coordinate-wise sweep: no runs vary two of " + ", ".join(AXIS_LABEL[a] for a in axes)
-                        + " together, so each optimum is bracketed along one axis at a time only and their "
-                        "interactions (e.g. the LR–batch valley) are not identified")
+        warnings.append(
+            "coordinate-wise sweep: no runs vary two of "
+            + ", ".join(AXIS_LABEL[a] for a in axes)
+            + " together, so each optimum is bracketed along one axis at a time only and their "
+            "interactions (e.g. the LR–batch valley) are not identified"
+        )
     data, fit, col_of = None, None, np.zeros((S, 0), dtype=int)
     if d:
         data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross)
         warnings += w
-    return {"classes": cl, "axes": axes, "hp": hp, "wd0": wd0, "usable": usable, "y": y, "in_band": in_band,
-            "coordinate_wise": coordinate_wise, "data": data, "fit": fit, "col_of": col_of, "warnings": warnings}
+    return {
+        "classes": cl,
+        "axes": axes,
+        "hp": hp,
+        "wd0": wd0,
+        "usable": usable,
+        "y": y,
+        "in_band": in_band,
+        "coordinate_wise": coordinate_wise,
+        "data": data,
+        "fit": fit,
+        "col_of": col_of,
+        "warnings": warnings,
+    }
 
 
 def _one_hot(active: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from fitting.common import AXIS_LABEL, Z90
 from fitting.published import FLOPS_PER_PARAM_TOKEN
-from fitting.study_fit import StudyFit, predict, target_variables
+from fitting.study_fit import StudyResult, predict, target_variables
 
 LAW_WEIGHT = {"learning_rate": 1.0, "batch_size": 0.5, "weight_decay": 0.5}
 # A proxy may cost at most this much more than the largest proxy so far, or this share of the target.
@@ -31,6 +31,8 @@ MAX_COST_OVER_LARGEST_PROXY = 16.0
 def flops(scale: Mapping[str, float]) -> float:
     """Training FLOPs of a scale, 6·N·D."""
     return FLOPS_PER_PARAM_TOKEN * scale["n_params"] * scale["tokens"]
+
+
 MAX_SHARE_OF_TARGET_COMPUTE = 0.01
 _SCALE_KEYS = ("n_params", "tokens", "width", "depth")
 
@@ -104,7 +106,7 @@ def _design(law: Any, scale: Mapping[str, float]) -> np.ndarray | None:
     return law.design(values)
 
 
-def _observation_variance(fit: StudyFit, axis: str) -> float:
+def _observation_variance(fit: StudyResult, axis: str) -> float:
     """Typical variance (log units²) of one scale's optimum of `axis`, plus the law's scatter."""
     half_widths = []
     for optimum in fit.optima:
@@ -115,14 +117,13 @@ def _observation_variance(fit: StudyFit, axis: str) -> float:
     return noise + fit.laws[axis].scatter ** 2
 
 
-def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> list[Suggestion]:
+def suggest_runs(fit: StudyResult, target: Mapping[str, float], count: int = 5) -> list[Suggestion]:
     """The `count` proxy scales that would most shrink the recommendation's intervals at `target`."""
     if count < 1:
         raise ValueError("count must be ≥ 1")
     target_variables(fit, target)  # raises MissingTarget naming what the laws need
     proxies = [
-        {k: v for k, v in o.scale.to_dict().items() if v is not None and np.isfinite(v) and v > 0}
-        for o in fit.optima
+        {k: v for k, v in o.scale.to_dict().items() if v is not None and np.isfinite(v) and v > 0} for o in fit.optima
     ]
     proxies = [p for p in proxies if "n_params" in p and "tokens" in p]
     if not proxies:
@@ -153,8 +154,12 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
         if any(v not in full_target for v in law.variables):
             continue
         sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))
-        state[axis] = {"sigma": sigma, "x_t": law.design(full_target), "noise": _observation_variance(fit, axis),
-                       "start": None}
+        state[axis] = {
+            "sigma": sigma,
+            "x_t": law.design(full_target),
+            "noise": _observation_variance(fit, axis),
+            "start": None,
+        }
         x_t = state[axis]["x_t"]
         state[axis]["start"] = float(x_t @ sigma @ x_t) + law.scatter**2
 
@@ -194,8 +199,14 @@ def suggest_runs(fit: StudyFit, target: Mapping[str, float], count: int = 5) -> 
     return chosen
 
 
-def _suggestion(fit: StudyFit, scale: dict[str, float], proxies: list[dict[str, float]],
-                shrink: dict[str, float], cumulative: dict[str, float], missing: list[str]) -> Suggestion:
+def _suggestion(
+    fit: StudyResult,
+    scale: dict[str, float],
+    proxies: list[dict[str, float]],
+    shrink: dict[str, float],
+    cumulative: dict[str, float],
+    missing: list[str],
+) -> Suggestion:
     lr = bs = wd = None
     try:
         p = predict(fit, scale)
@@ -222,8 +233,10 @@ def _suggestion(fit: StudyFit, scale: dict[str, float], proxies: list[dict[str, 
         where = "adds a new combination of n_params and tokens inside the proxies' range, separating their effects"
     if shrink:
         axis = "learning_rate" if "learning_rate" in shrink else max(shrink, key=shrink.get)
-        why = (f"would narrow the {AXIS_LABEL[axis]} interval at the target by about "
-               f"{100 * shrink[axis]:.0f}% (on top of the suggestions before it)")
+        why = (
+            f"would narrow the {AXIS_LABEL[axis]} interval at the target by about "
+            f"{100 * shrink[axis]:.0f}% (on top of the suggestions before it)"
+        )
     elif missing:
         why = f"needed because {fit.missing[missing[0]]}"
     else:

@@ -32,8 +32,10 @@ DEEPSEEK_LR_EXPONENT = -0.1250
 DEEPSEEK_BATCH_TOKENS_PREFACTOR = 0.2920
 DEEPSEEK_BATCH_TOKENS_EXPONENT = 0.3271
 # Compute-optimal allocation, (prefactor, exponent) of C: M* = 0.1715·C^0.5243, D* = 5.8316·C^0.4757.
-DEEPSEEK_ALLOCATION: Mapping[str, tuple[float, float]] = {"flops_per_token": (0.1715, 0.5243),
-                                                          "tokens": (5.8316, 0.4757)}
+DEEPSEEK_ALLOCATION: Mapping[str, tuple[float, float]] = {
+    "flops_per_token": (0.1715, 0.5243),
+    "tokens": (5.8316, 0.4757),
+}
 
 # Exponents without a published centre still get a proper, deliberately vague prior: it
 # lets model averaging weigh variable sets by their evidence (an improper prior would make

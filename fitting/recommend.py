@@ -16,7 +16,7 @@ from typing import Any
 from fitting.baselines import baselines
 from fitting.common import InsufficientData, Interval
 from fitting.loss_law import ComputeOptimal, compute_optimal
-from fitting.study_fit import MissingTarget, Prediction, StudyFit, predict
+from fitting.study_fit import MissingTarget, Prediction, StudyResult, predict
 from fitting.transfer import per_layer_multipliers
 
 MUP_FAMILY = ("mup", "depth-mup", "completep")
@@ -67,7 +67,7 @@ def round_to_multiple(batch: float, multiple: int) -> int:
 
 
 def recommend(
-    fit: StudyFit,
+    fit: StudyResult,
     target: Mapping[str, float],
     study: StudyInfo = StudyInfo(),
     *,
@@ -126,8 +126,8 @@ def recommend(
         try:
             rules = per_layer_multipliers(
                 study.parameterization,
-                int(round(target["width"])) if "width" in target else None,  # type: ignore[arg-type]
-                int(round(target["depth"])) if "depth" in target else None,
+                round(target["width"]) if "width" in target else None,
+                round(target["depth"]) if "depth" in target else None,
                 study.base_width,
                 study.base_depth,
                 optimizer=study.optimizer,

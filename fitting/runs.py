@@ -49,16 +49,12 @@ class RunTable:
         return int(self.n_params.shape[0])
 
     @classmethod
-    def from_records(
-        cls, records: Iterable[Mapping[str, Any]], default_seq_len: float | None = None
-    ) -> RunTable:
+    def from_records(cls, records: Iterable[Mapping[str, Any]], default_seq_len: float | None = None) -> RunTable:
         """Build from dicts with the contract's run field names (missing → NaN / defaults)."""
         rows = list(records)
 
         def column(name: str, default: float = np.nan) -> np.ndarray:
-            return np.array(
-                [default if r.get(name) is None else float(r[name]) for r in rows], dtype=float
-            )
+            return np.array([default if r.get(name) is None else float(r[name]) for r in rows], dtype=float)
 
         seq_default = np.nan if default_seq_len is None else float(default_seq_len)
         return cls(

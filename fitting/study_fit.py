@@ -1,7 +1,7 @@
-"""Entry points for the HTTP layer: `fit_study` (a study's runs → StudyFit) and `predict`.
+"""Entry points for the HTTP layer: `fit_study` (a study's runs → StudyResult) and `predict`.
 
-A StudyFit serialises to the contract's fit object (`to_dict`) and to a richer JSON state
-(`to_state`, with bootstrap samples and observed ranges) from which `StudyFit.from_state`
+A StudyResult serialises to the contract's fit object (`to_dict`) and to a richer JSON state
+(`to_state`, with bootstrap samples and observed ranges) from which `StudyResult.from_state`
 rebuilds everything `predict` needs.
 
 Extrapolation: per law variable, the target's distance outside the proxies' observed range
@@ -21,7 +21,7 @@ import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, percentile_bounds, scale_variables
 from fitting.laws import BowlShape, PowerLaw, fit_laws
-from fitting.loss_law import LossLawFit, fit_loss_law
+from fitting.loss_law import LossLaw, fit_loss_law
 from fitting.optima import ScaleOptimum, analyse_sweeps
 from fitting.published import ExponentPrior, exponent_priors
 from fitting.runs import RunTable
@@ -47,13 +47,13 @@ class MissingTarget(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
-class StudyFit:
+class StudyResult:
     """A study's fit: per-scale optima, power laws, shared bowl shape, loss law, warnings."""
 
     optima: tuple[ScaleOptimum, ...]
     laws: Mapping[str, PowerLaw]
     shape: BowlShape | None
-    loss_law: LossLawFit | None
+    loss_law: LossLaw | None
     weight_decay_analysis: Mapping[str, Any] | None
     warnings: tuple[str, ...]
     n_runs: int
@@ -90,7 +90,7 @@ class StudyFit:
         return d
 
     @classmethod
-    def from_state(cls, d: Mapping[str, Any]) -> StudyFit:
+    def from_state(cls, d: Mapping[str, Any]) -> StudyResult:
         """Inverse of `to_state`. Raises StaleState for a state written by an older engine."""
         st = d.get("state") or {}
         if st.get("version") != 2:
@@ -99,7 +99,7 @@ class StudyFit:
             optima=tuple(ScaleOptimum.from_dict(o) for o in d.get("optima", [])),
             laws={a: PowerLaw.from_state(v) for a, v in (st.get("laws") or {}).items()},
             shape=None if st.get("shape") is None else BowlShape.from_state(st["shape"]),
-            loss_law=None if d.get("loss_law") is None else LossLawFit.from_dict(d["loss_law"]),
+            loss_law=None if d.get("loss_law") is None else LossLaw.from_dict(d["loss_law"]),
             weight_decay_analysis=d.get("weight_decay_analysis"),
             warnings=tuple(d.get("warnings", ())),
             n_runs=int(d.get("n_runs", 0)),
@@ -111,8 +111,9 @@ class StudyFit:
         )
 
 
-def study_priors(parameterization: str, optimizer: str, mode: str, runs: RunTable
-                 ) -> dict[str, dict[str, ExponentPrior]]:
+def study_priors(
+    parameterization: str, optimizer: str, mode: str, runs: RunTable
+) -> dict[str, dict[str, ExponentPrior]]:
     """Per axis, the published priors on its law's exponents ({} everywhere for mode "none")."""
     if mode not in PRIOR_MODES:
         raise ValueError(f"priors must be one of {PRIOR_MODES}, got {mode!r}")
@@ -124,9 +125,16 @@ def study_priors(parameterization: str, optimizer: str, mode: str, runs: RunTabl
 
 
 def fit_study(
-    runs: RunTable, *, bootstrap: int = 200, seed: int = 0, seq_len: float | None = None, loss_law: bool = True,
-    parameterization: str = "sp", optimizer: str = "adamw", priors: str = "published",
-) -> StudyFit:
+    runs: RunTable,
+    *,
+    bootstrap: int = 200,
+    seed: int = 0,
+    seq_len: float | None = None,
+    loss_law: bool = True,
+    parameterization: str = "sp",
+    optimizer: str = "adamw",
+    priors: str = "published",
+) -> StudyResult:
     """Per-scale optima, power laws for lr/bs/wd, weight-decay analysis and loss law of a study.
 
     log h* = c + Σ a_j log x_j per hyperparameter: a model average over variable sets with
@@ -138,19 +146,24 @@ def fit_study(
         if sl.size and np.all(sl == sl[0]):
             seq_len = float(sl[0])
     analysis = analyse_sweeps(runs, bootstrap=bootstrap, seed=seed)
-    law_set = fit_laws(analysis, bootstrap=bootstrap, seed=seed,
-                       priors=study_priors(parameterization, optimizer, priors, runs))
+    law_set = fit_laws(
+        analysis, bootstrap=bootstrap, seed=seed, priors=study_priors(parameterization, optimizer, priors, runs)
+    )
     warnings = list(analysis.warnings)
     for axis, why in law_set.missing.items():
         warnings.append(f"no {AXIS_LABEL[axis]} law: {why}")
     for axis, law in law_set.laws.items():
         moved = [v for v in law.variables if law.priors[v].published]
         if moved and law.n_scales < 4:
-            warnings.append(f"{AXIS_LABEL[axis]} law rests on {law.n_scales} scales: its exponents are mostly the "
-                            "published priors'; proxies at more sizes and token budgets would let the data decide")
+            warnings.append(
+                f"{AXIS_LABEL[axis]} law rests on {law.n_scales} scales: its exponents are mostly the "
+                "published priors'; proxies at more sizes and token budgets would let the data decide"
+            )
         if law.calibration > 1.05:
-            warnings.append(f"{AXIS_LABEL[axis]} law: forecasts of the largest proxies from the smaller ones missed "
-                            f"by more than their intervals; intervals widened {law.calibration:.2f}×")
+            warnings.append(
+                f"{AXIS_LABEL[axis]} law: forecasts of the largest proxies from the smaller ones missed "
+                f"by more than their intervals; intervals widened {law.calibration:.2f}×"
+            )
     wd = None
     if "weight_decay" in analysis.axes:
         res = analyse_weight_decay(analysis, seq_len, bootstrap=min(bootstrap, 200), seed=seed)
@@ -159,19 +172,39 @@ def fit_study(
         else:
             wd = res.to_dict()
     ll = _loss_law(analysis.optima, bootstrap, seed, warnings) if loss_law else None
-    outliers = tuple({"run_id": None if o.run_id is None or not math.isfinite(o.run_id) else int(o.run_id),
-                      "run_key": o.run_key, "reason": o.reason} for o in getattr(analysis, "outliers", ()))
-    return StudyFit(tuple(analysis.optima), law_set.laws, law_set.shape, ll, wd, tuple(warnings), len(runs),
-                    dict(law_set.missing), seq_len, bootstrap, outliers, priors)
+    outliers = tuple(
+        {
+            "run_id": None if o.run_id is None or not math.isfinite(o.run_id) else int(o.run_id),
+            "run_key": o.run_key,
+            "reason": o.reason,
+        }
+        for o in getattr(analysis, "outliers", ())
+    )
+    return StudyResult(
+        tuple(analysis.optima),
+        law_set.laws,
+        law_set.shape,
+        ll,
+        wd,
+        tuple(warnings),
+        len(runs),
+        dict(law_set.missing),
+        seq_len,
+        bootstrap,
+        outliers,
+        priors,
+    )
 
 
-def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]) -> LossLawFit | None:
+def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]) -> LossLaw | None:
     pts = [(o.scale.n_params, o.scale.tokens, o.loss) for o in optima if math.isfinite(o.loss)]
     n_n = len({p[0] for p in pts})
     n_d = len({p[1] for p in pts})
     if len(pts) < LOSS_LAW_MIN_SCALES or n_n < 2 or n_d < 2:
-        warnings.append(f"no loss law: {len(pts)} scales with {n_n} distinct n_params and {n_d} distinct tokens; "
-                        f"need ≥ {LOSS_LAW_MIN_SCALES} scales with ≥ 2 of each")
+        warnings.append(
+            f"no loss law: {len(pts)} scales with {n_n} distinct n_params and {n_d} distinct tokens; "
+            f"need ≥ {LOSS_LAW_MIN_SCALES} scales with ≥ 2 of each"
+        )
         return None
     n, d, l = (np.array(c, dtype=float) for c in zip(*pts))
     try:
@@ -225,7 +258,7 @@ class Prediction:
         }
 
 
-def extrapolation(fit: StudyFit, target: Mapping[str, float]) -> Extrapolation:
+def extrapolation(fit: StudyResult, target: Mapping[str, float]) -> Extrapolation:
     """How far outside the proxies' range the target lies (factor ≥ 1 per law variable, max over them)."""
     per: dict[str, float] = {}
     for law in fit.laws.values():
@@ -244,7 +277,7 @@ def extrapolation(fit: StudyFit, target: Mapping[str, float]) -> Extrapolation:
     return Extrapolation(level, factor, per)
 
 
-def target_variables(fit: StudyFit, target: Mapping[str, float]) -> dict[str, float]:
+def target_variables(fit: StudyResult, target: Mapping[str, float]) -> dict[str, float]:
     """The target's law variables (compute derived from n_params and tokens); MissingTarget if a law needs one."""
     t = {k: float(v) for k, v in target.items() if v is not None}
     if "compute" not in t and "n_params" in t and "tokens" in t:
@@ -258,12 +291,13 @@ def target_variables(fit: StudyFit, target: Mapping[str, float]) -> dict[str, fl
         # average conditional on them); only when no set can is a variable missing.
         if share <= 0.0:
             v = next(v for m in law.models for v in m.variables if v not in t)
-            raise MissingTarget("n_params" if v == "compute" and "n_params" not in t else
-                                "tokens" if v == "compute" else v)
+            raise MissingTarget(
+                "n_params" if v == "compute" and "n_params" not in t else "tokens" if v == "compute" else v
+            )
     return t
 
 
-def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None = None) -> Prediction:
+def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | None = None) -> Prediction:
     """lr, bs, wd at `target` with 90% predictive intervals; lr (and wd) at `batch_size` when given.
 
     log h*(x) ~ the law's posterior mixture plus its scatter τ; conditional optimum: minimise
@@ -285,9 +319,11 @@ def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None
         w, share = law.usable_components(list(t))
         if share < 1.0 - 1e-9:
             unused = sorted({v for m in law.models for v in m.variables if v not in t})
-            warnings.append(f"{AXIS_LABEL[a]} law: variable sets using {', '.join(unused)} "
-                            f"({100 * (1 - share):.0f}% of the average) were left out because the target does not "
-                            f"give {'it' if len(unused) == 1 else 'them'}; pass {', '.join(unused)} to use the whole law")
+            warnings.append(
+                f"{AXIS_LABEL[a]} law: variable sets using {', '.join(unused)} "
+                f"({100 * (1 - share):.0f}% of the average) were left out because the target does not "
+                f"give {'it' if len(unused) == 1 else 'them'}; pass {', '.join(unused)} to use the whole law"
+            )
         value, law_draws, scatter = law.predict_log(t, weights=w)
         draws[a] = (value, law_draws + scatter)
     conditioned = False
@@ -295,13 +331,19 @@ def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None
         if not batch_size > 0:
             raise ValueError("batch_size must be > 0")
         if shape is None or "batch_size" not in axes or "batch_size" not in fit.laws:
-            warnings.append("batch size was not swept within the proxy scales (or has no law): the learning rate "
-                            "cannot be conditioned on it; returned the unconditional optimum")
+            warnings.append(
+                "batch size was not swept within the proxy scales (or has no law): the learning rate "
+                "cannot be conditioned on it; returned the unconditional optimum"
+            )
         else:
-            if not shape.cross_identified[max(axes.index("learning_rate"), axes.index("batch_size")),
-                                          min(axes.index("learning_rate"), axes.index("batch_size"))]:
-                warnings.append("the LR–batch interaction is not identified (no runs vary both): lr at the given "
-                                "batch size equals the unconditional optimum")
+            if not shape.cross_identified[
+                max(axes.index("learning_rate"), axes.index("batch_size")),
+                min(axes.index("learning_rate"), axes.index("batch_size")),
+            ]:
+                warnings.append(
+                    "the LR–batch interaction is not identified (no runs vary both): lr at the given "
+                    "batch size equals the unconditional optimum"
+                )
             draws = _conditional(shape, draws, math.log(batch_size))
             conditioned = True
 
@@ -318,31 +360,37 @@ def predict(fit: StudyFit, target: Mapping[str, float], batch_size: float | None
     elif "batch_size" in fit.laws:
         bs = interval("batch_size")
     else:
-        warnings.append(f"batch_size is null: no batch-size law ({fit.missing.get('batch_size', 'not fitted')}); "
-                        "sweep batch size over ≥ 3 values at ≥ 2 scales to get one")
+        warnings.append(
+            f"batch_size is null: no batch-size law ({fit.missing.get('batch_size', 'not fitted')}); "
+            "sweep batch size over ≥ 3 values at ≥ 2 scales to get one"
+        )
     wd = None
     if "weight_decay" in fit.laws:
         wd = interval("weight_decay", shape.wd_offset if shape else 0.0)
         if wd.value == 0.0:
             warnings.append("the weight-decay law predicts no decay at this target")
     else:
-        warnings.append(f"weight_decay is null: no weight-decay law ({fit.missing.get('weight_decay', 'not fitted')}); "
-                        "sweep weight decay over ≥ 3 values at ≥ 2 scales to get one")
+        warnings.append(
+            f"weight_decay is null: no weight-decay law ({fit.missing.get('weight_decay', 'not fitted')}); "
+            "sweep weight decay over ≥ 3 values at ≥ 2 scales to get one"
+        )
     bt = bs.value * fit.seq_len if (bs is not None and fit.seq_len) else None
     loss = None
     if fit.loss_law is None:
-        why = next((w[len("no loss law: "):] for w in fit.warnings if w.startswith("no loss law: ")), "not fitted")
+        why = next((w[len("no loss law: ") :] for w in fit.warnings if w.startswith("no loss law: ")), "not fitted")
         warnings.append(f"predicted_loss is null: no loss law ({why})")
     elif "n_params" in t and "tokens" in t:
         loss = fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
     else:
         warnings.append("predicted_loss is null: the loss law needs the target's n_params and tokens")
-    return Prediction(lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()},
-                      tuple(warnings), conditioned)
+    return Prediction(
+        lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()}, tuple(warnings), conditioned
+    )
 
 
-def _conditional(shape: BowlShape, draws: Mapping[str, tuple[float, np.ndarray]], log_bs: float
-                 ) -> dict[str, tuple[float, np.ndarray]]:
+def _conditional(
+    shape: BowlShape, draws: Mapping[str, tuple[float, np.ndarray]], log_bs: float
+) -> dict[str, tuple[float, np.ndarray]]:
     """Minimise ½zᵀHz + Σκz³ over the non-batch axes with z_bs fixed, per draw (shape draws cycled)."""
     axes = shape.axes
     ib = axes.index("batch_size")
@@ -368,7 +416,10 @@ def _conditional(shape: BowlShape, draws: Mapping[str, tuple[float, np.ndarray]]
         pick = np.arange(n) % len(shape.hessian_samples)
         H, K = shape.hessian_samples[pick], shape.kappa_samples[pick]
     else:
-        H, K = np.broadcast_to(shape.hessian, (n, *shape.hessian.shape)), np.broadcast_to(shape.kappa, (n, shape.kappa.size))
+        H, K = (
+            np.broadcast_to(shape.hessian, (n, *shape.hessian.shape)),
+            np.broadcast_to(shape.kappa, (n, shape.kappa.size)),
+        )
     zs = solve(H, K, log_bs - sb)
     for c, j in enumerate(free):
         a = axes[j]
@@ -377,5 +428,15 @@ def _conditional(shape: BowlShape, draws: Mapping[str, tuple[float, np.ndarray]]
     return out
 
 
-__all__ = ["AXES", "Extrapolation", "MissingTarget", "Prediction", "StaleState", "StudyFit", "extrapolation",
-           "fit_study", "predict", "study_priors"]
+__all__ = [
+    "AXES",
+    "Extrapolation",
+    "MissingTarget",
+    "Prediction",
+    "StaleState",
+    "StudyResult",
+    "extrapolation",
+    "fit_study",
+    "predict",
+    "study_priors",
+]

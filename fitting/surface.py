@@ -44,7 +44,7 @@ class BowlData:
 
 
 @dataclass(frozen=True)
-class BowlFit:
+class BowlSolution:
     """Fitted bowl: centre coefficients per axis, shared shape, per-scale base loss."""
 
     beta: tuple[np.ndarray, ...]
@@ -70,9 +70,7 @@ class BowlFit:
         return self.chol @ self.chol.T
 
 
-def select_band(
-    y: np.ndarray, scale: np.ndarray, n_scales: int, band: float = DEFAULT_BAND
-) -> np.ndarray:
+def select_band(y: np.ndarray, scale: np.ndarray, n_scales: int, band: float = DEFAULT_BAND) -> np.ndarray:
     """Boolean mask of runs within `band` (relative loss) of their scale's best, padded to MIN_BAND_RUNS."""
     keep = np.zeros(y.shape[0], dtype=bool)
     for s in range(n_scales):
@@ -96,7 +94,7 @@ def _layout(designs: tuple[np.ndarray, ...], d: int, n_scales: int, cross: np.nd
 
 
 def _unpack(p: np.ndarray, designs, d: int, n_scales: int, cross: np.ndarray):
-    sizes, off, tri = _layout(designs, d, n_scales, cross)
+    _, off, tri = _layout(designs, d, n_scales, cross)
     l0 = p[:n_scales]
     beta = tuple(p[off[a] : off[a + 1]] for a in range(d))
     lp = p[off[-1] : off[-1] + len(tri)]
@@ -136,7 +134,9 @@ def residuals_and_jacobian(
 def pack(l0, beta, chol, kappa, cross) -> np.ndarray:
     d = chol.shape[0]
     lp = [np.log(chol[j, k]) if j == k else chol[j, k] for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
-    return np.concatenate([np.asarray(l0, float), *[np.asarray(b, float) for b in beta], np.asarray(lp, float), np.asarray(kappa, float)])
+    return np.concatenate(
+        [np.asarray(l0, float), *[np.asarray(b, float) for b in beta], np.asarray(lp, float), np.asarray(kappa, float)]
+    )
 
 
 def initial_shape(d: int, cross: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +151,7 @@ def fit_bowl(
     kappa0: np.ndarray | None = None,
     *,
     cubic: bool = True,
-) -> BowlFit:
+) -> BowlSolution:
     """Robust (soft-L1) least squares of the bowl model; returns the shape, centres and Jacobian.
 
     log loss = l0_s + ½ zᵀ L Lᵀ z + Σ κ_a z_a³ with z = log h − X β. `cubic=False` holds
@@ -191,7 +191,7 @@ def fit_bowl(
         J[:, -d:] = 0.0
     w = 1.0 / np.sqrt(1.0 + (r / noise) ** 2)
     l0, beta, chol, kappa, _ = _unpack(p, designs, d, data.n_scales, data.cross)
-    return BowlFit(
+    return BowlSolution(
         beta=tuple(np.array(b) for b in beta),
         chol=chol,
         kappa=np.array(kappa),
@@ -214,7 +214,7 @@ def _solve(fun, jac, x0: np.ndarray, **kw):
 
 
 def one_step_bootstrap(
-    fit: BowlFit, groups: np.ndarray, counts: np.ndarray, columns: np.ndarray | None = None
+    fit: BowlSolution, groups: np.ndarray, counts: np.ndarray, columns: np.ndarray | None = None
 ) -> np.ndarray:
     """Linearised bootstrap: one weighted Gauss–Newton step from the fit per resample.
 

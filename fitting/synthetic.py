@@ -117,12 +117,17 @@ class SyntheticTruth:
         q = 0.5 * np.einsum("...i,ij,...j->...", z, self.hessian, z)
         return q * (1.0 + self.asymmetry[0] * np.tanh(z[..., 0]) + self.asymmetry[1] * np.tanh(z[..., 1]))
 
-    def loss(self, n_params: float, tokens: float, width: float, depth: float,
-             learning_rate, batch_size, weight_decay) -> np.ndarray:
+    def loss(
+        self, n_params: float, tokens: float, width: float, depth: float, learning_rate, batch_size, weight_decay
+    ) -> np.ndarray:
         """Noise-free final loss (diverged runs included: the formula does not know about divergence)."""
         mu = self.log_optimum(n_params, tokens, width, depth)
-        z = np.stack(np.broadcast_arrays(np.log(learning_rate) - mu[0], np.log(batch_size) - mu[1],
-                                         np.log(weight_decay) - mu[2]), axis=-1)
+        z = np.stack(
+            np.broadcast_arrays(
+                np.log(learning_rate) - mu[0], np.log(batch_size) - mu[1], np.log(weight_decay) - mu[2]
+            ),
+            axis=-1,
+        )
         return self.base_loss(n_params, tokens) * np.exp(self.excess(z))
 
     def diverges(self, n_params: float, tokens: float, width: float, depth: float, learning_rate) -> np.ndarray:
@@ -147,8 +152,9 @@ class SyntheticTruth:
         for k in factors:
             c = float(k) ** (1.0 / 3.0)
             w, dp = big["width"] * c, big["depth"] * c
-            out.append({"n_params": 12.0 * dp * w * w, "tokens": float(k) * d_max, "width": w, "depth": dp,
-                        "factor": float(k)})
+            out.append(
+                {"n_params": 12.0 * dp * w * w, "tokens": float(k) * d_max, "width": w, "depth": dp, "factor": float(k)}
+            )
         return out
 
 
@@ -160,8 +166,9 @@ def random_truth(seed: int) -> SyntheticTruth:
 def _draw(rng: np.random.Generator, seed: int) -> tuple[SyntheticTruth, np.random.Generator]:
     u = rng.uniform
     laws = {
-        "learning_rate": TrueLaw(u(math.log(1e-3), math.log(8e-3)),
-                                 {"n_params": u(-0.9, -0.3), "tokens": u(-0.1, 0.4)}),
+        "learning_rate": TrueLaw(
+            u(math.log(1e-3), math.log(8e-3)), {"n_params": u(-0.9, -0.3), "tokens": u(-0.1, 0.4)}
+        ),
         "batch_size": TrueLaw(u(math.log(32.0), math.log(256.0)), {"tokens": u(0.3, 0.7), "n_params": u(-0.15, 0.15)}),
         "weight_decay": TrueLaw(u(math.log(0.01), math.log(0.3)), {"width": u(0.0, 0.8), "tokens": u(-0.6, 0.0)}),
     }
@@ -213,8 +220,11 @@ def random_study(
     for sc in truth.proxy_scales():
         mu = truth.log_optimum(sc["n_params"], sc["tokens"], sc["width"])
         counts = grid_points or (int(rng.integers(5, 9)), int(rng.integers(3, 6)), int(rng.integers(3, 5)))
-        steps = (grid_step,) * 3 if grid_step else (rng.uniform(math.log(math.sqrt(2.0)), math.log(2.0)),
-                                                       math.log(2.0), math.log(2.0))
+        steps = (
+            (grid_step,) * 3
+            if grid_step
+            else (rng.uniform(math.log(math.sqrt(2.0)), math.log(2.0)), math.log(2.0), math.log(2.0))
+        )
         centre = mu + guess_error * rng.standard_normal(3)
         grids = [centre[j] + steps[j] * (np.arange(counts[j]) - (counts[j] - 1) / 2.0) for j in range(3)]
         g = np.stack(np.meshgrid(*grids, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -224,9 +234,17 @@ def random_study(
         loss = clean * (1.0 + sigma * rng.standard_normal(len(g)))
         div = truth.diverges(sc["n_params"], sc["tokens"], sc["width"], sc["depth"], lr)
         for i in range(len(g)):
-            recs.append({**sc, "seq_len": truth.seq_len, "learning_rate": lr[i], "batch_size": bs[i],
-                         "weight_decay": wd[i], "final_loss": None if div[i] else float(loss[i]),
-                         "status": DIVERGED if div[i] else COMPLETED})
+            recs.append(
+                {
+                    **sc,
+                    "seq_len": truth.seq_len,
+                    "learning_rate": lr[i],
+                    "batch_size": bs[i],
+                    "weight_decay": wd[i],
+                    "final_loss": None if div[i] else float(loss[i]),
+                    "status": DIVERGED if div[i] else COMPLETED,
+                }
+            )
     out_idx: list[int] = []
     if outliers and rng.random() < 0.6:
         ok = [i for i, r in enumerate(recs) if r["status"] == COMPLETED]
@@ -247,8 +265,17 @@ def lr_only_study(seed: int, n_runs: int = 3, *, noise: float = 0.002) -> tuple[
     bs, wd = math.exp(mu[1]), math.exp(mu[2])
     clean = truth.loss(sc["n_params"], sc["tokens"], sc["width"], sc["depth"], lr, bs, wd)
     loss = clean * (1.0 + noise * rng.standard_normal(n_runs))
-    recs = [{**sc, "seq_len": truth.seq_len, "learning_rate": lr[i], "batch_size": bs, "weight_decay": wd,
-             "final_loss": float(loss[i])} for i in range(n_runs)]
+    recs = [
+        {
+            **sc,
+            "seq_len": truth.seq_len,
+            "learning_rate": lr[i],
+            "batch_size": bs,
+            "weight_decay": wd,
+            "final_loss": float(loss[i]),
+        }
+        for i in range(n_runs)
+    ]
     return RunTable.from_records(recs), truth
 
 

@@ -113,8 +113,10 @@ def _positive_int(name: str, value: Any, *, required: bool, why: str = "") -> in
 def _positive_float(name: str, value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
-        math.isfinite(float(value)) and float(value) > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(float(value)) and float(value) > 0)
     ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -209,7 +211,9 @@ def per_layer_multipliers(
         if hidden_wd_scaled
         else "hidden weight decay unchanged (nanoGPT-mup convention): η·λ shrinks with the hidden LR"
     )
-    notes.append("output layer: zero init recommended; forward multiplier applies on top of the tuned output multiplier")
+    notes.append(
+        "output layer: zero init recommended; forward multiplier applies on top of the tuned output multiplier"
+    )
 
     output_eps = None if uses_depth and opt in _ADAM else edge_eps
     if output_eps is None and opt in _ADAM:
@@ -236,4 +240,4 @@ def per_layer_multipliers(
     )
 
 
-__all__ = ["LayerRule", "PerLayer", "PARAMETERIZATIONS", "per_layer_multipliers"]
+__all__ = ["PARAMETERIZATIONS", "LayerRule", "PerLayer", "per_layer_multipliers"]

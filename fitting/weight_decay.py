@@ -34,9 +34,15 @@ class WeightDecayPoint:
     tau_fraction: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "weight_decay": self.weight_decay.to_dict(), "learning_rate": self.learning_rate,
-                "batch_size": self.batch_size, "status": self.status, "tau_steps": self.tau_steps,
-                "tau_fraction": self.tau_fraction}
+        return {
+            "scale": self.scale,
+            "weight_decay": self.weight_decay.to_dict(),
+            "learning_rate": self.learning_rate,
+            "batch_size": self.batch_size,
+            "status": self.status,
+            "tau_steps": self.tau_steps,
+            "tau_fraction": self.tau_fraction,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,19 +79,25 @@ def analyse_weight_decay(
     if "weight_decay" not in analysis.axes:
         return "weight decay is not swept over ≥ 3 values at any scale"
     j = analysis.axes.index("weight_decay")
-    rows = [s for s in range(len(analysis.scales)) if np.isfinite(analysis.centre[s, j])
-            and analysis.optima[s].optimum.get("weight_decay") is not None]
+    rows = [
+        s
+        for s in range(len(analysis.scales))
+        if np.isfinite(analysis.centre[s, j]) and analysis.optima[s].optimum.get("weight_decay") is not None
+    ]
     pts = [_point(analysis.optima[s], seq_len) for s in rows]
     notes = []
     if analysis.coordinate_wise:
-        notes.append("weight decay bracketed along one axis only: each wd optimum is conditional on that scale's "
-                     "baseline learning rate and batch size")
+        notes.append(
+            "weight decay bracketed along one axis only: each wd optimum is conditional on that scale's "
+            "baseline learning rate and batch size"
+        )
     if len(rows) < 3:
         return f"weight decay is swept at only {len(rows)} scale(s); need ≥ 3 to test a scaling model"
     width = np.array([analysis.scales[s].width for s in rows])
     tokens = np.array([analysis.scales[s].tokens for s in rows])
-    variables = tuple(v for v, x in (("width", width), ("tokens", tokens))
-                      if np.all(np.isfinite(x)) and np.ptp(np.log(x)) > 1e-3)
+    variables = tuple(
+        v for v, x in (("width", width), ("tokens", tokens)) if np.all(np.isfinite(x)) and np.ptp(np.log(x)) > 1e-3
+    )
     if not variables:
         return "the scales where weight decay is swept differ in neither width nor tokens"
     y = analysis.centre[rows, j]
@@ -148,13 +160,18 @@ def _model_evidence(wd_exp: dict[str, Interval], tau_exp: dict[str, Interval]) -
                 models[name] = {"consistent": None, "evidence": "τ fraction unavailable"}
                 continue
             ok = all(iv.contains(0.0) for iv in tau_exp.values())
-            ev = "; ".join(f"slope of log τ_fraction in log {v} = {iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}] (model: 0)"
-                           for v, iv in tau_exp.items())
+            ev = "; ".join(
+                f"slope of log τ_fraction in log {v} = {iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}] (model: 0)"
+                for v, iv in tau_exp.items()
+            )
             models[name] = {"consistent": ok, "predicted": {v: 0.0 for v in tau_exp}, "evidence": ev}
         elif "width" in wd_exp:
             iv = wd_exp["width"]
-            models[name] = {"consistent": iv.contains(slope), "predicted": {"width": slope},
-                            "evidence": f"slope of log wd* in log width = {iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}] (model: {slope:g})"}
+            models[name] = {
+                "consistent": iv.contains(slope),
+                "predicted": {"width": slope},
+                "evidence": f"slope of log wd* in log width = {iv.value:.2f} [{iv.low:.2f}, {iv.high:.2f}] (model: {slope:g})",
+            }
         else:
             models[name] = {"consistent": None, "evidence": "width does not vary where weight decay is swept"}
     return models

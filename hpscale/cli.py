@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import socket
@@ -170,13 +171,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from service.runs import export_csv
 
     _, lines = export_csv(_engine(args), args.study)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.output, "w", newline="", encoding="utf-8")) if args.output else sys.stdout
         for line in lines:
             out.write(line)
-    finally:
-        if args.output:
-            out.close()
     return 0
 
 
@@ -202,7 +200,10 @@ def cmd_tokens_list(args: argparse.Namespace) -> int:
 
     print(f"{'name':<24} {'scope':<6} {'created':<20} {'last used':<20} status")
     for t in tokens.list_tokens(_engine(args)):
-        fmt = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"
+
+        def fmt(d: Any) -> str:
+            return d.strftime("%Y-%m-%d %H:%M:%S") if d else "never"
+
         status = "revoked" if t.revoked_at else "active"
         print(f"{t.name:<24} {t.scope:<6} {fmt(t.created_at):<20} {fmt(t.last_used_at):<20} {status}")
     return 0
@@ -226,8 +227,9 @@ def _fmt(value: float | None) -> str:
 def _interval_row(name: str, interval: dict[str, float] | None, unit: str = "") -> str:
     if interval is None:
         return f"{name:<16} {'—':>12}"
-    return (f"{name:<16} {_fmt(interval['value']):>12}   90% [{_fmt(interval['low'])}, "
-            f"{_fmt(interval['high'])}] {unit}").rstrip()
+    return (
+        f"{name:<16} {_fmt(interval['value']):>12}   90% [{_fmt(interval['low'])}, {_fmt(interval['high'])}] {unit}"
+    ).rstrip()
 
 
 def format_recommendation(study: str, rec: dict[str, Any]) -> str:
@@ -248,8 +250,12 @@ def format_recommendation(study: str, rec: dict[str, Any]) -> str:
     ]
     if rec.get("compute_optimal"):
         co = rec["compute_optimal"]
-        lines += ["", f"compute-optimal at {co['flops']:.3g} FLOPs:",
-                  _interval_row("  n_params", co["n_params"]), _interval_row("  tokens", co["tokens"])]
+        lines += [
+            "",
+            f"compute-optimal at {co['flops']:.3g} FLOPs:",
+            _interval_row("  n_params", co["n_params"]),
+            _interval_row("  tokens", co["tokens"]),
+        ]
     available = {k: v for k, v in (rec.get("baselines") or {}).items() if v.get("available")}
     if available:
         lines += ["", f"{'baseline':<16} {'learning_rate':>13} {'batch_size':>11}"]
@@ -258,7 +264,9 @@ def format_recommendation(study: str, rec: dict[str, Any]) -> str:
     if rec.get("per_layer"):
         lines += ["", "per-layer multipliers (μP family):"]
         for cls, rule in (rec["per_layer"].get("classes") or {}).items():
-            lines.append(f"  {cls:<14} lr ×{_fmt(rule.get('lr_multiplier'))}  init ×{_fmt(rule.get('init_std_multiplier'))}")
+            lines.append(
+                f"  {cls:<14} lr ×{_fmt(rule.get('lr_multiplier'))}  init ×{_fmt(rule.get('init_std_multiplier'))}"
+            )
     if rec.get("warnings"):
         lines += ["", "warnings:"] + [f"  - {w}" for w in rec["warnings"]]
     return "\n".join(lines)
@@ -274,8 +282,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     url = args.url or client_settings.url
     token = args.token or (client_settings.token.get_secret_value() if client_settings.token else None)
     target = {
-        "n_params": args.n_params, "tokens": args.tokens, "width": args.width, "depth": args.depth,
-        "batch_size": args.batch_size, "batch_multiple": args.batch_multiple, "compute": args.compute,
+        "n_params": args.n_params,
+        "tokens": args.tokens,
+        "width": args.width,
+        "depth": args.depth,
+        "batch_size": args.batch_size,
+        "batch_multiple": args.batch_multiple,
+        "compute": args.compute,
         "seq_len": args.seq_len,
     }
     try:
@@ -286,7 +299,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         for detail in error.details:
             print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
         return 1
-    except Exception as error:  # connection refused, DNS, timeout: say what and where
+    except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeout: say what and where
         print(f"error: cannot reach {url}: {error}", file=sys.stderr)
         return 1
     print(json.dumps(rec, indent=2) if args.json else format_recommendation(args.study, rec))

@@ -119,9 +119,7 @@ class Client:
         keyed = [dict(run) if run.get("run_key") else {**run, "run_key": content_run_key(run)} for run in runs]
         total = {"inserted": 0, "duplicates": 0, "ids": []}
         for start in range(0, len(keyed), MAX_BATCH):
-            result = self._request(
-                "POST", f"/v1/studies/{study}/runs", json={"runs": keyed[start : start + MAX_BATCH]}
-            )
+            result = self._request("POST", f"/v1/studies/{study}/runs", json={"runs": keyed[start : start + MAX_BATCH]})
             total["inserted"] += result["inserted"]
             total["duplicates"] += result["duplicates"]
             total["ids"].extend(result["ids"])

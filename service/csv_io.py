@@ -61,9 +61,7 @@ def csv_lines(runs: Iterable[Mapping[str, Any]], extra_keys: Iterable[str]) -> I
     yield flush()
     for run in runs:
         extra = run.get("extra") or {}
-        writer.writerow(
-            [_format(run.get(c)) for c in EXPORT_COLUMNS] + [_format(extra.get(k)) for k in keys]
-        )
+        writer.writerow([_format(run.get(c)) for c in EXPORT_COLUMNS] + [_format(extra.get(k)) for k in keys])
         yield flush()
 
 
@@ -103,9 +101,7 @@ def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
-def read_runs(
-    lines: Iterable[str], mapping: Mapping[str, str] | None = None
-) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, run dict) for each CSV row, ready for the API's run validation."""
     mapping = dict(mapping or {})
     reader = csv.DictReader(lines)

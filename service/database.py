@@ -38,7 +38,7 @@ def readiness(engine: Engine) -> Readiness:
         ping(engine)
         with engine.connect() as conn:
             current = migrate.current_revision(conn)
-    except Exception as error:  # any database failure means "not ready"
+    except Exception as error:  # noqa: BLE001 - any database failure means "not ready"
         return Readiness(False, f"database unavailable: {type(error).__name__}")
     head = migrate.head_revision()
     if current != head:

@@ -21,7 +21,7 @@ from typing import Any
 from fitting.common import InsufficientData as EngineInsufficientData
 from fitting.recommend import StudyInfo
 from fitting.runs import RunTable
-from fitting.study_fit import StudyFit, fit_study
+from fitting.study_fit import StudyResult, fit_study
 from service.cache import LRUCache, commit_cache
 from service.errors import FitInProgress, FitNotFound, InsufficientData
 from service.studies import get_study
@@ -36,7 +36,7 @@ FIT_SEED = 20250101
 
 
 @dataclass(frozen=True)
-class StoredFit:
+class FitRecord:
     """A finished fit as stored: its row's bookkeeping and the engine's result."""
 
     id: int
@@ -46,21 +46,23 @@ class StoredFit:
     n_runs: int
     created_at: Any
     created_by: str | None
-    result: StudyFit
+    result: StudyResult
     study: StudyInfo
     key: tuple[str, int, int, str]  # identifies this fit across databases (see fit_key)
 
     def to_contract(self) -> dict[str, Any]:
         """The contract's fit object; JSON has no NaN, so unknown numbers become null."""
-        return json_safe({
-            "id": self.id,
-            "created_at": self.created_at,
-            "created_by": self.created_by,
-            "n_runs": self.n_runs,
-            "data_version": str(self.data_version),
-            "bootstrap": self.bootstrap,
-            **self.result.to_dict(),
-        })
+        return json_safe(
+            {
+                "id": self.id,
+                "created_at": self.created_at,
+                "created_by": self.created_by,
+                "n_runs": self.n_runs,
+                "data_version": str(self.data_version),
+                "bootstrap": self.bootstrap,
+                **self.result.to_dict(),
+            }
+        )
 
 
 def json_safe(value: Any) -> Any:
@@ -84,14 +86,14 @@ def fit_key(engine: Engine, row: Mapping[str, Any]) -> tuple[str, int, int, str]
     return (str(engine.url), row["study_id"], row["id"], str(row["created_at"]))
 
 
-def _rebuilt(engine: Engine, row: dict[str, Any]) -> StudyFit:
+def _rebuilt(engine: Engine, row: dict[str, Any]) -> StudyResult:
     key = fit_key(engine, row)
     fit = _fits.get(key)
     if fit is None:
         with engine.connect() as conn, conn.begin():
             state = queries.fit_result(conn, row["id"])
         assert state is not None, "a finished fit has a result"
-        fit = StudyFit.from_state(state)
+        fit = StudyResult.from_state(state)
         _fits.put(key, fit)
     return fit
 
@@ -106,8 +108,8 @@ def _study_info(study: Study) -> StudyInfo:
     )
 
 
-def _stored(engine: Engine, row: dict[str, Any], study: Study) -> StoredFit:
-    return StoredFit(
+def _stored(engine: Engine, row: dict[str, Any], study: Study) -> FitRecord:
+    return FitRecord(
         id=row["id"],
         study_id=row["study_id"],
         data_version=row["data_version"],
@@ -140,14 +142,21 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
         return
     try:
         result = fit_study(
-            table, bootstrap=bootstrap, seed=FIT_SEED, seq_len=current.seq_len,
-            parameterization=current.parameterization, optimizer=current.optimizer, priors=current.priors,
+            table,
+            bootstrap=bootstrap,
+            seed=FIT_SEED,
+            seq_len=current.seq_len,
+            parameterization=current.parameterization,
+            optimizer=current.optimizer,
+            priors=current.priors,
         )
     except EngineInsufficientData as error:
         reason = str(error)
         run_in_transaction(
             engine,
-            lambda conn: queries.finish_fit(conn, fit_id, status="failed", n_runs=len(table), result=None, error=reason),
+            lambda conn: queries.finish_fit(
+                conn, fit_id, status="failed", n_runs=len(table), result=None, error=reason
+            ),
         )
         return
     except BaseException:
@@ -161,19 +170,23 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
     )
 
 
-def current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
-                any_bootstrap: bool = False) -> StoredFit:
+def current_fit(
+    engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None, any_bootstrap: bool = False
+) -> FitRecord:
     """The fit of the study's current data (computing it, once across processes, if needed).
 
     With `any_bootstrap`, a finished fit of the current data with any bootstrap count will do
     (what a recommendation wants); otherwise the fit must have exactly `bootstrap` resamples.
     Until anything is committed to the database the answer cannot change, so it is reused.
     """
-    return commit_cache(engine).get_or_load(*_current_fit_lookup(engine, study_name, bootstrap, created_by, any_bootstrap))
+    return commit_cache(engine).get_or_load(
+        *_current_fit_lookup(engine, study_name, bootstrap, created_by, any_bootstrap)
+    )
 
 
-async def current_fit_async(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
-                            any_bootstrap: bool = False) -> StoredFit:
+async def current_fit_async(
+    engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None, any_bootstrap: bool = False
+) -> FitRecord:
     """`current_fit` from the event loop: a cached answer without a thread hop."""
     return await commit_cache(engine).get_or_load_async(
         *_current_fit_lookup(engine, study_name, bootstrap, created_by, any_bootstrap)
@@ -182,17 +195,19 @@ async def current_fit_async(engine: Engine, study_name: str, *, bootstrap: int, 
 
 def _current_fit_lookup(
     engine: Engine, study_name: str, bootstrap: int, created_by: str | None, any_bootstrap: bool
-) -> tuple[Hashable, Callable[[], StoredFit]]:
+) -> tuple[Hashable, Callable[[], FitRecord]]:
     """The commit-cache key of a current-fit question and the function that answers it."""
     return (
         ("current_fit", study_name, bootstrap, any_bootstrap),
-        lambda: _current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by,
-                             any_bootstrap=any_bootstrap),
+        lambda: _current_fit(
+            engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=any_bootstrap
+        ),
     )
 
 
-def _current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None,
-                 any_bootstrap: bool) -> StoredFit:
+def _current_fit(
+    engine: Engine, study_name: str, *, bootstrap: int, created_by: str | None, any_bootstrap: bool
+) -> FitRecord:
     deadline = time.monotonic() + WAIT_FOR_OTHER_FIT_SECONDS
     delay = 0.02
     while True:
@@ -226,7 +241,7 @@ def _current_fit(engine: Engine, study_name: str, *, bootstrap: int, created_by:
         delay = min(delay * 1.5, 0.5)
 
 
-def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> StoredFit:
+def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> FitRecord:
     with engine.connect() as conn, conn.begin():
         study = get_study(conn, study_name)
         row = queries.get_fit(conn, study.id, fit_id)
@@ -235,11 +250,10 @@ def fit_by_id(engine: Engine, study_name: str, fit_id: int) -> StoredFit:
     return _stored(engine, row, study)
 
 
-def latest_fit(engine: Engine, study_name: str) -> StoredFit:
+def latest_fit(engine: Engine, study_name: str) -> FitRecord:
     with engine.connect() as conn, conn.begin():
         study = get_study(conn, study_name)
         row = queries.latest_done_fit(conn, study.id)
     if row is None:
         raise FitNotFound(f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
     return _stored(engine, row, study)
-

@@ -23,7 +23,7 @@ from fitting.plan import suggest_runs
 from fitting.recommend import recommend
 from service.cache import LRUCache
 from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
-from service.fits import StoredFit, current_fit, current_fit_async, json_safe
+from service.fits import FitRecord, current_fit, current_fit_async, json_safe
 from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, TARGET_LIMITS, Bound
 from store.db import Engine
 
@@ -99,8 +99,14 @@ async def recommendation_json(
     if body is None:
         with _engine_refusals():
             result = await to_thread.run_sync(
-                lambda: recommend(stored.result, _given(target), stored.study, batch_size=batch_size,
-                                  batch_multiple=batch_multiple, compute=compute)
+                lambda: recommend(
+                    stored.result,
+                    _given(target),
+                    stored.study,
+                    batch_size=batch_size,
+                    batch_multiple=batch_multiple,
+                    compute=compute,
+                )
             )
         document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
         body = json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False).encode()
@@ -109,8 +115,13 @@ async def recommendation_json(
 
 
 def suggestions(
-    engine: Engine, study_name: str, target: Mapping[str, float | None], count: int, *,
-    bootstrap: int, created_by: str | None,
+    engine: Engine,
+    study_name: str,
+    target: Mapping[str, float | None],
+    count: int,
+    *,
+    bootstrap: int,
+    created_by: str | None,
 ) -> dict[str, Any]:
     """The proxy runs that would most shrink the recommendation's uncertainty at `target`."""
     check_target(target)
@@ -122,7 +133,7 @@ def suggestions(
     )
 
 
-def _loss_law(stored: StoredFit) -> Any:
+def _loss_law(stored: FitRecord) -> Any:
     """The fit's loss law, or InsufficientData saying why there is none."""
     law = stored.result.loss_law
     if law is None:
@@ -141,10 +152,12 @@ def compute_optimal_allocation(
     with _engine_refusals():
         allocation = compute_optimal(law, compute)
         loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
-    return json_safe({
-        **allocation.to_dict(),
-        "predicted_loss": loss.to_dict(),
-        "loss_law": law.to_dict(),
-        "fit_id": stored.id,
-        "data_version": str(stored.data_version),
-    })
+    return json_safe(
+        {
+            **allocation.to_dict(),
+            "predicted_loss": loss.to_dict(),
+            "loss_law": law.to_dict(),
+            "fit_id": stored.id,
+            "data_version": str(stored.data_version),
+        }
+    )

@@ -27,8 +27,19 @@ from store.models import Study
 from store.queries import InsertResult, RunFilters
 
 __all__ = [
-    "DEFAULT_IMPORT_BATCH", "ImportResult", "InsertResult", "RunFilters", "RunPage", "check_study_rules",
-    "decode_cursor", "encode_cursor", "export_csv", "import_runs", "list_runs", "submit_runs", "with_defaults",
+    "DEFAULT_IMPORT_BATCH",
+    "ImportResult",
+    "InsertResult",
+    "RunFilters",
+    "RunPage",
+    "check_study_rules",
+    "decode_cursor",
+    "encode_cursor",
+    "export_csv",
+    "import_runs",
+    "list_runs",
+    "submit_runs",
+    "with_defaults",
 ]
 
 _RUN = TypeAdapter(RunIn)
@@ -45,7 +56,7 @@ def study_rule_details(runs: Sequence[RunIn], study: Study | None, *, indexed: b
     details = []
     for index, run in enumerate(runs):
         if run.final_loss is not None and (reason := FINAL_LOSS.check(run.final_loss)):
-            message = f"{reason} (create the study with \"loss_can_be_negative\": true for other losses)"
+            message = f'{reason} (create the study with "loss_can_be_negative": true for other losses)'
             details.append(field_detail("final_loss", message, index if indexed else None))
     return details
 

@@ -164,9 +164,7 @@ class RunIn(BaseModel):
     @model_validator(mode="after")
     def _completed_runs_have_a_loss(self) -> RunIn:
         if self.status == "completed" and self.final_loss is None:
-            raise PydanticCustomError(
-                "final_loss_required", "final_loss is required when status is 'completed'"
-            )
+            raise PydanticCustomError("final_loss_required", "final_loss is required when status is 'completed'")
         return self
 
 
@@ -208,8 +206,12 @@ def validation_details(errors: Sequence[Any], *, drop_prefix: int = 0) -> list[d
         if error["type"] == "missing":
             message = "field required"
         details.append(
-            {"field": field, "message": message, "index": index,
-             "loc": [str(p) if not isinstance(p, int) else p for p in loc]}
+            {
+                "field": field,
+                "message": message,
+                "index": index,
+                "loc": [str(p) if not isinstance(p, int) else p for p in loc],
+            }
         )
     return details
 

@@ -21,9 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class Settings(BaseSettings):
     """The server's settings (`HPSCALE_<FIELD>`); keyword arguments override the environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="HPSCALE_", env_ignore_empty=True, extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="HPSCALE_", env_ignore_empty=True, extra="ignore", frozen=True)
 
     database_url: Annotated[str, Field(min_length=1, description="SQLAlchemy URL")] = DEFAULT_DATABASE_URL
     no_auth: Annotated[bool, Field(description="every request has admin scope (loopback only)")] = False

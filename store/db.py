@@ -26,8 +26,16 @@ _WRITE_OPTION = "hpscale_write"
 T = TypeVar("T")
 
 __all__ = [
-    "ChangeProbe", "Connection", "Engine", "make_engine", "normalize_url", "ping", "read_connection",
-    "redact_url", "run_in_transaction", "snapshot_connection",
+    "ChangeProbe",
+    "Connection",
+    "Engine",
+    "make_engine",
+    "normalize_url",
+    "ping",
+    "read_connection",
+    "redact_url",
+    "run_in_transaction",
+    "snapshot_connection",
 ]
 
 
@@ -50,9 +58,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-        )
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -92,16 +98,13 @@ def _is_retryable(error: DBAPIError) -> bool:
     return code in {"40001", "40P01"}
 
 
-def run_in_transaction(
-    engine: Engine, work: Callable[[Connection], T], *, write: bool = True, attempts: int = 8
-) -> T:
+def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *, write: bool = True, attempts: int = 8) -> T:
     """Run `work(conn)` in one transaction; retry it whole on lock/serialization errors."""
     delay = 0.05
     for attempt in range(attempts):
         try:
-            with engine.connect() as conn:
-                if write:
-                    conn = conn.execution_options(**{_WRITE_OPTION: True})
+            with engine.connect() as raw:
+                conn = raw.execution_options(**{_WRITE_OPTION: True}) if write else raw
                 with conn.begin():
                     return work(conn)
         except OperationalError as error:
@@ -118,9 +121,8 @@ def run_in_transaction(
 @contextmanager
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """A connection in a (deferred) read transaction, rolled back on exit."""
-    with engine.connect() as conn:
-        with conn.begin():
-            yield conn
+    with engine.connect() as conn, conn.begin():
+        yield conn
 
 
 @contextmanager
@@ -129,9 +131,8 @@ def snapshot_connection(engine: Engine) -> Iterator[Connection]:
 
     SQLite's transactions already do; PostgreSQL needs REPEATABLE READ for it.
     """
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    with engine.connect() as raw:
+        conn = raw.execution_options(isolation_level="REPEATABLE READ") if raw.dialect.name == "postgresql" else raw
         with conn.begin():
             yield conn
 

@@ -8,7 +8,7 @@ point, so a child table would only multiply the rows a 10,000-run batch writes.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -41,12 +41,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
         return value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value
 
 
@@ -137,9 +137,7 @@ class Fit(Base):
 
     __tablename__ = "fits"
     __table_args__ = (
-        UniqueConstraint(
-            "study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"
-        ),
+        UniqueConstraint("study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"),
         Index("ix_fits_study_id_id", "study_id", "id"),
     )
 

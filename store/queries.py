@@ -79,9 +79,7 @@ def study_run_count(conn: Connection, study_id: int) -> int:
 
 
 def latest_fit_id(conn: Connection, study_id: int) -> int | None:
-    return conn.execute(
-        select(func.max(Fit.id)).where(Fit.study_id == study_id, Fit.status == "done")
-    ).scalar_one()
+    return conn.execute(select(func.max(Fit.id)).where(Fit.study_id == study_id, Fit.status == "done")).scalar_one()
 
 
 # --- runs ---------------------------------------------------------------------------
@@ -137,10 +135,14 @@ def insert_runs(
             # Insert in run_key order (one global order: they only queue), with ids taken
             # from the sequence beforehand in input order, so ids still follow the input.
             # (SQLite needs neither: BEGIN IMMEDIATE already serialises writers.)
-            new_ids = conn.execute(
-                text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) FROM generate_series(1, :n) ORDER BY 1"),
-                {"n": len(keyed_rows)},
-            ).scalars().all()
+            new_ids = (
+                conn.execute(
+                    text("SELECT nextval(pg_get_serial_sequence('runs', 'id')) FROM generate_series(1, :n) ORDER BY 1"),
+                    {"n": len(keyed_rows)},
+                )
+                .scalars()
+                .all()
+            )
             for row, new_id in zip(keyed_rows, new_ids):
                 row["id"] = new_id
             keyed_rows.sort(key=lambda row: row["run_key"])
@@ -158,9 +160,7 @@ def insert_runs(
             id_of_key.update(
                 (key, existing_id)
                 for existing_id, key in conn.execute(
-                    select(table.c.id, table.c.run_key).where(
-                        table.c.study_id == study_id, table.c.run_key.in_(chunk)
-                    )
+                    select(table.c.id, table.c.run_key).where(table.c.study_id == study_id, table.c.run_key.in_(chunk))
                 )
             )
         for key, position in first_index_of_key.items():
@@ -179,9 +179,7 @@ def insert_runs(
 
 
 def bump_data_version(conn: Connection, study_id: int) -> None:
-    conn.execute(
-        update(Study).where(Study.id == study_id).values(data_version=Study.data_version + 1)
-    )
+    conn.execute(update(Study).where(Study.id == study_id).values(data_version=Study.data_version + 1))
 
 
 @dataclass(frozen=True)
@@ -239,10 +237,7 @@ def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set
     while True:
         with engine.connect() as conn, conn.begin():
             rows = conn.execute(
-                select(c.id, c.extra)
-                .where(c.study_id == study_id, c.id > after_id)
-                .order_by(c.id)
-                .limit(chunk)
+                select(c.id, c.extra).where(c.study_id == study_id, c.id > after_id).order_by(c.id).limit(chunk)
             ).all()
         for _, extra in rows:
             keys.update(extra or ())
@@ -255,8 +250,20 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
     """The columns a fit reads, for every run of the study (no curves, no extras); `id` and
     `run_key` name the runs a fit leaves out."""
     c = Run.__table__.c
-    columns = (c.id, c.run_key, c.n_params, c.tokens, c.width, c.depth, c.seq_len, c.learning_rate,
-               c.batch_size, c.weight_decay, c.final_loss, c.status)
+    columns = (
+        c.id,
+        c.run_key,
+        c.n_params,
+        c.tokens,
+        c.width,
+        c.depth,
+        c.seq_len,
+        c.learning_rate,
+        c.batch_size,
+        c.weight_decay,
+        c.final_loss,
+        c.status,
+    )
     return [dict(row._mapping) for row in conn.execute(select(*columns).where(c.study_id == study_id).order_by(c.id))]
 
 
@@ -273,9 +280,7 @@ def fit_result(conn: Connection, fit_id: int) -> dict[str, Any] | None:
 
 
 def get_fit(conn: Connection, study_id: int, fit_id: int) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(*_FIT_HEADER).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.id == fit_id)
-    ).first()
+    row = conn.execute(select(*_FIT_HEADER).where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.id == fit_id)).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -299,9 +304,7 @@ def fit_for_version(conn: Connection, study_id: int, data_version: int, bootstra
     return None if row is None else dict(row._mapping)
 
 
-def claim_fit(
-    conn: Connection, study_id: int, data_version: int, bootstrap: int, created_by: str | None
-) -> int | None:
+def claim_fit(conn: Connection, study_id: int, data_version: int, bootstrap: int, created_by: str | None) -> int | None:
     """Insert the 'running' row for this fit; its id if this caller won, None if another did.
 
     The unique (study_id, data_version, bootstrap) makes this the cross-process lock:
@@ -309,8 +312,15 @@ def claim_fit(
     """
     stmt = (
         _dialect_insert(conn, Fit)
-        .values(study_id=study_id, data_version=data_version, bootstrap=bootstrap, status="running",
-                n_runs=0, created_at=utcnow(), created_by=created_by)
+        .values(
+            study_id=study_id,
+            data_version=data_version,
+            bootstrap=bootstrap,
+            status="running",
+            n_runs=0,
+            created_at=utcnow(),
+            created_by=created_by,
+        )
         .on_conflict_do_nothing(index_elements=["study_id", "data_version", "bootstrap"])
         .returning(_FIT_COLUMNS.id)
     )
@@ -327,8 +337,9 @@ def take_over_stale_fit(conn: Connection, fit_id: int, started_before: datetime,
     return result.rowcount == 1
 
 
-def finish_fit(conn: Connection, fit_id: int, *, status: str, n_runs: int,
-               result: dict[str, Any] | None, error: str | None) -> None:
+def finish_fit(
+    conn: Connection, fit_id: int, *, status: str, n_runs: int, result: dict[str, Any] | None, error: str | None
+) -> None:
     conn.execute(
         update(Fit)
         .where(_FIT_COLUMNS.id == fit_id)
@@ -357,11 +368,7 @@ def create_token(conn: Connection, name: str, scope: str, token: str | None = No
 
     `scope` is one of `service.limits.SCOPES` (checked by the service)."""
     token = token or TOKEN_PREFIX + secrets.token_urlsafe(32)
-    conn.execute(
-        insert(ApiToken).values(
-            name=name, scope=scope, token_hash=hash_token(token), created_at=utcnow()
-        )
-    )
+    conn.execute(insert(ApiToken).values(name=name, scope=scope, token_hash=hash_token(token), created_at=utcnow()))
     return token
 
 
@@ -373,9 +380,7 @@ def find_token(conn: Connection, token: str) -> ApiToken | None:
     """The live token matching `token`, compared in constant time."""
     digest = hash_token(token)
     row = conn.execute(
-        select(ApiToken.__table__).where(
-            ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None)
-        )
+        select(ApiToken.__table__).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     ).first()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
@@ -398,8 +403,6 @@ def list_tokens(conn: Connection) -> list[ApiToken]:
 
 def revoke_token(conn: Connection, name: str) -> bool:
     result = conn.execute(
-        update(ApiToken)
-        .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     return result.rowcount > 0

@@ -29,9 +29,7 @@ from store.db import make_engine, normalize_url, run_in_transaction
 from store.models import Base, Run
 
 # The real data sits beside the repository, in ../shared/data (never copied in).
-SHARED_DATA = Path(
-    os.environ.get("HPSCALE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+SHARED_DATA = Path(os.environ.get("HPSCALE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 POSTGRES_URL = os.environ.get("HPSCALE_TEST_POSTGRES_URL")
 REQUIRE_POSTGRES = os.environ.get("HPSCALE_REQUIRE_POSTGRES") == "1"
 

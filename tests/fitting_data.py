@@ -28,11 +28,13 @@ SYN_H = np.array([[0.02, 0.006, 0.0], [0.006, 0.012, 0.0], [0.0, 0.0, 0.02]])  #
 
 def true_log_optimum(n_params: float, tokens: float, width: float) -> np.ndarray:
     ln, ld, lw = np.log(n_params / N0), np.log(tokens / D0), np.log(width / W0)
-    return np.array([
-        TRUE_LR["const"] + TRUE_LR["n_params"] * ln + TRUE_LR["tokens"] * ld,
-        TRUE_BS["const"] + TRUE_BS["tokens"] * ld,
-        TRUE_WD["const"] + TRUE_WD["width"] * lw + TRUE_WD["tokens"] * ld,
-    ])
+    return np.array(
+        [
+            TRUE_LR["const"] + TRUE_LR["n_params"] * ln + TRUE_LR["tokens"] * ld,
+            TRUE_BS["const"] + TRUE_BS["tokens"] * ld,
+            TRUE_WD["const"] + TRUE_WD["width"] * lw + TRUE_WD["tokens"] * ld,
+        ]
+    )
 
 
 def synthetic_sweep(seed: int, *, keep: float = 0.7, noise: float = 0.001) -> RunTable:
@@ -61,7 +63,18 @@ def synthetic_sweep(seed: int, *, keep: float = 0.7, noise: float = 0.001) -> Ru
                             f = 0.5 * z @ SYN_H @ z + 0.002 * z[0] ** 3
                             div = z[0] > np.log(4.0)
                             loss = l0 * np.exp(f) * (1 + noise * rng.standard_normal())
-                            recs.append({"n_params": n, "tokens": tokens, "width": width, "depth": depth, "seq_len": 1024,
-                                         "learning_rate": np.exp(a), "batch_size": np.exp(b), "weight_decay": np.exp(c),
-                                         "final_loss": None if div else loss, "status": DIVERGED if div else COMPLETED})
+                            recs.append(
+                                {
+                                    "n_params": n,
+                                    "tokens": tokens,
+                                    "width": width,
+                                    "depth": depth,
+                                    "seq_len": 1024,
+                                    "learning_rate": np.exp(a),
+                                    "batch_size": np.exp(b),
+                                    "weight_decay": np.exp(c),
+                                    "final_loss": None if div else loss,
+                                    "status": DIVERGED if div else COMPLETED,
+                                }
+                            )
     return RunTable.from_records(recs)

@@ -10,20 +10,28 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from fitting import baselines as published
+from hpscale.cli import main
 from store.models import Fit
 from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer, count_rows
-from hpscale.cli import main
 
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
-
-
 
 
 @pytest.fixture
 def steplaw(client: TestClient, database_url: str) -> TestClient:
     """The client, with the Step Law sweep imported as study 'steplaw' (seq_len 2048)."""
-    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048",
-            "--database-url", database_url, "--quiet"]
+    args = [
+        "import",
+        str(STEPLAW_CSV),
+        "--study",
+        "steplaw",
+        "--create",
+        "--seq-len",
+        "2048",
+        "--database-url",
+        database_url,
+        "--quiet",
+    ]
     assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
     return client
 
@@ -55,7 +63,10 @@ def test_fit_object_follows_the_contract(steplaw: TestClient) -> None:
     assert any("weight" in w for w in fit["warnings"])  # …and the fit says so
     assert fit["loss_law"] is None and any("irreducible loss" in w for w in fit["warnings"])
     assert steplaw.get("/v1/studies/steplaw/fits/latest").json()["id"] == fit["id"]
-    assert steplaw.get(f"/v1/studies/steplaw/fits/{fit['id']}").json() == steplaw.get("/v1/studies/steplaw/fits/latest").json()
+    assert (
+        steplaw.get(f"/v1/studies/steplaw/fits/{fit['id']}").json()
+        == steplaw.get("/v1/studies/steplaw/fits/latest").json()
+    )
     assert steplaw.get("/v1/studies/steplaw").json()["latest_fit_id"] == fit["id"]
 
 
@@ -64,8 +75,16 @@ def test_fit_is_reused_until_the_data_change(steplaw: TestClient, engine: Engine
     first = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     again = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     assert again["id"] == first["id"] and count_rows(engine, Fit) == 1
-    run = {"n_params": 2.1e8, "tokens": 4e9, "width": 960, "depth": 7, "learning_rate": 1e-3,
-           "batch_size": 128, "final_loss": 3.0, "run_key": "extra-run"}
+    run = {
+        "n_params": 2.1e8,
+        "tokens": 4e9,
+        "width": 960,
+        "depth": 7,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "final_loss": 3.0,
+        "run_key": "extra-run",
+    }
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
     third = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     assert third["id"] != first["id"] and third["data_version"] != first["data_version"]
@@ -170,8 +189,17 @@ def test_recommendation_errors(steplaw: TestClient, client: TestClient) -> None:
     assert recommend(steplaw, compute=1e22).status_code == 422  # with n_params and tokens too
     assert client.get("/v1/studies/nope/recommendation", params=TARGET_7B).status_code == 404
     client.post("/v1/studies", json={"name": "flat"})
-    runs = [{"n_params": n, "tokens": 2e10, "learning_rate": 1e-3, "batch_size": 64, "final_loss": 3 - n / 1e9,
-             "run_key": str(n)} for n in (1e8, 2e8, 4e8)]
+    runs = [
+        {
+            "n_params": n,
+            "tokens": 2e10,
+            "learning_rate": 1e-3,
+            "batch_size": 64,
+            "final_loss": 3 - n / 1e9,
+            "run_key": str(n),
+        }
+        for n in (1e8, 2e8, 4e8)
+    ]
     client.post("/v1/studies/flat/runs", json={"runs": runs})
     response = client.get("/v1/studies/flat/recommendation", params=TARGET_7B)
     assert response.status_code == 409, response.text[:800]
@@ -185,8 +213,10 @@ def test_suggestions_plan_the_next_sweep(steplaw: TestClient) -> None:
     assert response.status_code == 200, response.text
     items = response.json()["items"]
     assert len(items) == 3
-    largest_proxy = max(6 * o["scale"]["n_params"] * o["scale"]["tokens"]
-                        for o in steplaw.get("/v1/studies/steplaw/fits/latest").json()["optima"])
+    largest_proxy = max(
+        6 * o["scale"]["n_params"] * o["scale"]["tokens"]
+        for o in steplaw.get("/v1/studies/steplaw/fits/latest").json()["optima"]
+    )
     shrinks = [item["cumulative_shrink"]["learning_rate"] for item in items]
     assert 0 < shrinks[0] <= shrinks[1] <= shrinks[2] < 1  # each adds information
     for item in items:
@@ -210,11 +240,23 @@ def test_mup_study_returns_per_layer_multipliers(client: TestClient) -> None:
             for k in range(9):
                 lr = 0.01 * 2 ** (k - 4 + rng.uniform(-0.3, 0.3))
                 loss = (1.8 + 300 / n**0.3 + 300 / tokens**0.3) * (1 + 0.02 * math.log(lr / 0.01) ** 2)
-                runs.append({"run_key": f"{width}-{tokens}-{k}", "n_params": n, "tokens": tokens, "width": width,
-                             "depth": 8, "learning_rate": lr, "batch_size": 256, "final_loss": loss})
+                runs.append(
+                    {
+                        "run_key": f"{width}-{tokens}-{k}",
+                        "n_params": n,
+                        "tokens": tokens,
+                        "width": width,
+                        "depth": 8,
+                        "learning_rate": lr,
+                        "batch_size": 256,
+                        "final_loss": loss,
+                    }
+                )
     assert client.post("/v1/studies/mup/runs", json={"runs": runs}).status_code == 201
-    response = client.get("/v1/studies/mup/recommendation",
-                          params={"n_params": 12 * 8 * 4096**2, "tokens": 20 * 12 * 8 * 4096**2, "width": 4096, "depth": 8})
+    response = client.get(
+        "/v1/studies/mup/recommendation",
+        params={"n_params": 12 * 8 * 4096**2, "tokens": 20 * 12 * 8 * 4096**2, "width": 4096, "depth": 8},
+    )
     assert response.status_code == 200, response.text
     rec = response.json()
     assert rec["learning_rate"]["value"] == pytest.approx(0.01, rel=0.3)
@@ -237,8 +279,17 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
         points = [(float(r["Model Size"]), float(r["Training FLOP"]), float(r["loss"])) for r in csv.DictReader(handle)]
     points = sorted(points, key=lambda p: p[2])[:-5]  # Epoch drops the 5 highest-loss points
     client.post("/v1/studies", json={"name": "chinchilla"})
-    runs = [{"run_key": f"c{i}", "n_params": n, "tokens": c / (6 * n), "learning_rate": 2e-4, "batch_size": 512,
-             "final_loss": loss} for i, (n, c, loss) in enumerate(points)]
+    runs = [
+        {
+            "run_key": f"c{i}",
+            "n_params": n,
+            "tokens": c / (6 * n),
+            "learning_rate": 2e-4,
+            "batch_size": 512,
+            "final_loss": loss,
+        }
+        for i, (n, c, loss) in enumerate(points)
+    ]
     assert client.post("/v1/studies/chinchilla/runs", json={"runs": runs}).status_code == 201
     fit = client.post("/v1/studies/chinchilla/fits").json()
     params = fit["loss_law"]["params"]
@@ -260,7 +311,9 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
 
 
 @pytest.mark.slow
-def test_repeated_recommendations_never_outlive_a_commit(steplaw: TestClient, engine: Engine, tokens: dict[str, str]) -> None:
+def test_repeated_recommendations_never_outlive_a_commit(
+    steplaw: TestClient, engine: Engine, tokens: dict[str, str]
+) -> None:
     """Answers are reused for identical requests, but a new run, a revoked token or other
     credentials always go through the full stack (SQLite: until the next commit only)."""
     from store import queries
@@ -272,8 +325,16 @@ def test_repeated_recommendations_never_outlive_a_commit(steplaw: TestClient, en
     assert first.status_code == again.status_code == 200 and first.content == again.content
     stranger = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=bearer("hps_nope"))
     assert stranger.status_code == 401
-    run = {"n_params": 2.1e8, "tokens": 4e9, "width": 960, "depth": 7, "learning_rate": 1e-3,
-           "batch_size": 128, "final_loss": 3.0, "run_key": "late-run"}
+    run = {
+        "n_params": 2.1e8,
+        "tokens": 4e9,
+        "width": 960,
+        "depth": 7,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "final_loss": 3.0,
+        "run_key": "late-run",
+    }
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
     after = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader).json()
     assert after["data_version"] != first.json()["data_version"]

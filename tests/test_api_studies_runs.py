@@ -22,10 +22,6 @@ def create_study(client: TestClient, name: str = "proxy", **fields: object) -> d
     return response.json()
 
 
-
-
-
-
 # --- health --------------------------------------------------------------------------
 
 
@@ -50,9 +46,7 @@ def test_readyz_is_503_before_migrations(tmp_path) -> None:
 
 
 def test_create_show_list_study(client: TestClient) -> None:
-    created = create_study(
-        client, "gpt-mup", parameterization="mup", base_width=256, base_depth=4, seq_len=2048
-    )
+    created = create_study(client, "gpt-mup", parameterization="mup", base_width=256, base_depth=4, seq_len=2048)
     assert created["parameterization"] == "mup" and created["base_width"] == 256
     assert created["optimizer"] == "adamw"
     shown = client.get("/v1/studies/gpt-mup").json()
@@ -110,7 +104,10 @@ def test_auth_401_and_403(client: TestClient, tokens: dict[str, str]) -> None:
 
 def test_single_run_is_stored_with_defaults(client: TestClient) -> None:
     create_study(client, "s", seq_len=2048)
-    response = client.post("/v1/studies/s/runs", json=make_run(0, run_key=None, weight_decay=None) | {"extra": {"warmup": 100, "schedule": "cosine"}})
+    response = client.post(
+        "/v1/studies/s/runs",
+        json=make_run(0, run_key=None, weight_decay=None) | {"extra": {"warmup": 100, "schedule": "cosine"}},
+    )
     assert response.status_code == 201, response.text
     assert response.json()["inserted"] == 1 and response.json()["duplicates"] == 0
     (run,) = client.get("/v1/studies/s/runs").json()["items"]
@@ -143,10 +140,22 @@ def test_batch_is_atomic_and_422_names_index_and_field(client: TestClient, engin
         ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": -Infinity}', "final_loss"),
         ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1}', "final_loss"),
         ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1.5, "final_loss": 1}', "batch_size"),
-        ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "width": 99999999999}', "width"),
-        ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "run_key": "a\\u0000b"}', "run_key"),
-        ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "extra": {"x": [1]}}', "extra.x"),
-        ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "loss_curve": [[1, 2, 3]]}', "loss_curve.0"),
+        (
+            '{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "width": 99999999999}',
+            "width",
+        ),
+        (
+            '{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "run_key": "a\\u0000b"}',
+            "run_key",
+        ),
+        (
+            '{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "extra": {"x": [1]}}',
+            "extra.x",
+        ),
+        (
+            '{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "loss_curve": [[1, 2, 3]]}',
+            "loss_curve.0",
+        ),
         ('{"n_params": 1, "tokens": 1, "learning_rate": 0.1, "batch_size": 1, "final_loss": 1, "seed": 1e30}', "seed"),
         ('{"runs": []}', "runs"),
         ("[1, 2]", "body"),
@@ -157,9 +166,7 @@ def test_bad_run_is_422_naming_field_and_nothing_stored(
     client: TestClient, engine: Engine, raw: str, field: str
 ) -> None:
     create_study(client, "bad")
-    response = client.post(
-        "/v1/studies/bad/runs", content=raw, headers={"Content-Type": "application/json"}
-    )
+    response = client.post("/v1/studies/bad/runs", content=raw, headers={"Content-Type": "application/json"})
     error = assert_error(response, 422, "validation_error")
     assert any(d["field"].startswith(field) for d in error["details"]), error
     assert count_rows(engine) == 0

@@ -83,7 +83,8 @@ def test_client_imports_nothing_server_side() -> None:
 
 def domain_exceptions() -> list[type[errors.DomainError]]:
     return [
-        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
         if issubclass(cls, errors.DomainError) and cls is not errors.DomainError and cls.__module__ == errors.__name__
     ]
 

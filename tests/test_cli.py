@@ -21,11 +21,20 @@ def _map_args() -> list[str]:
 
 def import_steplaw(database_url: str, study: str = "steplaw") -> int:
     return main(
-        ["import", str(STEPLAW_CSV), "--study", study, "--create", "--seq-len", "2048",
-         "--database-url", database_url, "--quiet", *_map_args()]
+        [
+            "import",
+            str(STEPLAW_CSV),
+            "--study",
+            study,
+            "--create",
+            "--seq-len",
+            "2048",
+            "--database-url",
+            database_url,
+            "--quiet",
+            *_map_args(),
+        ]
     )
-
-
 
 
 @pytest.mark.slow
@@ -49,18 +58,30 @@ def test_steplaw_import_loads_every_run(database_url: str, engine: Engine, clien
 def test_csv_round_trip(database_url: str, engine: Engine, client: TestClient, tmp_path: Path) -> None:
     client.post("/v1/studies", json={"name": "orig"})
     runs = [
-        {"run_key": f"r{i}", "n_params": 1.234567e8 + i, "tokens": 2e9 / 3, "width": 256, "depth": 4,
-         "learning_rate": 0.1 / 3 ** i, "batch_size": 16, "weight_decay": 0.1 * i,
-         "status": "diverged" if i == 2 else "completed", "final_loss": None if i == 2 else 3.0 + 1 / 7 * i,
-         "loss_curve": [[1e6, 5.5], [2e6, 4.25]] if i == 1 else None, "seed": i,
-         "extra": {"warmup": 100 * i, "schedule": "cos, \"quoted\""} if i else None}
+        {
+            "run_key": f"r{i}",
+            "n_params": 1.234567e8 + i,
+            "tokens": 2e9 / 3,
+            "width": 256,
+            "depth": 4,
+            "learning_rate": 0.1 / 3**i,
+            "batch_size": 16,
+            "weight_decay": 0.1 * i,
+            "status": "diverged" if i == 2 else "completed",
+            "final_loss": None if i == 2 else 3.0 + 1 / 7 * i,
+            "loss_curve": [[1e6, 5.5], [2e6, 4.25]] if i == 1 else None,
+            "seed": i,
+            "extra": {"warmup": 100 * i, "schedule": 'cos, "quoted"'} if i else None,
+        }
         for i in range(5)
     ]
     assert client.post("/v1/studies/orig/runs", json={"runs": runs}).status_code == 201
     exported = tmp_path / "orig.csv"
     assert main(["export", "--study", "orig", "--database-url", database_url, "-o", str(exported)]) == 0
     assert exported.read_text() == client.get("/v1/studies/orig/runs.csv").text
-    assert main(["import", str(exported), "--study", "copy", "--create", "--database-url", database_url, "--quiet"]) == 0
+    assert (
+        main(["import", str(exported), "--study", "copy", "--create", "--database-url", database_url, "--quiet"]) == 0
+    )
 
     def runs_of(study: str) -> list[dict]:
         items = client.get(f"/v1/studies/{study}/runs").json()["items"]
@@ -88,11 +109,20 @@ def test_import_refuses_unknown_study_and_bad_map(database_url: str, tmp_path: P
     path = tmp_path / "ok.csv"
     path.write_text("n_params,tokens,learning_rate,batch_size,final_loss\n1e8,1e9,0.001,32,3.1\n")
     assert main(["import", str(path), "--study", "nope", "--database-url", database_url]) == 1
-    assert main(["import", str(path), "--study", "s", "--create", "--map", "x=width", "--database-url", database_url]) == 2
-    assert main(["import", str(path), "--study", "s", "--create", "--map", "n_params=bogus", "--database-url", database_url]) == 2
+    assert (
+        main(["import", str(path), "--study", "s", "--create", "--map", "x=width", "--database-url", database_url]) == 2
+    )
+    assert (
+        main(
+            ["import", str(path), "--study", "s", "--create", "--map", "n_params=bogus", "--database-url", database_url]
+        )
+        == 2
+    )
 
 
-def test_tokens_create_prints_token_last_and_works(database_url: str, engine: Engine, client: TestClient, capsys) -> None:
+def test_tokens_create_prints_token_last_and_works(
+    database_url: str, engine: Engine, client: TestClient, capsys
+) -> None:
     assert main(["tokens", "create", "--scope", "write", "--name", "launcher", "--database-url", database_url]) == 0
     token = capsys.readouterr().out.strip().splitlines()[-1]
     assert client.get("/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -105,7 +135,9 @@ def test_tokens_create_prints_token_last_and_works(database_url: str, engine: En
     assert client.get("/v1/studies", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
-@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.1.2.3", False)])
+@pytest.mark.parametrize(
+    "host, loopback", [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.1.2.3", False)]
+)
 def test_no_auth_only_on_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -115,8 +147,20 @@ def test_serve_refuses_no_auth_on_public_host(tmp_path: Path, how: str) -> None:
     flag = ["--no-auth"] if how == "flag" else []
     env = {**__import__("os").environ, "HPSCALE_NO_AUTH": "1" if how == "environment" else "0"}
     result = subprocess.run(
-        [sys.executable, "-m", "hpscale.cli", "serve", *flag, "--host", "0.0.0.0",
-         "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
-        capture_output=True, text=True, timeout=60, env=env,
+        [
+            sys.executable,
+            "-m",
+            "hpscale.cli",
+            "serve",
+            *flag,
+            "--host",
+            "0.0.0.0",
+            "--database-url",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 2 and "loopback" in result.stderr

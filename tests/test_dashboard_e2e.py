@@ -32,8 +32,14 @@ pytestmark = pytest.mark.slow  # starts servers or a browser
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 TARGET = {"n_params": "7e9", "tokens": "1.4e12", "width": "4096", "depth": "32"}
 # A small bootstrap keeps the fit the page asks for at ~10 s; the numbers are still real.
@@ -78,8 +84,20 @@ def steplaw_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not STEPLAW_CSV.exists():
         pytest.fail(f"shared Step Law data missing: {STEPLAW_CSV}")
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'hpscale.db'}"
-    args = [sys.executable, "-m", "hpscale.cli", "import", str(STEPLAW_CSV), "--study", "steplaw",
-            "--create", "--seq-len", "2048", "--database-url", url]
+    args = [
+        sys.executable,
+        "-m",
+        "hpscale.cli",
+        "import",
+        str(STEPLAW_CSV),
+        "--study",
+        "steplaw",
+        "--create",
+        "--seq-len",
+        "2048",
+        "--database-url",
+        url,
+    ]
     for m in STEPLAW_MAP:
         args += ["--map", m]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -93,7 +111,18 @@ def _serve(url: str, *, no_auth: bool, token: str | None = None) -> tuple[subpro
     env.pop("HPSCALE_NO_AUTH", None)
     if token:
         env["HPSCALE_BOOTSTRAP_ADMIN_TOKEN"] = token
-    cmd = [sys.executable, "-m", "hpscale.cli", "serve", "--port", str(port), "--database-url", url, "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpscale.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--database-url",
+        url,
+        "--log-level",
+        "warning",
+    ]
     if no_auth:
         cmd.append("--no-auth")
     process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
@@ -117,7 +146,9 @@ def _stop(process: subprocess.Popen) -> None:
 def _all_runs(client: httpx.Client) -> list[dict]:
     runs, cursor = [], None
     while True:
-        page = client.get("/v1/studies/steplaw/runs", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        page = client.get(
+            "/v1/studies/steplaw/runs", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        ).json()
         runs += page["items"]
         cursor = page["next_cursor"]
         if not cursor:
@@ -204,7 +235,9 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(str(e)))
         external: list[str] = []
-        page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:") else external.append(r.url))
+        page.on(
+            "request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:") else external.append(r.url)
+        )
 
         page.goto(f"{base}/")
         page.locator("#studies-table a", has_text="steplaw").click()
@@ -242,8 +275,11 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
         expect(table).to_have_attribute("data-row-count", str(n960), timeout=TIMEOUT_MS)
         box = page.locator("#runs").bounding_box()  # viewport coordinates; the clip wants page ones
         top = box["y"] + page.evaluate("window.scrollY")
-        page.screenshot(path=str(ARTIFACTS / "dashboard-runs-1280.png"), full_page=True,
-                        clip={"x": box["x"], "y": top, "width": box["width"], "height": min(box["height"], 900)})
+        page.screenshot(
+            path=str(ARTIFACTS / "dashboard-runs-1280.png"),
+            full_page=True,
+            clip={"x": box["x"], "y": top, "width": box["width"], "height": min(box["height"], 900)},
+        )
 
         # A narrow window: everything stacks, the charts redraw at the new width.
         page.set_viewport_size({"width": 390, "height": 844})
@@ -288,7 +324,9 @@ def test_dashboard_with_token(browser, steplaw_db: str) -> None:
         _submit_recommendation(page)  # fits first if no fit is current
         _wait_for_charts(page)
         api_rec = client.get("/v1/studies/steplaw/recommendation", params=TARGET).json()
-        assert math.isclose(float(page.locator("#rec-lr").get_attribute("data-value")), api_rec["learning_rate"]["value"], rel_tol=1e-9)
+        assert math.isclose(
+            float(page.locator("#rec-lr").get_attribute("data-value")), api_rec["learning_rate"]["value"], rel_tol=1e-9
+        )
         _check_plots(page, client, rec=api_rec)
         assert f"Bearer {token}" in auth_headers
 
@@ -317,7 +355,11 @@ def test_static_assets_and_pages(steplaw_db: str) -> None:
         assert "script-src 'self'" in page.headers["content-security-policy"]
         assert client.get("/studies/steplaw", headers={"If-None-Match": page.headers["etag"]}).status_code == 304
         assert client.head("/").status_code == 200
-        for name, content_type in [("charts.js", "text/javascript"), ("dashboard.css", "text/css"), ("favicon.svg", "image/svg+xml")]:
+        for name, content_type in [
+            ("charts.js", "text/javascript"),
+            ("dashboard.css", "text/css"),
+            ("favicon.svg", "image/svg+xml"),
+        ]:
             versioned = f"/static/{name}?v={ASSETS[name].version}"
             assert versioned in page.text
             r = client.get(versioned)

@@ -29,8 +29,9 @@ def _scales(runs):
 def test_bowl_minimum_is_the_true_optimum(seed):
     """The noise-free loss surface's continuous minimum is the claimed optimum, at every proxy scale and target."""
     truth = random_truth(seed)
-    for sc in truth.proxy_scales() + [{k: t[k] for k in ("n_params", "tokens", "width", "depth")}
-                                      for t in truth.targets()]:
+    for sc in truth.proxy_scales() + [
+        {k: t[k] for k in ("n_params", "tokens", "width", "depth")} for t in truth.targets()
+    ]:
         mu = truth.log_optimum(sc["n_params"], sc["tokens"], sc["width"], sc["depth"])
 
         def f(x, sc=sc):
@@ -51,7 +52,7 @@ def _local_vertex(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     A = np.zeros((d, d))
     for k, (i, j) in enumerate(pairs):
         A[i, j] = A[j, i] = beta[1 + d + k]
-    return -np.linalg.solve(A, beta[1:1 + d])
+    return -np.linalg.solve(A, beta[1 : 1 + d])
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -60,8 +61,9 @@ def test_dense_noise_free_grid_is_lowest_at_the_truth(seed):
     Grid off-centre: a quadratic through the runs around the best one has its vertex at the truth."""
     step = 0.1
     for guess_error in (0.0, 0.2):
-        runs, truth = random_study(seed, noise=0.0, keep=1.0, outliers=False, grid_step=step,
-                                   grid_points=(25, 21, 21), guess_error=guess_error)
+        runs, truth = random_study(
+            seed, noise=0.0, keep=1.0, outliers=False, grid_step=step, grid_points=(25, 21, 21), guess_error=guess_error
+        )
         assert truth.outliers == ()
         x_all = np.log(np.column_stack([runs.learning_rate, runs.batch_size, runs.weight_decay]))
         for n, d, w, dp in _scales(runs):
@@ -110,7 +112,9 @@ def test_noise_and_outliers_are_as_documented():
             with_outliers += 1
             assert np.all(runs.status[list(truth.outliers)] == COMPLETED)
             # an outlier is off by 5–20% (plus the run's own noise)
-            assert np.all((np.abs(rel[is_out]) > 0.05 - 6 * truth.noise) & (np.abs(rel[is_out]) < 0.2 + 6 * truth.noise))
+            assert np.all(
+                (np.abs(rel[is_out]) > 0.05 - 6 * truth.noise) & (np.abs(rel[is_out]) < 0.2 + 6 * truth.noise)
+            )
             assert len(truth.outliers) <= max(1, round(0.03 * ok.sum()))
     assert 3 <= with_outliers <= 11
 
@@ -184,8 +188,12 @@ def test_tests_helpers_reexport_the_loaders():
 
 def test_non_test_code_never_imports_tests():
     pattern = re.compile(r"^\s*(from\s+tests[\s.]|import\s+tests\b)", re.MULTILINE)
-    offenders = [str(p.relative_to(ROOT)) for d in ("fitting", "bench", "app", "service", "store", "hpscale")
-                 for p in (ROOT / d).rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for d in ("fitting", "bench", "app", "service", "store", "hpscale")
+        for p in (ROOT / d).rglob("*.py")
+        if pattern.search(p.read_text(encoding="utf-8"))
+    ]
     assert offenders == []
 
 

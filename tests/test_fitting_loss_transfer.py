@@ -16,7 +16,7 @@ from scipy.special import huber, logsumexp
 from fitting.baselines import baselines, deepseek_compute_optimal
 from fitting.common import InsufficientData
 from fitting.loss_law import (
-    LossLawFit,
+    LossLaw,
     compute_optimal,
     fit_loss_law,
     initial_grid,
@@ -40,7 +40,7 @@ def chinchilla() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def chinchilla_fit(chinchilla) -> tuple[LossLawFit, float]:
+def chinchilla_fit(chinchilla) -> tuple[LossLaw, float]:
     t0 = time.perf_counter()
     fit = fit_loss_law(*chinchilla, bootstrap=200, seed=1)
     return fit, time.perf_counter() - t0
@@ -94,6 +94,7 @@ def test_top_starts_polish_is_not_beaten_by_other_grid_starts(chinchilla, chinch
 def test_newton_bootstrap_matches_lbfgs_bootstrap(chinchilla):
     """The batched Newton refits reproduce per-resample L-BFGS-B refits (the previous method)."""
     from fitting.loss_law import _polish
+
     boot, seed = 100, 2
     fit = fit_loss_law(*chinchilla, bootstrap=boot, seed=seed)
     log_n, log_d, log_l = (np.log(x) for x in chinchilla)
@@ -101,8 +102,13 @@ def test_newton_bootstrap_matches_lbfgs_bootstrap(chinchilla):
     theta = np.array([math.log(p["A"]), math.log(p["B"]), math.log(p["E"]), p["alpha"], p["beta"]])
     # the point estimate is the one L-BFGS-B reaches from the best grid start on its own
     grid = initial_grid()
-    z = np.stack([grid[:, [0]] - grid[:, [3]] * log_n, grid[:, [1]] - grid[:, [4]] * log_d,
-                  np.broadcast_to(grid[:, [2]], (len(grid), log_n.size))])
+    z = np.stack(
+        [
+            grid[:, [0]] - grid[:, [3]] * log_n,
+            grid[:, [1]] - grid[:, [4]] * log_d,
+            np.broadcast_to(grid[:, [2]], (len(grid), log_n.size)),
+        ]
+    )
     start = grid[np.argmin(huber(1e-3, logsumexp(z, axis=0) - log_l).sum(axis=1))]
     solo = _polish(start, log_n, log_d, log_l, 1e-3)
     np.testing.assert_allclose(theta, solo.x, rtol=1e-6)
@@ -164,7 +170,7 @@ def test_json_round_trip_keeps_predictions(chinchilla, chinchilla_fit):
     assert d["form"] == "L = E + A/N^alpha + B/D^beta"
     assert set(d["params"]) == {"E", "A", "B", "alpha", "beta"}
     assert len(d["bootstrap_samples"]["alpha"]) <= 200
-    back = LossLawFit.from_dict(d)
+    back = LossLaw.from_dict(d)
     n, tokens, loss = chinchilla
     a, b = fit.predict(n, tokens), back.predict(n, tokens)
     np.testing.assert_allclose(a.value, b.value, rtol=1e-12)

@@ -14,7 +14,6 @@ from fitting.optima import (
     LOSS_NOISE,
     MIN_NOISE_DOF,
     analyse_sweeps,
-    bowl_outliers,
     choose_axes,
     classify_runs,
     divergence_caps,
@@ -35,8 +34,19 @@ FINE_LR = [4e-3 * 1.15**k for k in range(-8, 9)]  # fine grids: many runs within
 FINE_BS = [256.0 * 1.15**k for k in range(-4, 5)]
 
 
-def bowl(n_params: float = 1e8, tokens: float = 2e9, *, lrs=None, bss=None, wd: float = 0.1, base: float = 3.0,
-         centre=(math.log(4e-3), math.log(256.0)), noise: float = 0.0, seed: int = 0, **extra) -> list[dict]:
+def bowl(
+    n_params: float = 1e8,
+    tokens: float = 2e9,
+    *,
+    lrs=None,
+    bss=None,
+    wd: float = 0.1,
+    base: float = 3.0,
+    centre=(math.log(4e-3), math.log(256.0)),
+    noise: float = 0.0,
+    seed: int = 0,
+    **extra,
+) -> list[dict]:
     """A full lr × bs grid on a quadratic log-loss bowl (optionally noisy)."""
     rng = np.random.default_rng(seed)
     lrs = lrs if lrs is not None else [4e-3 * 2.0**k for k in range(-3, 4)]
@@ -46,8 +56,17 @@ def bowl(n_params: float = 1e8, tokens: float = 2e9, *, lrs=None, bss=None, wd: 
         for bs in bss:
             z = np.array([math.log(lr) - centre[0], math.log(bs) - centre[1]])
             loss = base * math.exp(0.5 * H * z @ z) * (1 + noise * rng.standard_normal())
-            out.append({"n_params": n_params, "tokens": tokens, "learning_rate": lr, "batch_size": bs,
-                        "weight_decay": wd, "final_loss": loss, **extra})
+            out.append(
+                {
+                    "n_params": n_params,
+                    "tokens": tokens,
+                    "learning_rate": lr,
+                    "batch_size": bs,
+                    "weight_decay": wd,
+                    "final_loss": loss,
+                    **extra,
+                }
+            )
     return out
 
 
@@ -69,15 +88,36 @@ def test_run_table_keeps_ids_and_keys():
     assert list(t.run_key) == ["a", None]
     assert list(t.subset(np.array([False, True])).run_key) == [None]
     assert t.label(0) == "run 'a'" and t.label(1) == "row 1"
-    bare = RunTable(*(getattr(t, f) for f in ("n_params", "tokens", "width", "depth", "seq_len", "learning_rate",
-                                              "batch_size", "weight_decay", "final_loss", "status")))
+    bare = RunTable(
+        *(
+            getattr(t, f)
+            for f in (
+                "n_params",
+                "tokens",
+                "width",
+                "depth",
+                "seq_len",
+                "learning_rate",
+                "batch_size",
+                "weight_decay",
+                "final_loss",
+                "status",
+            )
+        )
+    )
     assert bare.run_id.shape == (2,) and list(bare.run_key) == [None, None]
 
 
 # Stage 1: outliers ------------------------------------------------------------------
 def test_group_scales_orders_by_size_then_tokens():
-    t = RunTable.from_records([{"n_params": 2e8, "tokens": 1e9}, {"n_params": 1e8, "tokens": 5e9},
-                               {"n_params": 1e8, "tokens": 1e9}, {"n_params": 2e8, "tokens": 1e9}])
+    t = RunTable.from_records(
+        [
+            {"n_params": 2e8, "tokens": 1e9},
+            {"n_params": 1e8, "tokens": 5e9},
+            {"n_params": 1e8, "tokens": 1e9},
+            {"n_params": 2e8, "tokens": 1e9},
+        ]
+    )
     scales, sidx = group_scales(t)
     assert [(s.n_params, s.tokens) for s in scales] == [(1e8, 1e9), (1e8, 5e9), (2e8, 1e9)]
     assert list(sidx) == [2, 1, 0, 2]
@@ -151,16 +191,22 @@ def test_weight_decay_offset_and_axis_choice():
     wd = np.array([0.0, 0.1, 0.2, 0.4])
     assert weight_decay_offset(wd, np.ones(4, bool)) == pytest.approx(0.05)
     assert weight_decay_offset(wd[1:], np.ones(3, bool)) == 0.0
-    hp = {"learning_rate": np.array([1e-3, 2e-3, 4e-3, 1e-3]), "batch_size": np.array([64.0, 128, 64, 64]),
-          "weight_decay": np.full(4, 0.1)}
+    hp = {
+        "learning_rate": np.array([1e-3, 2e-3, 4e-3, 1e-3]),
+        "batch_size": np.array([64.0, 128, 64, 64]),
+        "weight_decay": np.full(4, 0.1),
+    }
     axes, warnings = choose_axes(hp, np.ones(4, bool), np.zeros(4, int), 1)
     assert axes == ("learning_rate",)
     assert any("batch size takes only 2 values" in w for w in warnings)
 
 
 def test_keep_modal_values_drops_runs_off_the_modal_value():
-    hp = {"learning_rate": np.array([1e-3, 2e-3, 4e-3, 8e-3]), "batch_size": np.array([64.0, 64, 64, 128]),
-          "weight_decay": np.full(4, 0.1)}
+    hp = {
+        "learning_rate": np.array([1e-3, 2e-3, 4e-3, 8e-3]),
+        "batch_size": np.array([64.0, 64, 64, 128]),
+        "weight_decay": np.full(4, 0.1),
+    }
     usable, warnings = keep_modal_values(hp, np.ones(4, bool), np.zeros(4, int), 1, ("learning_rate",))
     assert list(usable) == [True, True, True, False]
     assert "1 run(s) left out: batch size varies" in warnings[0]
@@ -172,7 +218,9 @@ def test_band_and_interactions():
     hp = {"learning_rate": runs.learning_rate, "batch_size": runs.batch_size, "weight_decay": runs.weight_decay}
     y = np.log(runs.final_loss)
     sidx = np.zeros(len(runs), int)
-    in_band, active, n_values = select_rows(hp, ("learning_rate", "batch_size"), y, np.ones(len(runs), bool), sidx, 1, 0.01)
+    in_band, active, n_values = select_rows(
+        hp, ("learning_rate", "batch_size"), y, np.ones(len(runs), bool), sidx, 1, 0.01
+    )
     assert in_band.sum() >= 6 and np.all(np.exp(y[in_band] - y.min()) - 1 <= 0.05)
     assert active.all() and list(n_values[0]) == [7, 5]
     U = np.column_stack([np.log(runs.learning_rate), np.log(runs.batch_size)])
@@ -196,8 +244,11 @@ def test_noise_prior_replicates_and_measured():
     # Replicates measure the noise: 20 pairs with scatter 0.01 in log loss.
     rng = np.random.default_rng(0)
     y = np.repeat(rng.normal(1.0, 0.1, 60), 2) + rng.normal(0, 0.01, 120)
-    hp = {"learning_rate": np.repeat(np.arange(1, 61) * 1e-3, 2), "batch_size": np.full(120, 64.0),
-          "weight_decay": np.zeros(120)}
+    hp = {
+        "learning_rate": np.repeat(np.arange(1, 61) * 1e-3, 2),
+        "batch_size": np.full(120, 64.0),
+        "weight_decay": np.zeros(120),
+    }
     ss, dof = replicate_scatter(hp, y, np.ones(120, bool), np.zeros(120, int))
     assert dof == 60
     n = loss_noise(None, ss, dof)

@@ -42,9 +42,20 @@ def table(runs: list[dict]) -> RunTable:
     records = []
     for r in runs:
         n, d, w, depth = r["scale"]
-        records.append({"n_params": n, "tokens": d, "width": w, "depth": depth, "learning_rate": r["learning_rate"],
-                        "batch_size": r["batch_size"], "weight_decay": r["weight_decay"], "status": r["status"],
-                        "final_loss": r["final_loss"] if r["status"] == "completed" else None, "seq_len": 2048})
+        records.append(
+            {
+                "n_params": n,
+                "tokens": d,
+                "width": w,
+                "depth": depth,
+                "learning_rate": r["learning_rate"],
+                "batch_size": r["batch_size"],
+                "weight_decay": r["weight_decay"],
+                "status": r["status"],
+                "final_loss": r["final_loss"] if r["status"] == "completed" else None,
+                "seq_len": 2048,
+            }
+        )
     return RunTable.from_records(records)
 
 

@@ -12,7 +12,7 @@ from fitting.common import InsufficientData
 from fitting.laws import fit_laws
 from fitting.optima import analyse_sweeps
 from fitting.runs import RunTable
-from fitting.study_fit import MissingTarget, StudyFit, fit_study, predict
+from fitting.study_fit import MissingTarget, StudyResult, fit_study, predict
 from tests.fitting_data import TRUE_BS, TRUE_LR, TRUE_WD, load_marin, load_steplaw, synthetic_sweep
 
 BOOT = 30  # the bootstrap is not what these tests check; keep them fast
@@ -38,8 +38,10 @@ def test_steplaw_regret_full_grid(steplaw):
     pub = mean_regret(leave_one_size_out(steplaw, steplaw_published()))
     mine = leave_one_size_out(steplaw, ours)
     assert len(mine) == 15
-    print(f"\nleave-one-model-size-out regret, 15 settings: ours {100 * mean_regret(mine):.3f}%  "
-          f"Step Law procedure {100 * ref:.3f}%  published Step Law formula {100 * pub:.3f}%")
+    print(
+        f"\nleave-one-model-size-out regret, 15 settings: ours {100 * mean_regret(mine):.3f}%  "
+        f"Step Law procedure {100 * ref:.3f}%  published Step Law formula {100 * pub:.3f}%"
+    )
     assert mean_regret(mine) <= 0.0010
     assert mean_regret(mine) < ref
 
@@ -49,7 +51,9 @@ def test_steplaw_regret_30_percent_of_runs(steplaw):
     for seed in range(5):
         mine.append(mean_regret(leave_one_size_out(steplaw, ours, train_fraction=0.3, seed=seed)))
         ref.append(mean_regret(leave_one_size_out(steplaw, steplaw_procedure, train_fraction=0.3, seed=seed)))
-    print(f"\n30% of each grid, mean of 5 seeds: ours {100 * np.mean(mine):.3f}%  Step Law procedure {100 * np.mean(ref):.3f}%")
+    print(
+        f"\n30% of each grid, mean of 5 seeds: ours {100 * np.mean(mine):.3f}%  Step Law procedure {100 * np.mean(ref):.3f}%"
+    )
     assert np.mean(mine) <= 0.0012
 
 
@@ -68,8 +72,9 @@ def test_synthetic_laws_recovered_with_calibrated_intervals():
             got = set(chosen.laws[axis].models[0].variables)
             assert set(truth[axis]) - {"const"} <= got, (seed, axis, got)
             exact += got == set(truth[axis]) - {"const"}
-        lf = fit_laws(a, bootstrap=200, seed=seed,
-                      variables={ax: tuple(k for k in t if k != "const") for ax, t in truth.items()})
+        lf = fit_laws(
+            a, bootstrap=200, seed=seed, variables={ax: tuple(k for k in t if k != "const") for ax, t in truth.items()}
+        )
         for axis, t in truth.items():
             law = lf.laws[axis]
             want = {k for k in t if k != "const"}
@@ -78,11 +83,15 @@ def test_synthetic_laws_recovered_with_calibrated_intervals():
                 errors.append(abs(e.value - t[v]))
                 covered += e.contains(t[v])
                 total += 1
-    print(f"\nsynthetic: 90% intervals cover the true exponent in {covered}/{total} cases; "
-          f"the top-weighted variable set is exactly the true variables in {exact}/40 laws")
+    print(
+        f"\nsynthetic: 90% intervals cover the true exponent in {covered}/{total} cases; "
+        f"the top-weighted variable set is exactly the true variables in {exact}/40 laws"
+    )
     errors_ = np.array(errors)
-    print(f"exponent errors: median {np.median(errors_):.3f}, 90th pct {np.percentile(errors_, 90):.3f}, "
-          f"max {errors_.max():.3f}; within ±0.05 in {np.mean(errors_ <= 0.05):.0%}")
+    print(
+        f"exponent errors: median {np.median(errors_):.3f}, 90th pct {np.percentile(errors_, 90):.3f}, "
+        f"max {errors_.max():.3f}; within ±0.05 in {np.mean(errors_ <= 0.05):.0%}"
+    )
     assert exact >= 32
     assert np.mean(errors_ <= 0.05) >= 0.95 and errors_.max() <= 0.1
     assert covered / total >= 0.80
@@ -114,7 +123,7 @@ def test_predict_round_trip_conditioning_and_missing_target(steplaw):
     for o in d["optima"]:
         for a in ("learning_rate", "batch_size"):
             assert o[a]["low"] <= o[a]["value"] <= o[a]["high"]
-    restored = StudyFit.from_state(json.loads(json.dumps(fit.to_state())))
+    restored = StudyResult.from_state(json.loads(json.dumps(fit.to_state())))
     target = {"n_params": 1e9, "tokens": 1e11, "width": 2048, "depth": 16}
     p, q = predict(fit, target), predict(restored, target)
     for a, b in ((p.learning_rate, q.learning_rate), (p.batch_size, q.batch_size)):
@@ -136,15 +145,17 @@ def test_marin_weight_decay_optima_and_supported_model():
         assert any("one axis at a time" in w for w in fit.warnings)
         assert all(any("one axis at a time only" in f for f in o.flags) for o in fit.optima)
         # The analysis is served from stored state: read it from the JSON round trip.
-        wd = StudyFit.from_state(json.loads(json.dumps(fit.to_state()))).weight_decay_analysis
+        wd = StudyResult.from_state(json.loads(json.dumps(fit.to_state()))).weight_decay_analysis
         assert wd == fit.weight_decay_analysis
         print(f"\nMarin {optimizer}: weight-decay optima (bracketed along one axis only)")
         for p in wd["points"]:
             s, w = p["scale"], p["weight_decay"]
-            print(f"  width {s['width']:.0f}  tokens {s['tokens']:.3g}: wd* = {w['value']:.3g} "
-                  f"[{w['low']:.3g}, {w['high']:.3g}] ({p['status']}), "
-                  f"τ = {p['tau_steps'] and round(p['tau_steps'])} steps = "
-                  f"{p['tau_fraction'] and round(p['tau_fraction'], 3)} of training")
+            print(
+                f"  width {s['width']:.0f}  tokens {s['tokens']:.3g}: wd* = {w['value']:.3g} "
+                f"[{w['low']:.3g}, {w['high']:.3g}] ({p['status']}), "
+                f"τ = {p['tau_steps'] and round(p['tau_steps'])} steps = "
+                f"{p['tau_fraction'] and round(p['tau_fraction'], 3)} of training"
+            )
         for name, m in wd["models"].items():
             print(f"  {name}: consistent={m['consistent']}: {m['evidence']}")
         print(f"  supported: {', '.join(wd['supported']) or 'none of the three'}")

@@ -29,16 +29,42 @@ TARGET = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 @pytest.fixture
 def server(database_url: str, engine: Engine) -> Iterator[tuple[str, dict[str, str]]]:
     """A 2-worker server on the test database holding the Step Law study, and tokens by scope."""
-    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048",
-            "--database-url", database_url, "--quiet"]
+    args = [
+        "import",
+        str(STEPLAW_CSV),
+        "--study",
+        "steplaw",
+        "--create",
+        "--seq-len",
+        "2048",
+        "--database-url",
+        database_url,
+        "--quiet",
+    ]
     assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
-    tokens = {s: run_in_transaction(engine, lambda c, s=s: queries.create_token(c, f"launcher-{s}", s))
-              for s in ("read", "write", "admin")}
+    tokens = {
+        s: run_in_transaction(engine, lambda c, s=s: queries.create_token(c, f"launcher-{s}", s))
+        for s in ("read", "write", "admin")
+    }
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hpscale.cli", "serve", "--port", str(port), "--workers", "2",
-         "--database-url", database_url, "--log-level", "warning"],
-        env={**os.environ, "HPSCALE_BOOTSTRAP": "40"}, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpscale.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--database-url",
+            database_url,
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "HPSCALE_BOOTSTRAP": "40"},
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -47,8 +73,6 @@ def server(database_url: str, engine: Engine) -> Iterator[tuple[str, dict[str, s
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
 
 
 def test_twenty_concurrent_requests_on_stale_data_fit_once(server, engine: Engine) -> None:
@@ -73,15 +97,19 @@ def test_python_client_submits_idempotently_and_recommends(server, engine: Engin
         with pytest.raises(HpscaleError) as raised:
             admin.create_study("launch")
         assert raised.value.status_code == 409 and raised.value.code == "conflict"
-    runs = [{"n_params": 1e8, "tokens": 2e9, "learning_rate": 1e-3 * (i + 1), "batch_size": 64, "final_loss": 3.0 + i / 100}
-            for i in range(12)]
+    runs = [
+        {"n_params": 1e8, "tokens": 2e9, "learning_rate": 1e-3 * (i + 1), "batch_size": 64, "final_loss": 3.0 + i / 100}
+        for i in range(12)
+    ]
     with Client(url, tokens["write"]) as writer:
         first = writer.submit("launch", runs)
         again = writer.submit("launch", runs)  # a retried script: nothing stored twice
         assert first["inserted"] == 12 and again == {"inserted": 0, "duplicates": 12, "ids": first["ids"]}
         assert content_run_key(runs[0]) == content_run_key(dict(runs[0]))
         with pytest.raises(HpscaleError) as raised:
-            writer.submit("launch", [{"n_params": -1, "tokens": 1, "learning_rate": 1, "batch_size": 1, "final_loss": 1}])
+            writer.submit(
+                "launch", [{"n_params": -1, "tokens": 1, "learning_rate": 1, "batch_size": 1, "final_loss": 1}]
+            )
         assert raised.value.status_code == 422 and raised.value.details[0]["field"] == "n_params"
         rec = writer.recommend("steplaw", **TARGET, batch_multiple=256)
         assert rec["batch_size"]["value"] % 256 == 0
@@ -98,12 +126,27 @@ def test_python_client_submits_idempotently_and_recommends(server, engine: Engin
 
 def test_recommend_command_prints_a_table_and_json(server, capsys) -> None:
     url, tokens = server
-    argv = ["recommend", "--study", "steplaw", "--n-params", "7e9", "--tokens", "1.4e12", "--width", "4096",
-            "--depth", "32", "--url", url, "--token", tokens["read"]]
+    argv = [
+        "recommend",
+        "--study",
+        "steplaw",
+        "--n-params",
+        "7e9",
+        "--tokens",
+        "1.4e12",
+        "--width",
+        "4096",
+        "--depth",
+        "32",
+        "--url",
+        url,
+        "--token",
+        tokens["read"],
+    ]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "learning_rate" in table and "90% [" in table and "step_law" in table and "extrapolation:" in table
-    assert main(argv + ["--json"]) == 0
+    assert main([*argv, "--json"]) == 0
     assert '"learning_rate"' in capsys.readouterr().out
     assert main(["recommend", "--study", "steplaw", "--n-params", "7e9", "--url", url, "--token", tokens["read"]]) == 1
     assert "tokens" in capsys.readouterr().err

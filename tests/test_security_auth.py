@@ -8,7 +8,7 @@ an entry in `REQUIRED_SCOPE` fails here instead of shipping with the wrong scope
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -94,8 +94,6 @@ def _body(method: str, path: str, n: int) -> dict | None:
     return {}
 
 
-
-
 @pytest.mark.parametrize("method, path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 def test_auth_matrix(client: TestClient, engine: Engine, tokens: dict[str, str], method: str, path: str) -> None:
     needed = REQUIRED_SCOPE[(method, _normalise(path))]
@@ -152,7 +150,9 @@ def test_cli_token_is_printed_once_and_only_its_hash_is_stored(
 ) -> None:
     created = {}
     for scope in SCOPES:
-        assert cli(["tokens", "create", "--scope", scope, "--name", f"cli-{scope}", "--database-url", database_url]) == 0
+        assert (
+            cli(["tokens", "create", "--scope", scope, "--name", f"cli-{scope}", "--database-url", database_url]) == 0
+        )
         out = capsys.readouterr().out.strip().splitlines()
         created[scope] = out[-1]
         assert created[scope] not in "\n".join(out[:-1])  # printed once, on the last line
@@ -200,9 +200,9 @@ def test_last_used_at_is_set_by_use(engine: Engine, client: TestClient, tokens: 
             return conn.execute(select(ApiToken.last_used_at).where(ApiToken.name == name)).scalar_one()
 
     assert last_used("test-read") is None
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert client.get("/v1/studies", headers=bearer(tokens["read"])).status_code == 200
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     used = last_used("test-read")
     assert used is not None and before <= used <= after
     assert last_used("test-write") is None  # only the token that was used
@@ -230,7 +230,9 @@ def test_runs_record_the_token_name_and_can_be_filtered_by_it(
 ) -> None:
     client.post("/v1/studies", json={"name": "audit"})
     other = run_in_transaction(engine, lambda c: queries.create_token(c, "launcher-b", "write"))
-    a = client.post("/v1/studies/audit/runs", json={"runs": [make_run(i) for i in range(5)]}, headers=bearer(tokens["write"]))
+    a = client.post(
+        "/v1/studies/audit/runs", json={"runs": [make_run(i) for i in range(5)]}, headers=bearer(tokens["write"])
+    )
     b = client.post("/v1/studies/audit/runs", json={"runs": [make_run(i) for i in range(3, 9)]}, headers=bearer(other))
     assert a.json()["inserted"] == 5 and b.json()["inserted"] == 4  # keys 3, 4 were a's
     c = client.post("/v1/studies/audit/runs", json=make_run(100))  # the admin token

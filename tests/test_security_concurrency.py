@@ -89,7 +89,9 @@ def _http_writer(base_url: str, token: str, study: str, writer: int, barrier: An
             inserted += result["inserted"]
             duplicates += result["duplicates"]
             ids.update(zip((r["run_key"] for r in batch), result["ids"]))
-    Path(out).write_text(json.dumps({"ids": ids, "inserted": inserted, "duplicates": duplicates, "errors": errors, "statuses": statuses}))
+    Path(out).write_text(
+        json.dumps({"ids": ids, "inserted": inserted, "duplicates": duplicates, "errors": errors, "statuses": statuses})
+    )
 
 
 def run_writers(target: Any, args: tuple[Any, ...], tmp_path: Path) -> list[dict[str, Any]]:
@@ -137,7 +139,10 @@ def assert_exactly_once(engine: Engine, study_id: int, results: list[dict[str, A
 
 
 def test_concurrent_store_writers_store_each_key_once(database_url: str, engine: Engine, tmp_path: Path) -> None:
-    study = run_in_transaction(engine, lambda c: queries.create_study(c, {"name": "race", "parameterization": "sp", "optimizer": "adamw"}, None))
+    study = run_in_transaction(
+        engine,
+        lambda c: queries.create_study(c, {"name": "race", "parameterization": "sp", "optimizer": "adamw"}, None),
+    )
     assert study is not None
     results = run_writers(_store_writer, (database_url, study.id), tmp_path)
     assert_exactly_once(engine, study.id, results, f"store/{engine.dialect.name}")
@@ -151,10 +156,24 @@ TOKEN = "hps_concurrency-test-admin-token"
 def start_server(database_url: str, workers: int = 1, port: int | None = None) -> tuple[subprocess.Popen, str]:
     port = port or free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hpscale.cli", "serve", "--port", str(port), "--workers", str(workers),
-         "--database-url", database_url, "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "hpscale.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--database-url",
+            database_url,
+            "--log-level",
+            "warning",
+        ],
         env={**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": TOKEN},
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, process)
@@ -214,10 +233,14 @@ def _writer_active(database_url: str, engine: Engine) -> bool:
         finally:
             conn.close()
     with engine.connect() as conn:
-        return bool(conn.execute(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
-        )).scalar_one())
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+                )
+            ).scalar_one()
+        )
 
 
 def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engine) -> None:
@@ -227,8 +250,10 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
     # from the first trial's retry, which stores the batch in full).
     # Last, a kill right after the 201: what was acknowledged must survive it.
     plan = [
-        ("in transaction", rng.uniform(0, 0.02)), ("in transaction", rng.uniform(0.02, 0.25)),
-        ("random", rng.random()), ("after response", 0.0),
+        ("in transaction", rng.uniform(0, 0.02)),
+        ("in transaction", rng.uniform(0.02, 0.25)),
+        ("random", rng.random()),
+        ("after response", 0.0),
     ]
     outcomes: list[tuple[str, float, int, str]] = []
     request_seconds = 1.0
@@ -236,15 +261,18 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
     port = int(url.rsplit(":", 1)[1])
     auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     try:
-        for trial, (phase, delay) in enumerate(plan):
+        for trial, (phase, planned_delay) in enumerate(plan):
             study = f"crash-{trial}"
+            delay = planned_delay
             assert httpx.post(f"{url}/v1/studies", json={"name": study}, headers=auth).status_code == 201
             body = json.dumps({"runs": [make_run(i, run_key=f"t{trial}-{i}") for i in range(BIG)]}).encode()
             response: dict[str, Any] = {}
 
             def send() -> None:
                 try:
-                    response["status"] = httpx.post(f"{url}/v1/studies/{study}/runs", content=body, headers=auth, timeout=120).status_code
+                    response["status"] = httpx.post(
+                        f"{url}/v1/studies/{study}/runs", content=body, headers=auth, timeout=120
+                    ).status_code
                 except httpx.HTTPError as error:
                     response["error"] = type(error).__name__
 
@@ -256,7 +284,7 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
                     time.sleep(0.001)
                 assert sender.is_alive(), "the request finished before its transaction was seen"
             elif phase == "random":
-                delay *= 1.2 * request_seconds
+                delay = planned_delay * 1.2 * request_seconds
             else:
                 sender.join(timeout=120)
                 assert response.get("status") == 201, response
@@ -272,7 +300,9 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
             assert httpx.get(f"{url}/v1/studies/{study}", headers=auth).json()["run_count"] == stored
             if response.get("status") == 201:
                 assert stored == BIG  # an acknowledged batch is never lost
-            outcomes.append((phase, round(delay * 1000, 1), stored, str(response.get("status") or response.get("error"))))
+            outcomes.append(
+                (phase, round(delay * 1000, 1), stored, str(response.get("status") or response.get("error")))
+            )
             # The client may simply retry: the batch ends up stored exactly once.
             started = time.monotonic()
             retry = httpx.post(f"{url}/v1/studies/{study}/runs", content=body, headers=auth, timeout=120)
@@ -282,4 +312,6 @@ def test_sigkill_mid_batch_leaves_all_or_nothing(database_url: str, engine: Engi
             assert httpx.get(f"{url}/v1/studies/{study}", headers=auth).json()["run_count"] == BIG
     finally:
         stop(process)
-    print(f"\n[sigkill:{engine.dialect.name}] {len(plan)} trials (phase, ms after, runs stored, client saw): {outcomes}")
+    print(
+        f"\n[sigkill:{engine.dialect.name}] {len(plan)} trials (phase, ms after, runs stored, client saw): {outcomes}"
+    )

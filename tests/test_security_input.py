@@ -41,10 +41,6 @@ def _report_fuzz_counts() -> Iterator[None]:
     )
 
 
-
-
-
-
 # --- body size --------------------------------------------------------------------------
 
 LIMIT = 4096
@@ -78,7 +74,9 @@ def test_oversized_chunked_body_is_413(small_client: TestClient, engine: Engine)
         for start in range(0, len(body), 1000):
             yield body[start : start + 1000]
 
-    response = small_client.post("/v1/studies/small/runs", content=chunks(), headers={"Content-Type": "application/json"})
+    response = small_client.post(
+        "/v1/studies/small/runs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in {k.lower() for k in response.request.headers}
     assert_error(response, 413, "payload_too_large")
@@ -140,20 +138,28 @@ def test_odd_run_bodies_are_422_naming_the_field(client: TestClient, engine: Eng
     response = client.post("/v1/studies/odd/runs", content=raw.encode(), headers={"Content-Type": "application/json"})
     error = assert_error(response, 422, "validation_error")
     fields = [d["field"] for d in error["details"]]
-    assert any(f.startswith(field) for f in fields) or (field == "runs.0" and 0 in [d["index"] for d in error["details"]]), fields
+    assert any(f.startswith(field) for f in fields) or (
+        field == "runs.0" and 0 in [d["index"] for d in error["details"]]
+    ), fields
     assert count_rows(engine) == 0
 
 
 def test_surrogate_in_a_study_description_is_422(client: TestClient) -> None:
-    response = client.post("/v1/studies", content=b'{"name": "u", "description": "\\ud800"}', headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/studies", content=b'{"name": "u", "description": "\\ud800"}', headers={"Content-Type": "application/json"}
+    )
     assert assert_error(response, 422, "validation_error")["details"][0]["field"] == "description"
     assert client.get("/v1/studies").json()["items"] == []
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/json; charset=latin-1"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/json; charset=latin-1"]
+)
 def test_non_json_content_type_is_4xx(client: TestClient, engine: Engine, content_type: str) -> None:
     client.post("/v1/studies", json={"name": "ct"})
-    response = client.post("/v1/studies/ct/runs", content=json.dumps(make_run(1)).encode(), headers={"Content-Type": content_type})
+    response = client.post(
+        "/v1/studies/ct/runs", content=json.dumps(make_run(1)).encode(), headers={"Content-Type": content_type}
+    )
     assert 400 <= response.status_code < 500 or response.status_code == 201, response.text
 
 
@@ -220,7 +226,13 @@ def to_json(value: Any) -> str:
 
 
 any_char = st.characters(codec=None, categories=None)  # includes NUL and lone surrogates
-nasty_text = st.one_of(st.text(max_size=20), st.text(any_char, max_size=20), st.just("\x00"), st.just("\ud800"), st.text(min_size=120, max_size=2000))
+nasty_text = st.one_of(
+    st.text(max_size=20),
+    st.text(any_char, max_size=20),
+    st.just("\x00"),
+    st.just("\ud800"),
+    st.text(min_size=120, max_size=2000),
+)
 numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -229,7 +241,11 @@ numbers = st.one_of(
 )
 deep = st.integers(min_value=1, max_value=3000).map(lambda n: Raw("[" * n + "]" * n))
 leaves = st.one_of(st.none(), st.booleans(), numbers, nasty_text, deep)
-junk = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)
+junk = st.recursive(
+    leaves,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10,
+)
 
 # Right type, hostile content: what passes a type check and so reaches the database.
 surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
@@ -270,7 +286,9 @@ fields: dict[str, st.SearchStrategy] = {
     "final_loss": mostly(st.floats(min_value=0.5, max_value=10), typed_any_number),
     "loss_curve": st.lists(st.tuples(typed_positive, mostly(st.floats(0, 10), typed_any_number)).map(list), max_size=5),
     "seed": st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.integers()),
-    "extra": st.dictionaries(typed_text, mostly(st.one_of(st.floats(-1e6, 1e6), typed_text), typed_any_number), max_size=3),
+    "extra": st.dictionaries(
+        typed_text, mostly(st.one_of(st.floats(-1e6, 1e6), typed_text), typed_any_number), max_size=3
+    ),
 }
 REQUIRED = {"n_params", "tokens", "learning_rate", "batch_size", "final_loss"}
 
@@ -303,7 +321,10 @@ bodies = st.one_of(
 def fuzz_target(engine: Engine, database_url: str, tokens: dict[str, str]) -> Iterator[TestClient]:
     app = create_app(Settings(database_url=database_url), engine=engine)
     with TestClient(app, headers=bearer(tokens["write"]), raise_server_exceptions=False) as client:
-        run_in_transaction(engine, lambda c: queries.create_study(c, {"name": "fuzz", "parameterization": "sp", "optimizer": "adamw"}, None))
+        run_in_transaction(
+            engine,
+            lambda c: queries.create_study(c, {"name": "fuzz", "parameterization": "sp", "optimizer": "adamw"}, None),
+        )
         yield client
 
 
@@ -314,7 +335,10 @@ def _check_4xx_body(response) -> dict:
 
 
 FUZZ_SETTINGS = settings(
-    max_examples=150, deadline=None, derandomize=True, database=None,
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -322,9 +346,15 @@ FUZZ_SETTINGS = settings(
 @pytest.mark.slow
 @FUZZ_SETTINGS
 @given(body=bodies)
-def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(fuzz_target: TestClient, engine: Engine, body: Any) -> None:
+def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(
+    fuzz_target: TestClient, engine: Engine, body: Any
+) -> None:
     before = count_rows(engine)
-    response = fuzz_target.post("/v1/studies/fuzz/runs", content=to_json(body).encode("utf-8", "surrogatepass"), headers={"Content-Type": "application/json"})
+    response = fuzz_target.post(
+        "/v1/studies/fuzz/runs",
+        content=to_json(body).encode("utf-8", "surrogatepass"),
+        headers={"Content-Type": "application/json"},
+    )
     FUZZ["hypothesis"] += 1
     FUZZ["5xx"] += response.status_code >= 500
     assert response.status_code < 500, response.text
@@ -352,12 +382,23 @@ def test_run_submission_never_5xx_and_a_refused_batch_stores_nothing(fuzz_target
     assert after == before
 
 
-query_values = st.one_of(st.text(max_size=30), st.text(any_char.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=30), st.integers().map(str), st.floats().map(str))
+query_values = st.one_of(
+    st.text(max_size=30),
+    st.text(any_char.filter(lambda c: not 0xD800 <= ord(c) <= 0xDFFF), max_size=30),
+    st.integers().map(str),
+    st.floats().map(str),
+)
 
 
 @pytest.mark.slow
 @FUZZ_SETTINGS
-@given(params=st.dictionaries(st.sampled_from(["limit", "cursor", "status", "width", "depth", "created_by", "other"]), query_values, max_size=4))
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["limit", "cursor", "status", "width", "depth", "created_by", "other"]),
+        query_values,
+        max_size=4,
+    )
+)
 def test_listing_query_never_5xx(fuzz_target: TestClient, params: dict[str, str]) -> None:
     response = fuzz_target.get("/v1/studies/fuzz/runs", params=params)
     FUZZ["hypothesis"] += 1
@@ -395,8 +436,16 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, di
     engine = make_engine(url)
     migrate.upgrade(engine)
     token = run_in_transaction(engine, lambda c: queries.create_token(c, "fuzzer", "admin"))
-    run_in_transaction(engine, lambda c: queries.create_study(c, {"name": "fuzz", "parameterization": "sp", "optimizer": "adamw"}, None))
-    run_in_transaction(engine, lambda c: queries.insert_runs(c, 1, [make_run(i) | {"weight_decay": 0.0, "status": "completed"} for i in range(30)], "fuzzer"))
+    run_in_transaction(
+        engine,
+        lambda c: queries.create_study(c, {"name": "fuzz", "parameterization": "sp", "optimizer": "adamw"}, None),
+    )
+    run_in_transaction(
+        engine,
+        lambda c: queries.insert_runs(
+            c, 1, [make_run(i) | {"weight_decay": 0.0, "status": "completed"} for i in range(30)], "fuzzer"
+        ),
+    )
     app = create_app(Settings(database_url=url), engine=engine)
     yield app, bearer(token)
     engine.dispose()

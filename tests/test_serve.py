@@ -26,7 +26,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}")
+            raise AssertionError(
+                f"server exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}"
+            )
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
@@ -42,9 +44,23 @@ def test_serve_upgrades_and_serves_with_bootstrap_token(database_url: str, worke
     token = "hps_bootstrap-secret-for-tests"
     env = {**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": token}
     process = subprocess.Popen(
-        [sys.executable, "-m", "hpscale.cli", "serve", "--port", str(port), "--workers", str(workers),
-         "--database-url", database_url, "--log-level", "warning"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpscale.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--database-url",
+            database_url,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -53,7 +69,14 @@ def test_serve_upgrades_and_serves_with_bootstrap_token(database_url: str, worke
         assert httpx.get(f"{url}/v1/studies").status_code == 401
         auth = {"Authorization": f"Bearer {token}"}
         assert httpx.post(f"{url}/v1/studies", json={"name": f"w{workers}"}, headers=auth).status_code == 201
-        run = {"n_params": 1e8, "tokens": 1e9, "learning_rate": 1e-3, "batch_size": 32, "final_loss": 3.2, "run_key": "a"}
+        run = {
+            "n_params": 1e8,
+            "tokens": 1e9,
+            "learning_rate": 1e-3,
+            "batch_size": 32,
+            "final_loss": 3.2,
+            "run_key": "a",
+        }
         for _ in range(4):  # spread over the workers; all see one database
             response = httpx.post(f"{url}/v1/studies/w{workers}/runs", json=run, headers=auth)
             assert response.status_code == 201

@@ -41,7 +41,9 @@ def test_a_run_outside_the_limits_is_refused_naming_field_and_index(
     client: TestClient, engine: Engine, field: str, value: float
 ) -> None:
     assert client.post("/v1/studies", json={"name": "limits"}).status_code == 201
-    error = assert_error(client.post("/v1/studies/limits/runs", json=make_run(0, **{field: value})), 422, "validation_error")
+    error = assert_error(
+        client.post("/v1/studies/limits/runs", json=make_run(0, **{field: value})), 422, "validation_error"
+    )
     assert [d["field"] for d in error["details"]] == [field] and error["details"][0]["index"] is None
     batch = {"runs": [make_run(0), make_run(1, **{field: value}), make_run(2)]}
     error = assert_error(client.post("/v1/studies/limits/runs", json=batch), 422, "validation_error")
@@ -52,8 +54,18 @@ def test_a_run_outside_the_limits_is_refused_naming_field_and_index(
 
 def test_values_at_the_limits_are_accepted(client: TestClient) -> None:
     client.post("/v1/studies", json={"name": "edge"})
-    run = make_run(0, n_params=1e15, tokens=1e16, width=1_000_000, depth=100_000, batch_size=100_000_000,
-                   seq_len=10_000_000, learning_rate=10, weight_decay=100, final_loss=1e-9)
+    run = make_run(
+        0,
+        n_params=1e15,
+        tokens=1e16,
+        width=1_000_000,
+        depth=100_000,
+        batch_size=100_000_000,
+        seq_len=10_000_000,
+        learning_rate=10,
+        weight_decay=100,
+        final_loss=1e-9,
+    )
     assert client.post("/v1/studies/edge/runs", json=run).status_code == 201
 
 
@@ -62,7 +74,9 @@ def test_a_study_with_loss_can_be_negative_accepts_negative_losses(client: TestC
     assert response.status_code == 201, response.text
     study = response.json()
     assert study["loss_can_be_negative"] is True and study["priors"] == "none"
-    response = client.post("/v1/studies/negative/runs", json={"runs": [make_run(0, final_loss=-1.5), make_run(1, final_loss=0)]})
+    response = client.post(
+        "/v1/studies/negative/runs", json={"runs": [make_run(0, final_loss=-1.5), make_run(1, final_loss=0)]}
+    )
     assert response.status_code == 201, response.text
     assert [r["final_loss"] for r in client.get("/v1/studies/negative/runs").json()["items"]] == [-1.5, 0]
     # Other limits still hold there.
@@ -96,8 +110,17 @@ def test_cli_import_applies_the_same_limits(database_url: str, engine: Engine, t
 # --- query parameters ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v1/studies", "/v1/studies/q", "/v1/studies/q/runs", "/v1/studies/q/recommendation",
-                                  "/v1/studies/q/fits/latest", "/v1/studies/q/suggestions"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/studies",
+        "/v1/studies/q",
+        "/v1/studies/q/runs",
+        "/v1/studies/q/recommendation",
+        "/v1/studies/q/fits/latest",
+        "/v1/studies/q/suggestions",
+    ],
+)
 def test_an_unknown_query_parameter_is_refused_naming_it(client: TestClient, engine: Engine, path: str) -> None:
     client.post("/v1/studies", json={"name": "q"})
     error = assert_error(client.get(path, params={"batch_multple": "64"}), 422, "validation_error")
@@ -107,13 +130,23 @@ def test_an_unknown_query_parameter_is_refused_naming_it(client: TestClient, eng
 
 
 TARGETS_OUT_OF_LIMITS = [
-    ("n_params", 1e300), ("n_params", 2e15), ("tokens", 2e16), ("width", 2e6), ("depth", 2e5),
-    ("batch_size", 2e8), ("seq_len", 20_000_000), ("n_params", 0.5), ("compute", 1e40), ("learning_rate", 11),
+    ("n_params", 1e300),
+    ("n_params", 2e15),
+    ("tokens", 2e16),
+    ("width", 2e6),
+    ("depth", 2e5),
+    ("batch_size", 2e8),
+    ("seq_len", 20_000_000),
+    ("n_params", 0.5),
+    ("compute", 1e40),
+    ("learning_rate", 11),
 ]
 
 
 @pytest.mark.parametrize("field, value", TARGETS_OUT_OF_LIMITS, ids=[f"{f}={v}" for f, v in TARGETS_OUT_OF_LIMITS])
-def test_a_target_outside_the_limits_is_refused_naming_it(client: TestClient, engine: Engine, field: str, value: float) -> None:
+def test_a_target_outside_the_limits_is_refused_naming_it(
+    client: TestClient, engine: Engine, field: str, value: float
+) -> None:
     client.post("/v1/studies", json={"name": "t"})
     for endpoint in ("recommendation", "suggestions"):
         if endpoint == "suggestions" and field in ("batch_size", "seq_len", "compute"):
@@ -140,10 +173,16 @@ def loss_law_sweep() -> list[dict[str, float | str]]:
             floor = 1.8 + 400 / n**0.34 + 410 / d**0.28
             for step in range(-3, 4):
                 lr = lr_opt * 2.0**step
-                runs.append({
-                    "run_key": f"n{n:g}-d{d:g}-lr{step}", "n_params": n, "tokens": d, "learning_rate": lr,
-                    "batch_size": 256, "final_loss": floor + 0.02 * math.log(lr / lr_opt) ** 2,
-                })
+                runs.append(
+                    {
+                        "run_key": f"n{n:g}-d{d:g}-lr{step}",
+                        "n_params": n,
+                        "tokens": d,
+                        "learning_rate": lr,
+                        "batch_size": 256,
+                        "final_loss": floor + 0.02 * math.log(lr / lr_opt) ** 2,
+                    }
+                )
     return runs
 
 
@@ -175,7 +214,10 @@ def test_a_fit_left_running_by_a_dead_process_is_taken_over(loss_law_study: Test
     assert fit_id is not None
     # Its process died eleven minutes ago (past service.fits.STALE_RUNNING_FIT).
     run_in_transaction(
-        engine, lambda conn: conn.execute(update(Fit).where(Fit.id == fit_id).values(created_at=utcnow() - timedelta(minutes=11)))
+        engine,
+        lambda conn: conn.execute(
+            update(Fit).where(Fit.id == fit_id).values(created_at=utcnow() - timedelta(minutes=11))
+        ),
     )
     response = loss_law_study.post("/v1/studies/surface/fits", json={"bootstrap": 40})
     assert response.status_code == 201, response.text

@@ -42,15 +42,23 @@ def test_sqlite_pragmas(engine: Engine) -> None:
 
 
 def _study(engine: Engine, name: str = "s") -> Study:
-    study = run_in_transaction(engine, lambda c: queries.create_study(c, {"name": name, "parameterization": "sp", "optimizer": "adamw"}, None))
+    study = run_in_transaction(
+        engine, lambda c: queries.create_study(c, {"name": name, "parameterization": "sp", "optimizer": "adamw"}, None)
+    )
     assert study is not None
     return study
 
 
 def _run(key: str | None, lr: float = 1e-3) -> dict:
     return {
-        "run_key": key, "n_params": 1e8, "tokens": 1e9, "learning_rate": lr, "batch_size": 32,
-        "weight_decay": 0.0, "status": "completed", "final_loss": 3.0,
+        "run_key": key,
+        "n_params": 1e8,
+        "tokens": 1e9,
+        "learning_rate": lr,
+        "batch_size": 32,
+        "weight_decay": 0.0,
+        "status": "completed",
+        "final_loss": 3.0,
     }
 
 
@@ -71,10 +79,8 @@ def test_failed_transaction_stores_nothing(engine: Engine) -> None:
         queries.insert_runs(conn, study.id, [_run(f"k{i}") for i in range(100)], None)
         raise RuntimeError("crash after the insert, before commit")
 
-    try:
+    with pytest.raises(RuntimeError, match="crash after the insert"):
         run_in_transaction(engine, insert_then_fail)
-    except RuntimeError:
-        pass
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Run)).scalar_one() == 0
         assert conn.execute(select(Study.data_version)).scalar_one() == 0

@@ -61,14 +61,21 @@ async def recommendation(
     depth: Quantity = None,
     batch_size: Annotated[Quantity, Query(description="the learning rate is the optimum at this batch")] = None,
     batch_multiple: Annotated[int | None, Query(description="round the batch to a multiple of this")] = None,
-    compute: Annotated[Quantity, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")] = None,
+    compute: Annotated[
+        Quantity, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")
+    ] = None,
     seq_len: Annotated[int | None, Query(description="tokens per sequence, for batch_tokens")] = None,
 ) -> Response:
     """Learning rate, batch size and weight decay at a target scale, with 90% intervals."""
     body = await recommendations.recommendation_json(
-        engine, name, {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len},
-        bootstrap=settings.bootstrap, created_by=principal.name,
-        batch_size=batch_size, batch_multiple=batch_multiple, compute=compute,
+        engine,
+        name,
+        {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len},
+        bootstrap=settings.bootstrap,
+        created_by=principal.name,
+        batch_size=batch_size,
+        batch_multiple=batch_multiple,
+        compute=compute,
     )
     return Response(content=body, media_type="application/json")
 

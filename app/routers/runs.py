@@ -24,7 +24,9 @@ router = APIRouter(prefix="/v1/studies", tags=["runs"], dependencies=UNKNOWN_QUE
     responses=ERRORS,
     summary="Submit one run, or a batch {'runs': [...]} of at most 10,000 (atomic)",
 )
-def submit_runs(name: str, body: Annotated[RunSubmission, Body()], principal: Writer, engine: EngineDep) -> SubmitResult:
+def submit_runs(
+    name: str, body: Annotated[RunSubmission, Body()], principal: Writer, engine: EngineDep
+) -> SubmitResult:
     batch = isinstance(body, RunBatch)
     submitted = body.runs if isinstance(body, RunBatch) else [body]
     result = runs.submit_runs(engine, name, submitted, indexed=batch, created_by=principal.name)
@@ -41,7 +43,9 @@ def list_runs(
     status: RunStatus | None = None,
     width: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
     depth: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
-    created_by: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$", description="token name that submitted the run")] = None,
+    created_by: Annotated[
+        str | None, Query(max_length=64, pattern=r"^[^\x00]*$", description="token name that submitted the run")
+    ] = None,
 ) -> RunPage:
     filters = RunFilters(status=status, width=width, depth=depth, created_by=created_by)
     page = runs.list_runs(engine, name, cursor=cursor, limit=limit, filters=filters)

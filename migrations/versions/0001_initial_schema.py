@@ -53,9 +53,7 @@ def upgrade() -> None:
     op.create_table(
         "fits",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column(
-            "study_id", sa.Integer(), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("study_id", sa.Integer(), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
         sa.Column("data_version", sa.BigInteger(), nullable=False),
         sa.Column("bootstrap", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
@@ -66,17 +64,13 @@ def upgrade() -> None:
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("finished_at", TIMESTAMP, nullable=True),
         sa.Column("created_by", sa.String(length=64), nullable=True),
-        sa.UniqueConstraint(
-            "study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"
-        ),
+        sa.UniqueConstraint("study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"),
     )
     op.create_index("ix_fits_study_id_id", "fits", ["study_id", "id"])
     op.create_table(
         "runs",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column(
-            "study_id", sa.Integer(), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("study_id", sa.Integer(), sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
         sa.Column("run_key", sa.String(length=128), nullable=True),
         sa.Column("n_params", sa.Double(), nullable=False),
         sa.Column("tokens", sa.Double(), nullable=False),

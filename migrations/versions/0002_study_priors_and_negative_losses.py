@@ -23,12 +23,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("studies") as batch:
-        batch.add_column(
-            sa.Column("priors", sa.String(length=16), nullable=False, server_default="published")
-        )
-        batch.add_column(
-            sa.Column("loss_can_be_negative", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+        batch.add_column(sa.Column("priors", sa.String(length=16), nullable=False, server_default="published"))
+        batch.add_column(sa.Column("loss_can_be_negative", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
