@@ -134,8 +134,17 @@ def recommend(
                 base_lr=prediction.learning_rate.value,
             )
             per_layer = None if rules is None else rules.to_dict()
+            if rules is None:
+                warnings.append(
+                    "per_layer is null: the target gives neither width nor depth to scale from the base model"
+                )
         except ValueError as error:
-            warnings.append(f"no per-layer multipliers: {error}")
+            warnings.append(f"per_layer is null: no per-layer multipliers: {error}")
+    else:
+        warnings.append(
+            f"per_layer is null: per-layer multipliers are defined for {', '.join(MUP_FAMILY)} studies; "
+            f"this study's parameterization is {study.parameterization!r}, where one global learning rate applies"
+        )
 
     return Recommendation(
         prediction=prediction,

@@ -307,7 +307,7 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     if "learning_rate" not in fit.laws:
         raise InsufficientData(fit.missing.get("learning_rate", "no learning-rate law could be fitted"))
     t = target_variables(fit, target)
-    warnings: list[str] = []
+    warnings: list[str] = _evidence_warnings(fit)
     ext = extrapolation(fit, t)
     if ext.level != "interpolation":
         worst = max(ext.per_variable, key=ext.per_variable.get)
@@ -386,6 +386,20 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     return Prediction(
         lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()}, tuple(warnings), conditioned
     )
+
+
+def _evidence_warnings(fit: StudyResult) -> list[str]:
+    """What a launcher must know about the evidence behind any answer of this fit."""
+    out = []
+    if fit.outliers:
+        names = [str(o.get("run_key") or f"id {o.get('run_id')}") for o in fit.outliers[:5]]
+        more = f" and {len(fit.outliers) - 5} more" if len(fit.outliers) > 5 else ""
+        out.append(
+            f"{len(fit.outliers)} run(s) were left out of the fit as implausible for their scale: "
+            f"{', '.join(names)}{more} (the fit's outliers say why)"
+        )
+    out.extend(w for w in fit.warnings if w.startswith("loss noise was assumed"))
+    return out
 
 
 def _conditional(

@@ -12,6 +12,7 @@ import pytest
 
 from fitting.optima import group_scales
 from fitting.published import STEP_LAW_LR_EXPONENTS, exponent_priors
+from fitting.recommend import recommend
 from fitting.runs import RunTable
 from fitting.study_fit import StudyResult, fit_study, predict
 from fitting.synthetic import random_study
@@ -104,6 +105,7 @@ def test_one_absurd_run_is_named_and_moves_nothing(steplaw, steplaw_fit):
     diverged = sum(o.n_diverged for o in fit.optima)
     assert diverged == sum(o.n_diverged for o in steplaw_fit.optima)
     before, after = predict(steplaw_fit, TARGET_7B), predict(fit, TARGET_7B)
+    assert any("absurd-run" in w and "implausible" in w for w in after.warnings)
     for a in ("learning_rate", "batch_size"):
         change = getattr(after, a).value / getattr(before, a).value - 1
         assert abs(change) < 0.02, (a, change)
@@ -118,6 +120,8 @@ def test_null_fields_and_withheld_loss_law_say_why(steplaw):
     assert p.weight_decay is None and p.predicted_loss is None
     assert any(w.startswith("weight_decay is null:") and "sweep weight decay" in w for w in p.warnings)
     assert any(w.startswith("predicted_loss is null:") for w in p.warnings)
+    rec = recommend(fit, TARGET_7B)
+    assert rec.per_layer is None and any(w.startswith("per_layer is null:") for w in rec.warnings)
 
 
 def test_target_without_shape_uses_the_sets_that_do_not_need_it(steplaw_fit):
