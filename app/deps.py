@@ -50,6 +50,9 @@ def _bearer_token(request: Request) -> str:
 
 async def authenticate(request: Request, engine: EngineDep, settings: SettingsDep) -> Principal:
     """The caller's token and scope; runs on the event loop, the database only on a cache miss."""
+    resolved = request.scope.get("hpscale.principal")  # app.security.SecurityGate checked it already
+    if isinstance(resolved, Principal):
+        return resolved
     if not settings.auth_enabled:
         return NO_AUTH_PRINCIPAL
     return await tokens.authenticate(engine, _bearer_token(request))
@@ -61,6 +64,8 @@ def require(scope: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
     async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         return tokens.require_scope(principal, scope)
 
+    # Read by app.security.SecurityGate, which checks the token before any body is read.
+    dependency.required_scope = scope  # type: ignore[attr-defined]
     return dependency
 
 

@@ -19,6 +19,7 @@ from app import dashboard
 from app.cache import RepeatedGetCache
 from app.errors import error_response, install_error_handlers
 from app.routers import fits, runs, studies
+from app.security import SecurityGate
 from service.database import Engine, open_database, readiness
 from service.settings import Settings
 
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Launchers ask the same question again and again right before jobs start.
     app.add_middleware(RepeatedGetCache, engine=app.state.engine, paths=CACHED_GET_PATHS)
+    # Outermost: no-auth peer/Host rules, Origin, token and scope, all before any body is read.
+    app.add_middleware(SecurityGate, settings=settings, engine=app.state.engine, router_app=app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -215,7 +215,8 @@ def test_last_used_at_is_set_by_use(engine: Engine, client: TestClient, tokens: 
 
 def test_no_auth_app_makes_every_request_admin(database_url: str, engine: Engine) -> None:
     app = create_app(Settings(database_url=database_url, no_auth=True), engine=engine)
-    with TestClient(app) as anonymous:
+    # No-auth mode answers loopback peers with a loopback Host only (tests/test_security_hardening.py).
+    with TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000)) as anonymous:
         assert anonymous.post("/v1/studies", json={"name": "open"}).status_code == 201
         assert anonymous.post("/v1/studies/open/runs", json=make_run(1)).status_code == 201
         (run,) = anonymous.get("/v1/studies/open/runs").json()["items"]

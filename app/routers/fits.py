@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
 from app.schemas import FIT_ERRORS
+from app.security import OffLoopJSONRoute
 from service import fits, recommendations
 from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS
 
-router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK)
+router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK, route_class=OffLoopJSONRoute)
 
 # Bounds (≥ 1, each quantity's contract limit) are the service's: service.limits.TARGET_LIMITS.
 Quantity = Annotated[float | None, Query(allow_inf_nan=False)]

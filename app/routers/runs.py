@@ -9,12 +9,13 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, Writer
 from app.schemas import ERRORS, RunOut, RunPage, SubmitResult
+from app.security import OffLoopJSONRoute
 from service import runs
 from service.limits import DEFAULT_PAGE_SIZE, INT32_MAX, MAX_PAGE_SIZE
 from service.runs import RunFilters
 from service.schemas import RunBatch, RunStatus, RunSubmission
 
-router = APIRouter(prefix="/v1/studies", tags=["runs"], dependencies=UNKNOWN_QUERY_CHECK)
+router = APIRouter(prefix="/v1/studies", tags=["runs"], dependencies=UNKNOWN_QUERY_CHECK, route_class=OffLoopJSONRoute)
 
 
 @router.post(

@@ -6,10 +6,13 @@ from fastapi import APIRouter
 
 from app.deps import UNKNOWN_QUERY_CHECK, Admin, EngineDep, Reader
 from app.schemas import ERRORS, ErrorResponse, StudyList, StudyOut
+from app.security import OffLoopJSONRoute
 from service import studies
 from service.schemas import StudyIn
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"], dependencies=UNKNOWN_QUERY_CHECK)
+router = APIRouter(
+    prefix="/v1/studies", tags=["studies"], dependencies=UNKNOWN_QUERY_CHECK, route_class=OffLoopJSONRoute
+)
 
 
 @router.post(
