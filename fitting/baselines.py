@@ -111,7 +111,7 @@ def baselines(target: Mapping[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     missing = [k for k, v in (("n_params", n), ("tokens", d)) if v is None]
-    if missing:
+    if n is None or d is None:  # (spelled out so the type checker sees both are known below)
         out["step_law"] = _unavailable(STEP_LAW_SOURCE, missing, "Step Law needs n_params and tokens")
     else:
         bt = step_law_batch_tokens(d)
@@ -129,7 +129,7 @@ def baselines(target: Mapping[str, float]) -> dict[str, Any]:
         }
 
     missing = [k for k, v in (("tokens", d), ("width", width), ("depth", depth), ("seq_len", seq_len)) if v is None]
-    if missing:
+    if d is None or width is None or depth is None or seq_len is None:
         out["deepseek_llm"] = _unavailable(
             DEEPSEEK_SOURCE, missing, "DeepSeek LLM needs C = M·D with M from width, depth and seq_len"
         )

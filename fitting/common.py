@@ -9,8 +9,12 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from fitting.published import FLOPS_PER_PARAM_TOKEN
+
+# The arrays the fitting modules pass around: float64 vectors and matrices.
+FloatArray = npt.NDArray[np.float64]
 
 # Every interval the service reports is a central 90% interval; Z90 is its normal quantile.
 LEVEL = 0.90

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import AXIS_LABEL, SCALE_VARS, Interval
+from fitting.common import AXIS_LABEL, SCALE_VARS, FloatArray, Interval
 from fitting.optima import SweepAnalysis
 from fitting.published import CONSTANT_SD, VAGUE, ExponentPrior
 from fitting.surface import BowlSolution, one_step_bootstrap
@@ -57,6 +57,8 @@ MIN_CALIBRATION = 0.7
 MAX_CV_FOLDS = 40
 PREDICTIVE_SAMPLES = 2000
 _SYMBOL = {"learning_rate": "lr*", "batch_size": "bs*", "weight_decay": "wd*"}
+# Admissible variable sets per (rows, max_vars, published priors), shared by one study's backtests.
+SetCache = dict[tuple[Any, ...], list[tuple[str, ...]]]
 
 
 @dataclass(frozen=True)
@@ -131,16 +133,17 @@ class PowerLaw:
 
     # --- coefficients --------------------------------------------------------------------
     @property
-    def coef(self) -> np.ndarray:
+    def coef(self) -> FloatArray:
         """Posterior mean of (c, a_1, …) over the union variables."""
-        return np.einsum("k,kp->p", self._weights, np.stack([c.mean for c in self.components]))
+        mean: FloatArray = np.einsum("k,kp->p", self._weights, np.stack([c.mean for c in self.components]))
+        return mean
 
     @property
-    def coef_cov(self) -> np.ndarray:
+    def coef_cov(self) -> FloatArray:
         """Posterior covariance of the coefficients (within and between components, calibrated)."""
         means = np.stack([c.mean for c in self.components])
         dev = means - self.coef
-        cov = np.einsum("k,kpq->pq", self._weights, np.stack([c.cov for c in self.components]))
+        cov: FloatArray = np.einsum("k,kpq->pq", self._weights, np.stack([c.cov for c in self.components]))
         cov = cov + np.einsum("k,kp,kq->pq", self._weights, dev, dev)
         return cov * self.calibration**2
 
@@ -166,14 +169,15 @@ class PowerLaw:
         draws = self._coefficient_draws(np.random.default_rng(0))[:, j]
         return Interval.from_samples(float(self.coef[j]), draws)
 
-    def _coefficient_draws(self, rng: np.random.Generator, n: int = PREDICTIVE_SAMPLES) -> np.ndarray:
+    def _coefficient_draws(self, rng: np.random.Generator, n: int = PREDICTIVE_SAMPLES) -> FloatArray:
         counts = rng.multinomial(n, self._weights)
         out = []
         for c, k in zip(self.components, counts):
             if k:
                 out.append(rng.multivariate_normal(c.mean, c.cov, size=k, method="eigh"))
         draws = np.concatenate(out)
-        return self.coef + (draws - self.coef) * self.calibration
+        scaled: FloatArray = self.coef + (draws - self.coef) * self.calibration
+        return scaled
 
     # --- prediction ----------------------------------------------------------------------
     def design(self, target: Mapping[str, float]) -> np.ndarray:
@@ -215,10 +219,10 @@ class PowerLaw:
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        exps = {}
+        exps: dict[str, dict[str, Any]] = {}
         cov = self.coef_cov
         for j, v in enumerate(self.variables, start=1):
-            e = self.exponent(v).to_dict()
+            e: dict[str, Any] = self.exponent(v).to_dict()
             p = self.priors.get(v, VAGUE)
             if p.published:
                 e["prior"] = {"mean": p.mean, "sd": p.sd}
@@ -324,11 +328,12 @@ class LawSet:
 
 
 # --- the Bayesian linear model ---------------------------------------------------------
-def _tau_log_prior() -> np.ndarray:
+def _tau_log_prior() -> FloatArray:
     """Log prior mass of each τ grid point: half-normal density × the point's share of the axis."""
     edges = np.concatenate([[0.0], (TAU_GRID[1:] + TAU_GRID[:-1]) / 2, [TAU_GRID[-1] * 1.25]])
     mass = np.exp(-0.5 * (TAU_GRID / TAU_PRIOR_SCALE) ** 2) * np.diff(edges)
-    return np.log(mass / mass.sum())
+    log_mass: FloatArray = np.log(mass / mass.sum())
+    return log_mass
 
 
 _LOG_TAU_PRIOR = _tau_log_prior()
@@ -391,7 +396,7 @@ def admissible_sets(
     rows: np.ndarray,
     max_vars: int,
     priors: Mapping[str, ExponentPrior] | None = None,
-    cache: dict[tuple, list[tuple[str, ...]]] | None = None,
+    cache: SetCache | None = None,
 ) -> list[tuple[str, ...]]:
     """Variable sets that vary across `rows`, are not collinear and span distinct spaces.
 
@@ -405,7 +410,7 @@ def admissible_sets(
     if cache is not None and key0 in cache:
         return cache[key0]
     varying = [v for v in SCALE_VARS if np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
-    by_span: dict[tuple, tuple[str, ...]] = {}
+    by_span: dict[tuple[Any, ...], tuple[str, ...]] = {}
     for k in range(1, max_vars + 1):
         for combo in itertools.combinations(varying, k):
             Z = np.stack([logx[v][rows] for v in combo], axis=1)
@@ -513,7 +518,7 @@ def fit_average(
 def _implied(v: str, combo: Sequence[str]) -> bool:
     """Whether `combo` carries v's effect through compute = 6·N·D (or N, D through compute)."""
     return (v in ("n_params", "tokens") and "compute" in combo) or (
-        v == "compute" and {"n_params", "tokens"} & set(combo)
+        v == "compute" and bool({"n_params", "tokens"} & set(combo))
     )
 
 
@@ -541,7 +546,16 @@ def forward_splits(
     return out
 
 
-def _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache) -> tuple[np.ndarray, np.ndarray] | None:
+def _refit_predict(
+    logx: Mapping[str, np.ndarray],
+    train: np.ndarray,
+    test: np.ndarray,
+    y_all: np.ndarray,
+    se2_all: np.ndarray,
+    priors: Mapping[str, ExponentPrior],
+    max_vars: int,
+    cache: SetCache,
+) -> tuple[np.ndarray, np.ndarray] | None:
     sets = admissible_sets(logx, train, min(max_vars, max(train.size - 1, 1)), priors, cache)
     if not sets:
         return None
@@ -556,7 +570,7 @@ def backtest(
     se2_all: np.ndarray,
     priors: Mapping[str, ExponentPrior],
     max_vars: int,
-    cache: dict | None = None,
+    cache: SetCache | None = None,
 ) -> tuple[float | None, float | None, float]:
     """(forward RMS error, leave-one-scale-out RMS error, calibration factor) of the whole procedure."""
     cache = {} if cache is None else cache
@@ -591,7 +605,7 @@ def law_for_axis(
     logx: Mapping[str, np.ndarray],
     priors: Mapping[str, ExponentPrior],
     forced: Sequence[str] | None = None,
-    cache: dict | None = None,
+    cache: SetCache | None = None,
 ) -> PowerLaw | str:
     """The averaged power law of axis j from the per-scale optima, or why there is none."""
     axis = analysis.axes[j]
@@ -713,7 +727,7 @@ def fit_laws(
         return LawSet({}, None, missing)
     logx = _log_vars(analysis)
     laws: dict[str, PowerLaw] = {}
-    cache: dict = {}  # admissible variable sets per row subset, shared by the axes' backtests
+    cache: SetCache = {}  # admissible variable sets per row subset, shared by the axes' backtests
     for j, axis in enumerate(analysis.axes):
         forced = None if variables is None else variables.get(axis)
         got = law_for_axis(analysis, j, logx, (priors or {}).get(axis, {}), forced, cache)
@@ -733,11 +747,13 @@ def _bowl_shape(fit: BowlSolution, analysis: SweepAnalysis, bootstrap: int, seed
     S = len(analysis.scales)
     B = max(int(bootstrap), 0)
     d = len(analysis.axes)
-    cross = analysis.data.cross
+    data = analysis.data
+    assert data is not None  # fit_laws returns before this when nothing was swept
+    cross = data.cross
     tri = [(j, k) for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
     if B:
         counts = np.random.default_rng(seed).multinomial(S, np.full(S, 1.0 / S), size=B).astype(float)
-        samples = one_step_bootstrap(fit, analysis.data.scale, counts)
+        samples = one_step_bootstrap(fit, data.scale, counts)
     else:
         samples = np.zeros((0, fit.params.size))
     base = fit.params.size - len(tri) - d

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.optimize import minimize
+from scipy.optimize import OptimizeResult, minimize
 
 from fitting.common import LEVEL as INTERVAL_LEVEL
-from fitting.common import InsufficientData, Interval
+from fitting.common import FloatArray, InsufficientData, Interval
 
 FORM = "L = E + A/N^alpha + B/D^beta"
 PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
@@ -83,12 +83,14 @@ def _log_predict(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> np.
     z2 = theta[:, [1]] - theta[:, [4]] * log_d
     z3 = np.broadcast_to(theta[:, [2]], z1.shape)
     m = np.maximum(np.maximum(z1, z2), z3)
-    return m + np.log(np.exp(z1 - m) + np.exp(z2 - m) + np.exp(z3 - m))
+    out: FloatArray = m + np.log(np.exp(z1 - m) + np.exp(z2 - m) + np.exp(z3 - m))
+    return out
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
     a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    out: FloatArray = np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    return out
 
 
 def _objective_and_grad(
@@ -116,7 +118,9 @@ def initial_grid() -> np.ndarray:
     return np.array(list(itertools.product(a, a, e, ab, ab)), dtype=float)
 
 
-def _polish(theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float):
+def _polish(
+    theta0: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
+) -> OptimizeResult:
     return minimize(
         _objective_and_grad,
         theta0,
@@ -356,13 +360,18 @@ class LossLaw:
             n_bootstrap_failed=int(d.get("n_bootstrap_failed", 0)),
             objective=float(d.get("objective", math.nan)),
             residual_mad=float(d.get("residual_mad", math.nan)),
-            n_params_range=tuple(float(x) for x in rng.get("n_params", (math.nan, math.nan))),
-            tokens_range=tuple(float(x) for x in rng.get("tokens", (math.nan, math.nan))),
+            n_params_range=_pair(rng.get("n_params", (math.nan, math.nan))),
+            tokens_range=_pair(rng.get("tokens", (math.nan, math.nan))),
             n_starts_polished=int(d.get("n_starts_polished", 0)),
             samples=samples,
             warnings=tuple(d.get("warnings", ())),
             huber_delta=float(d.get("huber_delta", HUBER_DELTA)),
         )
+
+
+def _pair(values: Sequence[Any]) -> tuple[float, float]:
+    low, high = values
+    return float(low), float(high)
 
 
 # A fitted E below this fraction of the smallest observed loss is "at its bound": unidentified.
@@ -395,13 +404,50 @@ def fit_loss_law(
 def _fit_validated(
     n: np.ndarray, d: np.ndarray, l: np.ndarray, *, bootstrap: int, seed: int | None, polish: int
 ) -> LossLaw:
+    """The fit on validated points: best start, identification checks, warnings, bootstrap."""
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
     delta = HUBER_DELTA
+    best, n_starts = _best_fit(log_n, log_d, log_l, polish, delta)
+    theta = best.x
+    point = _identified_params(theta, l)
+    warnings = _fit_warnings(best, theta, n, d)
+    boot_params, failed = _bootstrap_params(theta, n, d, l, bootstrap, seed, delta)
+    if bootstrap == 0:
+        warnings.append("bootstrap=0: intervals are collapsed onto the point estimate and carry no uncertainty")
+    if failed:
+        warnings.append(f"{failed} of {bootstrap} bootstrap resamples were unidentifiable or failed and were skipped")
+    if bootstrap > 0 and len(boot_params) < 50:
+        warnings.append(f"only {len(boot_params)} bootstrap refits succeeded: the 90% intervals are rough")
 
+    params = {name: Interval.from_samples(float(point[j]), boot_params[:, j]) for j, name in enumerate(PARAM_NAMES)}
+    resid = _log_predict(theta, log_n, log_d)[0] - log_l
+    return LossLaw(
+        params=params,
+        n_points=int(n.size),
+        n_bootstrap=len(boot_params),
+        n_bootstrap_failed=failed,
+        objective=float(best.fun),
+        residual_mad=float(np.median(np.abs(resid - np.median(resid)))),
+        n_params_range=(float(n.min()), float(n.max())),
+        tokens_range=(float(d.min()), float(d.max())),
+        n_starts_polished=n_starts,
+        samples=boot_params[:MAX_STORED_SAMPLES],
+        warnings=tuple(warnings),
+    )
+
+
+def _best_fit(
+    log_n: FloatArray, log_d: FloatArray, log_l: FloatArray, polish: int, delta: float
+) -> tuple[OptimizeResult, int]:
+    """The lowest-objective L-BFGS-B polish, and how many grid starts were screened.
+
+    The `polish` best grid starts are screened by batched Newton steps; the LBFGS_STARTS
+    best of those are polished. Raises InsufficientData when none reaches a finite objective.
+    """
     grid = initial_grid()
     grid_obj = _huber(_log_predict(grid, log_n, log_d) - log_l, delta).sum(axis=1)
     starts = grid[np.argsort(grid_obj, kind="stable")[: min(polish, len(grid))]]
-    _, screen_obj, _ = _newton_batch(starts, log_n, log_d, log_l, np.ones((len(starts), n.size)), delta)
+    _, screen_obj, _ = _newton_batch(starts, log_n, log_d, log_l, np.ones((len(starts), log_n.size)), delta)
     screen_obj = np.where(np.isfinite(screen_obj), screen_obj, np.inf)
     best = None
     for theta0 in starts[np.argsort(screen_obj, kind="stable")[:LBFGS_STARTS]]:
@@ -414,7 +460,11 @@ def _fit_validated(
             "not described by E + A/N^alpha + B/D^beta",
             missing="final losses that fall with n_params and tokens",
         )
-    theta = best.x
+    return best, len(starts)
+
+
+def _identified_params(theta: FloatArray, l: FloatArray) -> FloatArray:
+    """(E, A, B, alpha, beta) of the best fit; InsufficientData when the data do not pin them down."""
     with np.errstate(over="ignore"):
         point = _theta_to_params(theta)
     if not np.all(np.isfinite(point)):
@@ -423,7 +473,6 @@ def _fit_validated(
             f"(E, A, B, alpha, beta = {', '.join(f'{v:.3g}' for v in point)})",
             missing="runs spanning a wider range of n_params and tokens",
         )
-
     if point[0] < E_IDENTIFIED_FRACTION * float(np.min(l)):
         # E → 0 means the points never show the loss levelling off: every E from 0 up to a
         # sizeable fraction of the loss fits about as well, and extrapolated losses (and the
@@ -433,7 +482,11 @@ def _fit_validated(
             f"against observed losses ≥ {float(np.min(l)):.3g} (the data never show the loss levelling off)",
             missing="runs at larger n_params and tokens, where the loss flattens",
         )
+    return point
 
+
+def _fit_warnings(best: OptimizeResult, theta: FloatArray, n: FloatArray, d: FloatArray) -> list[str]:
+    """What makes the point fit doubtful: no convergence, exponents ≤ 0, N and D (nearly) tied."""
     warnings: list[str] = []
     if not best.success:
         warnings.append(f"L-BFGS-B did not report convergence at the best start: {best.message}")
@@ -442,7 +495,7 @@ def _fit_validated(
             f"fitted exponents are not positive (alpha={theta[3]:.3g}, beta={theta[4]:.3g}): loss does not "
             "fall with scale in these data; the law is not meaningful for extrapolation"
         )
-    corr = float(np.corrcoef(log_n, log_d)[0, 1])
+    corr = float(np.corrcoef(np.log(n), np.log(d))[0, 1])
     if abs(corr) > 0.99:
         warnings.append(
             f"log n_params and log tokens are nearly collinear (correlation {corr:.3f}): "
@@ -451,7 +504,19 @@ def _fit_validated(
     for name, arr in (("n_params", n), ("tokens", d)):
         if np.unique(arr).size < 3:
             warnings.append(f"only {np.unique(arr).size} distinct {name}: the {name} exponent is barely identified")
+    return warnings
 
+
+def _bootstrap_params(
+    theta: FloatArray, n: FloatArray, d: FloatArray, l: FloatArray, bootstrap: int, seed: int | None, delta: float
+) -> tuple[FloatArray, int]:
+    """Finite (E, A, B, alpha, beta) rows of `bootstrap` point resamples, and how many failed.
+
+    Each resample is refitted warm-started from `theta` by batched Newton steps; one that
+    does not converge is re-polished by L-BFGS-B and the lower objective kept. Resamples
+    with < 2 distinct n_params or tokens are unidentifiable and count as failed.
+    """
+    log_n, log_d, log_l = np.log(n), np.log(d), np.log(l)
     rng = np.random.default_rng(seed)
     resamples = [rng.integers(0, n.size, n.size) for _ in range(bootstrap)]
     usable = [i for i in resamples if np.unique(n[i]).size >= 2 and np.unique(d[i]).size >= 2]
@@ -473,29 +538,7 @@ def _fit_validated(
         boot_params = _theta_to_params(boot_theta)
     finite = np.all(np.isfinite(boot_params), axis=1)
     failed += int((~finite).sum())
-    boot_params = boot_params[finite]
-    if bootstrap == 0:
-        warnings.append("bootstrap=0: intervals are collapsed onto the point estimate and carry no uncertainty")
-    if failed:
-        warnings.append(f"{failed} of {bootstrap} bootstrap resamples were unidentifiable or failed and were skipped")
-
-    if bootstrap > 0 and len(boot_params) < 50:
-        warnings.append(f"only {len(boot_params)} bootstrap refits succeeded: the 90% intervals are rough")
-    params = {name: Interval.from_samples(float(point[j]), boot_params[:, j]) for j, name in enumerate(PARAM_NAMES)}
-    resid = _log_predict(theta, log_n, log_d)[0] - log_l
-    return LossLaw(
-        params=params,
-        n_points=int(n.size),
-        n_bootstrap=len(boot_params),
-        n_bootstrap_failed=failed,
-        objective=float(best.fun),
-        residual_mad=float(np.median(np.abs(resid - np.median(resid)))),
-        n_params_range=(float(n.min()), float(n.max())),
-        tokens_range=(float(d.min()), float(d.max())),
-        n_starts_polished=len(starts),
-        samples=boot_params[:MAX_STORED_SAMPLES],
-        warnings=tuple(warnings),
-    )
+    return boot_params[finite], failed
 
 
 @dataclass(frozen=True)
@@ -508,7 +551,7 @@ class ComputeOptimal:
     tokens_per_param: Interval
     warnings: tuple[str, ...] = ()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Interval]:
         return iter((self.n_params, self.tokens))
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import AXIS_LABEL, Z90
+from fitting.common import AXIS_LABEL, Z90, FloatArray
+from fitting.laws import PowerLaw
 from fitting.published import FLOPS_PER_PARAM_TOKEN
 from fitting.study_fit import StudyResult, predict, target_variables
 
@@ -99,11 +100,25 @@ def _candidates(proxies: list[dict[str, float]], target: Mapping[str, float]) ->
     return out
 
 
-def _design(law: Any, scale: Mapping[str, float]) -> np.ndarray | None:
+def _design(law: PowerLaw, scale: Mapping[str, float]) -> FloatArray | None:
     values = {**scale, "compute": flops(scale)}
     if any(v not in values or not values[v] > 0 for v in law.variables):
         return None
     return law.design(values)
+
+
+@dataclass
+class _LawState:
+    """One law's running coefficient covariance while suggestions are chosen one by one.
+
+    `x_t` is the law's design vector at the target, `noise` the variance of one new
+    scale's optimum, `start` the prediction variance at the target before any suggestion.
+    """
+
+    sigma: FloatArray
+    x_t: FloatArray
+    noise: float
+    start: float
 
 
 def _observation_variance(fit: StudyResult, axis: str) -> float:
@@ -134,7 +149,7 @@ def suggest_runs(fit: StudyResult, target: Mapping[str, float], count: int = 5) 
     if "n_params" in target and "tokens" in target:
         budget = max(budget, MAX_SHARE_OF_TARGET_COMPUTE * flops(target))
     existing = [_log_scale(p) for p in proxies]
-    candidates = []
+    candidates: list[dict[str, float]] = []
     for c in _candidates(proxies, target):
         rounded = _round_scale(c)
         scale = {k: v for k, v in rounded.items() if v is not None and v > 0}
@@ -149,51 +164,52 @@ def suggest_runs(fit: StudyResult, target: Mapping[str, float], count: int = 5) 
     full_target = {**target}
     if "n_params" in full_target and "tokens" in full_target:
         full_target["compute"] = flops(full_target)
-    state = {}
+    state: dict[str, _LawState] = {}
     for axis, law in laws.items():
         if any(v not in full_target for v in law.variables):
             continue
         sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))
-        state[axis] = {
-            "sigma": sigma,
-            "x_t": law.design(full_target),
-            "noise": _observation_variance(fit, axis),
-            "start": None,
-        }
-        x_t = state[axis]["x_t"]
-        state[axis]["start"] = float(x_t @ sigma @ x_t) + law.scatter**2
+        x_t = law.design(full_target)
+        state[axis] = _LawState(
+            sigma=sigma,
+            x_t=x_t,
+            noise=_observation_variance(fit, axis),
+            start=float(x_t @ sigma @ x_t) + law.scatter**2,
+        )
 
     missing = [a for a in ("learning_rate", "batch_size", "weight_decay") if a in fit.missing]
     chosen: list[Suggestion] = []
     pool = list(candidates)
     while pool and len(chosen) < count:
-        gains = []
+        gains: list[tuple[float, dict[str, float]]] = []
         for c in pool:
             gain, per_axis = 0.0, {}
             for axis, st in state.items():
                 x_c = _design(laws[axis], c)
                 if x_c is None:
                     continue
-                s_xc = st["sigma"] @ x_c
-                drop = float(st["x_t"] @ s_xc) ** 2 / (st["noise"] + float(x_c @ s_xc))
+                s_xc = st.sigma @ x_c
+                drop = float(st.x_t @ s_xc) ** 2 / (st.noise + float(x_c @ s_xc))
                 per_axis[axis] = drop
-                gain += LAW_WEIGHT.get(axis, 0.5) * drop / max(st["start"], 1e-12)
+                gain += LAW_WEIGHT.get(axis, 0.5) * drop / max(st.start, 1e-12)
             if not state:  # nothing fitted: spread the proxies out in log space
                 logs = _log_scale(c)
                 gain = min(sum((logs[k] - e[k]) ** 2 for k in logs.keys() & e.keys()) for e in existing)
             gains.append((gain, per_axis))
         best = int(np.argmax([g for g, _ in gains]))
         scale = pool.pop(best)
-        marginal, cumulative = {}, {}
+        marginal: dict[str, float] = {}
+        cumulative: dict[str, float] = {}
         for axis in gains[best][1]:
             st = state[axis]
-            before = float(st["x_t"] @ st["sigma"] @ st["x_t"]) + laws[axis].scatter ** 2
+            before = float(st.x_t @ st.sigma @ st.x_t) + laws[axis].scatter ** 2
             x_c = _design(laws[axis], scale)
-            s_xc = st["sigma"] @ x_c
-            st["sigma"] = st["sigma"] - np.outer(s_xc, s_xc) / (st["noise"] + float(x_c @ s_xc))
-            now = max(float(st["x_t"] @ st["sigma"] @ st["x_t"]) + laws[axis].scatter ** 2, 0.0)
+            assert x_c is not None  # per_axis only holds laws whose design exists at this scale
+            s_xc = st.sigma @ x_c
+            st.sigma = st.sigma - np.outer(s_xc, s_xc) / (st.noise + float(x_c @ s_xc))
+            now = max(float(st.x_t @ st.sigma @ st.x_t) + laws[axis].scatter ** 2, 0.0)
             marginal[axis] = round(1 - math.sqrt(now / before), 4)
-            cumulative[axis] = round(1 - math.sqrt(now / st["start"]), 4)
+            cumulative[axis] = round(1 - math.sqrt(now / st.start), 4)
         existing.append(_log_scale(scale))
         chosen.append(_suggestion(fit, scale, proxies, marginal, cumulative, missing))
     return chosen
@@ -221,18 +237,18 @@ def _suggestion(
         sweep["batch_size"] = [float(max(1, round(bs * f))) for f in (0.5, 1.0, 2.0)]
 
     # Say which direction the scale adds: the variable it pushes furthest beyond the proxies.
-    beyond = {}
+    beyond: dict[str, float] = {}
     for key, value in scale.items():
         values = [p[key] for p in proxies if key in p]
         if values:
             beyond[key] = max(value / max(values), min(values) / value)
-    key = max(beyond, key=beyond.get)
+    key = max(beyond, key=lambda k: beyond[k])
     if beyond[key] > 1.01:
         where = f"takes {key} {beyond[key]:.2g}× beyond the proxies' range"
     else:
         where = "adds a new combination of n_params and tokens inside the proxies' range, separating their effects"
     if shrink:
-        axis = "learning_rate" if "learning_rate" in shrink else max(shrink, key=shrink.get)
+        axis = "learning_rate" if "learning_rate" in shrink else max(shrink, key=lambda k: shrink[k])
         why = (
             f"would narrow the {AXIS_LABEL[axis]} interval at the target by about "
             f"{100 * shrink[axis]:.0f}% (on top of the suggestions before it)"

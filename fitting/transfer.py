@@ -124,7 +124,7 @@ def _positive_float(name: str, value: Any) -> float | None:
 
 def per_layer_multipliers(
     parameterization: str,
-    width: int,
+    width: int | None,
     depth: int | None,
     base_width: int | None,
     base_depth: int | None,
@@ -155,28 +155,85 @@ def per_layer_multipliers(
     if uses_depth and opt in _SGD:
         raise ValueError(f"{parameterization!r} depth rules (RULES.md §2) are stated for Adam only, not {optimizer!r}")
     why = f" for parameterization {parameterization!r}"
-    w = _positive_int("width", width, required=True, why=why)
-    bw = _positive_int("base_width", base_width, required=True, why=why)
+    w = _required_int("width", width, why)
+    bw = _required_int("base_width", base_width, why)
     dp = _positive_int("depth", depth, required=uses_depth, why=why)
     bd = _positive_int("base_depth", base_depth, required=uses_depth, why=why)
     lr0 = _positive_float("base_lr", base_lr)
     eps0 = _positive_float("base_eps", base_eps)
 
     m = w / bw
+    scaling = _depth_scaling(parameterization, dp, bd)
+    classes, class_notes = _class_rules(opt, m, scaling, hidden_wd_scaled, lr0, eps0)
+    notes = ([] if scaling.note is None else [scaling.note]) + class_notes
+    return PerLayer(
+        parameterization=parameterization,
+        optimizer=opt,
+        width=w,
+        depth=dp,
+        base_width=bw,
+        base_depth=bd,
+        width_multiplier=m,
+        depth_multiplier=scaling.depth_multiplier,
+        alpha=scaling.alpha,
+        residual_branch_multiplier=scaling.branch,
+        embeddings=classes["embeddings"],
+        vector_like=classes["vector_like"],
+        hidden=classes["hidden"],
+        output=classes["output"],
+        attention_logit_scale="1/d_head",
+        hidden_wd_scaled=bool(hidden_wd_scaled),
+        notes=tuple(notes),
+    )
+
+
+def _required_int(name: str, value: Any, why: str) -> int:
+    got = _positive_int(name, value, required=True, why=why)
+    assert got is not None  # required=True raises rather than return None
+    return got
+
+
+@dataclass(frozen=True)
+class _DepthScaling:
+    """How depth enters (RULES.md §2): m_L, α, the hidden-LR factor m_L^(α−1), the branch m_L^-α.
+
+    Width-only parameterizations leave both factors at 1; `note` then warns when the
+    target's depth differs from the base's anyway.
+    """
+
+    alpha: float | None
+    depth_multiplier: float | None
+    lr_factor: float
+    branch: float
+    note: str | None = None
+
+
+def _depth_scaling(parameterization: str, depth: int | None, base_depth: int | None) -> _DepthScaling:
+    m_l = depth / base_depth if depth is not None and base_depth is not None else None
+    if parameterization in DEPTH_ALPHA:
+        assert m_l is not None  # depth and base_depth are required for the depth rules
+        alpha = DEPTH_ALPHA[parameterization]
+        return _DepthScaling(alpha, m_l, m_l ** (alpha - 1.0), m_l**-alpha)
+    note = None
+    if m_l is not None and m_l != 1.0:
+        note = (
+            f"μP transfers across width only; depth changes {m_l:g}x from the base, which "
+            "these multipliers do not account for (use depth-mup or completep)"
+        )
+    return _DepthScaling(None, m_l, 1.0, 1.0, note)
+
+
+def _class_rules(
+    opt: str,
+    m: float,
+    scaling: _DepthScaling,
+    hidden_wd_scaled: bool,
+    lr0: float | None,
+    eps0: float | None,
+) -> tuple[dict[str, LayerRule], list[str]]:
+    """The four parameter classes' rules (RULES.md §1–2), and notes on what the rules leave open."""
+    uses_depth = scaling.alpha is not None
     notes: list[str] = []
-    if uses_depth:
-        alpha: float | None = DEPTH_ALPHA[parameterization]
-        m_l: float | None = dp / bd
-        depth_factor, branch = m_l ** (alpha - 1.0), m_l**-alpha
-    else:
-        alpha = None
-        m_l = dp / bd if dp is not None and bd is not None else None
-        depth_factor, branch = 1.0, 1.0
-        if m_l is not None and m_l != 1.0:
-            notes.append(
-                f"μP transfers across width only; depth changes {m_l:g}x from the base, which "
-                "these multipliers do not account for (use depth-mup or completep)"
-            )
 
     def rule(lr_mult: float, init: float, fwd: float, eps_mult: float | None, wd: float = 1.0) -> LayerRule:
         return LayerRule(
@@ -196,10 +253,10 @@ def per_layer_multipliers(
         hidden_lr, vector_lr, edge_lr = 1.0, m, m
         hidden_eps = vector_eps = edge_eps = None
     else:
-        hidden_lr, vector_lr, edge_lr = depth_factor / m, depth_factor, 1.0
+        hidden_lr, vector_lr, edge_lr = scaling.lr_factor / m, scaling.lr_factor, 1.0
         edge_eps = 1.0
         if uses_depth:
-            hidden_eps = branch / m
+            hidden_eps = scaling.branch / m
             vector_eps = None
             notes.append("Adam ε for hidden biases and norm gains is not specified in RULES.md §2; left to the study")
         else:
@@ -219,25 +276,13 @@ def per_layer_multipliers(
     if output_eps is None and opt in _ADAM:
         notes.append("Adam ε for the output layer is not specified in RULES.md §2; left to the study")
     notes.append("embeddings cover the final norm too (unchanged); vector_like = hidden biases and norm gains")
-    return PerLayer(
-        parameterization=parameterization,
-        optimizer=opt,
-        width=w,
-        depth=dp,
-        base_width=bw,
-        base_depth=bd,
-        width_multiplier=m,
-        depth_multiplier=m_l,
-        alpha=alpha,
-        residual_branch_multiplier=branch,
-        embeddings=rule(edge_lr, 1.0, 1.0, edge_eps),
-        vector_like=rule(vector_lr, 1.0, 1.0, vector_eps),
-        hidden=rule(hidden_lr, m**-0.5, 1.0, hidden_eps, hidden_wd),
-        output=rule(edge_lr, 1.0, 1.0 / m, output_eps),
-        attention_logit_scale="1/d_head",
-        hidden_wd_scaled=bool(hidden_wd_scaled),
-        notes=tuple(notes),
-    )
+    classes = {
+        "embeddings": rule(edge_lr, 1.0, 1.0, edge_eps),
+        "vector_like": rule(vector_lr, 1.0, 1.0, vector_eps),
+        "hidden": rule(hidden_lr, m**-0.5, 1.0, hidden_eps, hidden_wd),
+        "output": rule(edge_lr, 1.0, 1.0 / m, output_eps),
+    }
+    return classes, notes
 
 
 __all__ = ["PARAMETERIZATIONS", "LayerRule", "PerLayer", "per_layer_multipliers"]
