@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import dashboard
 from app.cache import RepeatedGetCache
 from app.errors import error_response, install_error_handlers
-from app.routers import fits, runs, studies
+from app.routers import curves, fits, runs, studies
 from app.security import SecurityGate
 from service.database import Engine, open_database, readiness
 from service.settings import Settings
@@ -108,5 +108,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(studies.router)
     app.include_router(runs.router)
     app.include_router(fits.router)
+    app.include_router(curves.router)
     app.include_router(dashboard.router)
     return app

@@ -40,6 +40,8 @@ REQUIRED_SCOPE: dict[tuple[str, str], str] = {
     ("GET", "/v1/studies/{name}/recommendation"): "read",
     ("GET", "/v1/studies/{name}/suggestions"): "read",
     ("GET", "/v1/studies/{name}/compute-optimal"): "read",
+    ("GET", "/v1/studies/{name}/fits/{fit_id}/curves"): "read",
+    ("GET", "/v1/studies/{name}/fits/{fit_id}/run-states"): "read",
 }
 SCOPES = ("read", "write", "admin")
 STUDY = "matrix"

@@ -1,0 +1,89 @@
+"""Curves and run states of a stored fit, for the dashboard (and any client that plots).
+
+The numbers come from `fitting.curves`, evaluated on the fit's stored engine state, so the
+band a chart draws is the interval a recommendation at that point would return.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fitting import curves
+from fitting.study_fit import MissingTarget
+from service.errors import InsufficientData, InvalidTarget, field_detail
+from service.fits import FitRecord, fit_by_id, json_safe, latest_fit
+from service.studies import get_study
+from store import queries
+from store.db import Engine
+
+AXES = ("learning_rate", "batch_size", "weight_decay")
+
+
+def _fit(engine: Engine, name: str, fit_id: int | str) -> FitRecord:
+    return latest_fit(engine, name) if fit_id == "latest" else fit_by_id(engine, name, int(fit_id))
+
+
+def fit_curves(
+    engine: Engine,
+    name: str,
+    fit_id: int | str,
+    *,
+    laws: list[str],
+    x: str,
+    points: int,
+    fixed: dict[str, float | None],
+) -> dict[str, Any]:
+    """Law curves with 90% bands along `x` (others at `fixed`, default the proxies' centre),
+    prior lines, loss-law curves and per-scale bowls of one fit.
+
+    A law the fit has none of is listed under `missing` with the fit's reason (not an error):
+    the dashboard says why instead of drawing an empty box.
+    """
+    record = _fit(engine, name, fit_id)
+    fit = record.result
+    given = {k: float(v) for k, v in fixed.items() if v is not None}
+    for k, v in given.items():
+        if not (math.isfinite(v) and v > 0):
+            raise InvalidTarget(f"{k} must be a positive number", [field_detail(k, "must be a positive number")])
+    out_laws: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for axis in laws:
+        if axis not in fit.laws:
+            missing[axis] = fit.missing.get(axis, "no law was fitted")
+            continue
+        try:
+            out_laws[axis] = curves.law_curve(fit, axis, x, points, given)
+        except MissingTarget as e:
+            raise InvalidTarget(str(e), [field_detail(e.variable, str(e))]) from e
+        except ValueError as e:
+            raise InsufficientData(f"no curve along {x}: {e}") from e
+    out: dict[str, Any] = json_safe(
+        {
+            "fit_id": record.id,
+            "data_version": str(record.data_version),
+            "x_variable": x,
+            "laws": out_laws,
+            "missing_laws": missing,
+            "loss_law": curves.loss_law_curves(fit, points),
+            "bowls": curves.scale_bowls(fit, points),
+        }
+    )
+    return out
+
+
+def fit_run_states(engine: Engine, name: str, fit_id: int | str) -> dict[str, Any]:
+    """How the fit used each of the study's runs: {run_id: state} and counts per state."""
+    record = _fit(engine, name, fit_id)
+    with engine.connect() as conn, conn.begin():
+        study = get_study(conn, name)
+    states = curves.run_states(record.result, list(queries.iter_runs(engine, study.id)))
+    counts = {s: 0 for s in curves.RUN_STATES}
+    for s in states.values():
+        counts[s] += 1
+    return {
+        "fit_id": record.id,
+        "data_version": str(record.data_version),
+        "states": {str(k): v for k, v in states.items()},
+        "counts": counts,
+    }
