@@ -39,7 +39,8 @@ def _snap(logv: np.ndarray, tol: float = 0.01) -> np.ndarray:
         if x - reps[-1] > tol:
             reps.append(x)
     r = np.array(reps)
-    return r[np.argmin(np.abs(logv[:, None] - r[None, :]), axis=1)]
+    snapped: np.ndarray = r[np.argmin(np.abs(logv[:, None] - r[None, :]), axis=1)]
+    return snapped
 
 
 @dataclass(frozen=True, eq=False)

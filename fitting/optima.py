@@ -264,7 +264,9 @@ def _grid_coordinates(runs: RunTable, idx: np.ndarray) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((idx.size, 1))
 
 
-def neighbour_predictions(runs: RunTable, sidx: np.ndarray, n_scales: int, k: int = OUTLIER_NEIGHBOURS):
+def neighbour_predictions(
+    runs: RunTable, sidx: np.ndarray, n_scales: int, k: int = OUTLIER_NEIGHBOURS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per run: median, 2nd-lowest and robust spread of the log losses of its k nearest runs at its scale.
 
     Neighbours are completed runs of the same scale within LEFT_BASIN of the scale's lower
@@ -537,7 +539,7 @@ def loss_noise(fit: BowlSolution | None, replicate_ss: float, replicate_dof: int
     MAD's shrinkage by the fitted parameters undone; replicates contribute their scatter.
     """
     dof_fit = fit.dof if fit is not None else 0
-    ss_fit = fit.resid.size * fit.noise**2 if dof_fit > 0 else 0.0
+    ss_fit = fit.resid.size * fit.noise**2 if fit is not None and dof_fit > 0 else 0.0
     dof = dof_fit + replicate_dof
     ss = ss_fit + replicate_ss
     sigma = math.sqrt((ss + NOISE_PRIOR_DOF * LOSS_NOISE**2) / (dof + NOISE_PRIOR_DOF))

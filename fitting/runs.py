@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 COMPLETED, DIVERGED, FAILED = "completed", "diverged", "failed"
 
@@ -79,7 +80,8 @@ class RunTable:
     @property
     def completed(self) -> np.ndarray:
         """Boolean mask of completed runs with a finite loss."""
-        return (self.status == COMPLETED) & np.isfinite(self.final_loss)
+        mask: npt.NDArray[np.bool_] = (self.status == COMPLETED) & np.isfinite(self.final_loss)
+        return mask
 
     def label(self, i: int) -> str:
         """How messages name run `i`: its run_key, else its id, else its row number."""

@@ -13,7 +13,7 @@ Level "interpolation" when the factor is 1 (inside every range), "extrapolation"
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,7 +196,7 @@ def fit_study(
     )
 
 
-def _loss_law(optima, bootstrap: int, seed: int, warnings: list[str]) -> LossLaw | None:
+def _loss_law(optima: Sequence[ScaleOptimum], bootstrap: int, seed: int, warnings: list[str]) -> LossLaw | None:
     pts = [(o.scale.n_params, o.scale.tokens, o.loss) for o in optima if math.isfinite(o.loss)]
     n_n = len({p[0] for p in pts})
     n_d = len({p[1] for p in pts})
@@ -310,7 +310,7 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     warnings: list[str] = _evidence_warnings(fit)
     ext = extrapolation(fit, t)
     if ext.level != "interpolation":
-        worst = max(ext.per_variable, key=ext.per_variable.get)
+        worst = max(ext.per_variable, key=lambda v: ext.per_variable[v])
         warnings.append(f"target is {ext.factor:.3g}× outside the proxies' {worst} range ({ext.level})")
     shape = fit.shape
     axes = shape.axes if shape else ()
@@ -349,7 +349,7 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
 
     def interval(a: str, offset: float = 0.0) -> Interval:
         v, s = draws[a]
-        lo, hi = percentile_bounds(s)
+        lo, hi = (float(b) for b in percentile_bounds(s))  # 1-D draws: scalar bounds
         vals = [max(math.exp(x) - offset, 0.0) for x in (min(lo, v), v, max(hi, v))]
         return Interval(vals[1], vals[0], vals[2])
 

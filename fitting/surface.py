@@ -18,10 +18,12 @@ no low-order polynomial describes the loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import OptimizeResult, least_squares
 
 DEFAULT_BAND = 0.01
 # A scale needs at least this many runs in its band; lower-loss runs are added up to this
@@ -67,7 +69,8 @@ class BowlSolution:
 
     @property
     def hessian(self) -> np.ndarray:
-        return self.chol @ self.chol.T
+        h: np.ndarray = self.chol @ self.chol.T
+        return h
 
 
 def select_band(y: np.ndarray, scale: np.ndarray, n_scales: int, band: float = DEFAULT_BAND) -> np.ndarray:
@@ -86,14 +89,18 @@ def select_band(y: np.ndarray, scale: np.ndarray, n_scales: int, band: float = D
     return keep
 
 
-def _layout(designs: tuple[np.ndarray, ...], d: int, n_scales: int, cross: np.ndarray):
+def _layout(
+    designs: tuple[np.ndarray, ...], d: int, n_scales: int, cross: np.ndarray
+) -> tuple[list[int], np.ndarray, list[tuple[int, int]]]:
     sizes = [x.shape[1] for x in designs]
     off = np.cumsum([n_scales, *sizes])
     tri = [(j, k) for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
     return sizes, off, tri
 
 
-def _unpack(p: np.ndarray, designs, d: int, n_scales: int, cross: np.ndarray):
+def _unpack(
+    p: np.ndarray, designs: tuple[np.ndarray, ...], d: int, n_scales: int, cross: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray, list[tuple[int, int]]]:
     _, off, tri = _layout(designs, d, n_scales, cross)
     l0 = p[:n_scales]
     beta = tuple(p[off[a] : off[a + 1]] for a in range(d))
@@ -131,7 +138,9 @@ def residuals_and_jacobian(
     return r, np.concatenate(cols, axis=1)
 
 
-def pack(l0, beta, chol, kappa, cross) -> np.ndarray:
+def pack(
+    l0: np.ndarray, beta: Sequence[np.ndarray], chol: np.ndarray, kappa: np.ndarray, cross: np.ndarray
+) -> np.ndarray:
     d = chol.shape[0]
     lp = [np.log(chol[j, k]) if j == k else chol[j, k] for j in range(d) for k in range(j + 1) if j == k or cross[j, k]]
     return np.concatenate(
@@ -173,10 +182,10 @@ def fit_bowl(
         p[free] = q
         return p
 
-    def fun(q):
+    def fun(q: np.ndarray) -> np.ndarray:
         return residuals_and_jacobian(full(q), data, designs)[0]
 
-    def jac(q):
+    def jac(q: np.ndarray) -> np.ndarray:
         return residuals_and_jacobian(full(q), data, designs)[1][:, free]
 
     # Two passes: plain least squares to get a residual scale, then soft-L1 at that scale so
@@ -205,7 +214,12 @@ def fit_bowl(
     )
 
 
-def _solve(fun, jac, x0: np.ndarray, **kw):
+def _solve(
+    fun: Callable[[np.ndarray], np.ndarray],
+    jac: Callable[[np.ndarray], np.ndarray],
+    x0: np.ndarray,
+    **kw: Any,
+) -> OptimizeResult:
     """least_squares with one retry at 5× the evaluation budget when it stops on the budget (status 0)."""
     sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", max_nfev=200, **kw)
     if sol.status == 0:

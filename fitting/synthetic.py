@@ -48,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from fitting.runs import COMPLETED, DIVERGED, RunTable
 
@@ -109,16 +110,24 @@ class SyntheticTruth:
     # --- loss surface ------------------------------------------------------------------
     def base_loss(self, n_params: float, tokens: float) -> float:
         e, a, alpha, b, beta = self.loss_params
-        return e + a / n_params**alpha + b / tokens**beta
+        return float(e + a / n_params**alpha + b / tokens**beta)
 
     def excess(self, z: np.ndarray) -> np.ndarray:
         """f(z) ≥ 0 (log-loss above the optimum) for z of shape (..., 3)."""
         z = np.asarray(z, dtype=float)
         q = 0.5 * np.einsum("...i,ij,...j->...", z, self.hessian, z)
-        return q * (1.0 + self.asymmetry[0] * np.tanh(z[..., 0]) + self.asymmetry[1] * np.tanh(z[..., 1]))
+        out: np.ndarray = q * (1.0 + self.asymmetry[0] * np.tanh(z[..., 0]) + self.asymmetry[1] * np.tanh(z[..., 1]))
+        return out
 
     def loss(
-        self, n_params: float, tokens: float, width: float, depth: float, learning_rate, batch_size, weight_decay
+        self,
+        n_params: float,
+        tokens: float,
+        width: float,
+        depth: float,
+        learning_rate: npt.ArrayLike,
+        batch_size: npt.ArrayLike,
+        weight_decay: npt.ArrayLike,
     ) -> np.ndarray:
         """Noise-free final loss (diverged runs included: the formula does not know about divergence)."""
         mu = self.log_optimum(n_params, tokens, width, depth)
@@ -128,11 +137,15 @@ class SyntheticTruth:
             ),
             axis=-1,
         )
-        return self.base_loss(n_params, tokens) * np.exp(self.excess(z))
+        loss: np.ndarray = self.base_loss(n_params, tokens) * np.exp(self.excess(z))
+        return loss
 
-    def diverges(self, n_params: float, tokens: float, width: float, depth: float, learning_rate) -> np.ndarray:
+    def diverges(
+        self, n_params: float, tokens: float, width: float, depth: float, learning_rate: npt.ArrayLike
+    ) -> np.ndarray:
         mu = self.log_optimum(n_params, tokens, width, depth)
-        return np.log(learning_rate) - mu[0] > math.log(self.divergence_factor)
+        diverged: np.ndarray = np.log(learning_rate) - mu[0] > math.log(self.divergence_factor)
+        return diverged
 
     # --- scales and targets --------------------------------------------------------------
     def proxy_scales(self) -> list[dict[str, float]]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from fitting.common import Interval
 from fitting.laws import weighted_law
-from fitting.optima import SweepAnalysis
+from fitting.optima import ScaleOptimum, SweepAnalysis
 
 MODELS = {"constant τ fraction": None, "λ ∝ width": 1.0, "λ ∝ √width": 0.5}
 
@@ -138,7 +138,7 @@ def analyse_weight_decay(
     return WeightDecayAnalysis(tuple(pts), variables, wd_exp, tau_exp, models, supported, tuple(notes))
 
 
-def _point(o, seq_len: float | None) -> WeightDecayPoint:
+def _point(o: ScaleOptimum, seq_len: float | None) -> WeightDecayPoint:
     """One scale's wd optimum with the AdamW timescale τ = 1/(lr·wd) in steps and as a fraction of training."""
     wd = o.optimum["weight_decay"]
     lr = o.optimum["learning_rate"].value.value if "learning_rate" in o.optimum else math.nan
