@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors
+from service.database import UNAVAILABLE_ERRORS, unavailable_reason
 from service.schemas import summarize, validation_details
 
 log = logging.getLogger("hpscale")
@@ -29,6 +30,8 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.Forbidden: 403,
     errors.StudyNotFound: 404,
     errors.FitNotFound: 404,
+    errors.RunNotFound: 404,
+    errors.SubmissionNotFound: 404,
     errors.TokenNotFound: 404,
     errors.StudyExists: 409,
     errors.TokenExists: 409,
@@ -41,10 +44,12 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.InvalidQuery: 422,
     errors.InvalidArgument: 422,
     errors.FitInProgress: 503,
+    errors.DatabaseUnavailable: 503,
 }
 _HEADERS: dict[type[errors.DomainError], dict[str, str]] = {
     errors.Unauthorized: {"WWW-Authenticate": "Bearer"},
     errors.FitInProgress: {"Retry-After": "5"},
+    errors.DatabaseUnavailable: {"Retry-After": "2"},
 }
 
 _STATUS_CODES = {
@@ -125,6 +130,15 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Handled here (not by the catch-all below, which re-raises and so makes uvicorn close
+        # the keep-alive connection): the client may retry on the same connection.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return domain_error_response(errors.DatabaseUnavailable(unavailable_reason(exc) + "; try again shortly"))
+
+    for database_error in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(database_error, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

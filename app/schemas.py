@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from service.studies import Study, StudySummary
 
@@ -74,6 +74,9 @@ class RunOut(BaseModel):
     extra: dict[str, float | str] | None
     created_at: datetime
     created_by: str | None
+    submission_id: int | None = None
+    excluded: bool = False
+    excluded_reason: str | None = None
 
 
 class RunPage(BaseModel):
@@ -85,6 +88,41 @@ class SubmitResult(BaseModel):
     inserted: int
     duplicates: int
     ids: list[int]
+    submission_id: int
+
+
+class ExcludeRequest(BaseModel):
+    """Why a run is excluded (shown with the run, kept in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str
+
+
+class IncludeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = None
+
+
+class DeletedResult(BaseModel):
+    deleted: int
+
+
+class AuditOut(BaseModel):
+    id: int
+    created_at: datetime
+    actor: str | None
+    action: str
+    study: str
+    run_id: int | None
+    submission_id: int | None
+    count: int | None
+    reason: str | None
+
+
+class AuditList(BaseModel):
+    items: list[AuditOut]
 
 
 class ErrorDetail(BaseModel):

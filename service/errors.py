@@ -60,6 +60,14 @@ class FitNotFound(DomainError):
     code = "not_found"
 
 
+class RunNotFound(DomainError):
+    code = "not_found"
+
+
+class SubmissionNotFound(DomainError):
+    code = "not_found"
+
+
 # --- conflicts -------------------------------------------------------------------------
 
 
@@ -102,6 +110,12 @@ class InsufficientData(DomainError, fitting.common.InsufficientData):
 
 class FitInProgress(DomainError):
     """Another request is still computing the fit this one waits for (past the deadline)."""
+
+    code = "unavailable"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database cannot serve the request now (down, unreachable, disk full, read-only): retry."""
 
     code = "unavailable"
 

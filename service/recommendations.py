@@ -23,9 +23,17 @@ from fitting.plan import suggest_runs
 from fitting.recommend import recommend
 from service.cache import LRUCache
 from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
-from service.fits import FitRecord, current_fit, current_fit_async, json_safe
+from service.fits import (
+    FIRST_FIT_WAIT_SECONDS,
+    FitRecord,
+    current_fit,
+    fit_by_id,
+    json_safe,
+    served_fit_async,
+)
 from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, TARGET_LIMITS, Bound
-from store.db import Engine
+from store import queries
+from store.db import Engine, run_in_transaction
 
 _COMPUTE = Bound(1, MAX_COMPUTE, low_inclusive=True)
 _BATCH_MULTIPLE = Bound(1, MAX_BATCH_MULTIPLE, low_inclusive=True)
@@ -68,6 +76,16 @@ def _engine_refusals() -> Iterator[None]:
         ) from None
 
 
+# Fits this process has already pinned (one write per fit, not per answer).
+_pinned: set[tuple[str, int, int, str]] = set()
+
+
+def pin_fit(engine: Engine, stored: FitRecord) -> None:
+    """Mark the fit as handed out, so that pruning old fits keeps it (see `fit_id`)."""
+    run_in_transaction(engine, lambda conn: queries.pin_fit(conn, stored.id))
+    _pinned.add(stored.key)
+
+
 # A fit never changes, so the answer to the same question about it never does either:
 # launchers asking again (or many at once) get the encoded answer without recomputing.
 _recommendations = LRUCache(4096)
@@ -83,18 +101,34 @@ async def recommendation_json(
     batch_size: float | None = None,
     batch_multiple: int | None = None,
     compute: float | None = None,
+    fit_id: int | None = None,
+    fresh: bool = False,
+    wait_seconds: float = FIRST_FIT_WAIT_SECONDS,
 ) -> bytes:
     """The contract's recommendation, JSON-encoded: lr, batch, wd at `target` with 90% intervals.
 
     `target` holds n_params, tokens, width, depth, seq_len (None: not given). Async, with
     the work in threads only on a miss: the hot path (a launcher asking about an unchanged
-    study) never leaves the event loop.
+    study) never leaves the event loop. `fit_id` pins the answer to that fit: the same
+    question about the same fit gets the same bytes, whatever runs arrived since. Every fit
+    whose id an answer hands out is pinned (kept when old fits are pruned), so a launcher
+    restarted later can ask for the answer it launched with.
     """
     check_target({**target, "batch_size": batch_size, "batch_multiple": batch_multiple, "compute": compute})
     if compute is not None and (target.get("n_params") is not None or target.get("tokens") is not None):
         raise _invalid("compute", "give either compute or n_params and tokens, not both")
-    stored = await current_fit_async(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
-    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
+    served_warnings: tuple[str, ...] = ()
+    if fit_id is not None:
+        stored = await to_thread.run_sync(lambda: fit_by_id(engine, study_name, fit_id))
+    else:
+        # Never waits on a refit: the newest completed fit, with a warning if runs arrived since.
+        served = await served_fit_async(
+            engine, study_name, bootstrap=bootstrap, created_by=created_by, fresh=fresh, wait_seconds=wait_seconds
+        )
+        stored, served_warnings = served.record, served.warnings
+    if stored.key not in _pinned:
+        await to_thread.run_sync(lambda: pin_fit(engine, stored))
+    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute, served_warnings)
     body = _recommendations.get(key)
     if body is None:
         with _engine_refusals():
@@ -109,6 +143,8 @@ async def recommendation_json(
                 )
             )
         document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
+        # An answer from a fit of older data says so (contract 1.1: "fitted on N of M runs").
+        document["warnings"] = [*served_warnings, *document.get("warnings", [])]
         body = json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False).encode()
         _recommendations.put(key, body)
     return body

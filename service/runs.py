@@ -78,12 +78,17 @@ def with_defaults(run: RunIn, study: Study) -> dict[str, Any]:
 def submit_runs(
     engine: Engine, study_name: str, runs: Sequence[RunIn], *, indexed: bool, created_by: str | None
 ) -> InsertResult:
-    """Store a validated submission atomically; a run_key already in the study is a duplicate."""
+    """Store a validated submission atomically; a run_key already in the study is a duplicate.
+
+    The submission gets an id (in the answer, recorded on each run it stored) by which
+    it can be undone as a whole."""
 
     def store(conn: Connection) -> InsertResult:
         study = get_study(conn, study_name)
         check_study_rules(runs, study, indexed=indexed)
-        return queries.insert_runs(conn, study.id, [with_defaults(run, study) for run in runs], created_by)
+        submission_id = queries.create_submission(conn, study.id, "http", created_by)
+        rows = [with_defaults(run, study) for run in runs]
+        return queries.insert_runs(conn, study.id, rows, created_by, submission_id)
 
     return run_in_transaction(engine, store)
 
@@ -139,6 +144,7 @@ class ImportResult:
     study: Study
     inserted: int
     duplicates: int
+    submission_id: int | None = None
 
 
 def import_runs(
@@ -150,12 +156,14 @@ def import_runs(
     batch_size: int = DEFAULT_IMPORT_BATCH,
     created_by: str | None = "cli",
     progress: Callable[[int, int], None] | None = None,
+    source: str = "import",
 ) -> ImportResult:
     """Validate every (line, row) first, then store in transactions of `batch_size` runs.
 
     A file with a bad row stores nothing: InvalidRuns lists every problem, each detail's
     `index` being the row's line number. `create`: make the study with these fields if it
-    does not exist (otherwise an unknown study is StudyNotFound).
+    does not exist (otherwise an unknown study is StudyNotFound). Every run stored records
+    one submission id (in the result): `hpscale import --undo ID` deletes them again.
     """
     with read_connection(engine) as conn:
         existing = queries.get_study(conn, study_name)
@@ -178,12 +186,17 @@ def import_runs(
         run_in_transaction(engine, lambda conn: queries.create_study(conn, create.model_dump(), created_by))
     with read_connection(engine) as conn:
         study = get_study(conn, study_name)
+    submission_id = run_in_transaction(
+        engine, lambda conn: queries.create_submission(conn, study.id, source, created_by)
+    )
     inserted = duplicates = 0
     for start in range(0, len(runs), batch_size):
         batch = [with_defaults(run, study) for run in runs[start : start + batch_size]]
-        result = run_in_transaction(engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by))
+        result = run_in_transaction(
+            engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by, submission_id)
+        )
         inserted += result.inserted
         duplicates += result.duplicates
         if progress is not None:
             progress(start + len(batch), len(runs))
-    return ImportResult(study, inserted, duplicates)
+    return ImportResult(study, inserted, duplicates, submission_id)

@@ -105,6 +105,7 @@ class Run(Base):
         Index("ix_runs_study_id_width_id", "study_id", "width", "id"),
         Index("ix_runs_study_id_depth_id", "study_id", "depth", "id"),
         Index("ix_runs_study_id_created_by_id", "study_id", "created_by", "id"),
+        Index("ix_runs_study_id_submission_id", "study_id", "submission_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -125,6 +126,43 @@ class Run(Base):
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(64))
+    # The submission (POST or import) that stored the run: deleting it undoes the batch.
+    submission_id: Mapped[int | None] = mapped_column(Integer)
+    # An excluded run stays stored and listed, but no fit reads it (contract 1.1).
+    excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    excluded_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Submission(Base):
+    """One `POST .../runs` or import: the unit a bad batch is undone by."""
+
+    __tablename__ = "submissions"
+    __table_args__ = (Index("ix_submissions_study_id_id", "study_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    source: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """Who changed what a study's fits see, when and why (exclude, include, undo, delete).
+
+    Keyed by the study's name, not a foreign key, so the record of a deleted study stays."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_study_id", "study", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    study: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    submission_id: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Fit(Base):
@@ -152,6 +190,8 @@ class Fit(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(64))
+    # Its id was handed to a client (a recommendation): pruning old fits keeps it.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ApiToken(Base):

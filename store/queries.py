@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, case, delete, false, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from store.models import ApiToken, Fit, Run, Study, utcnow
+from store.models import ApiToken, AuditEntry, Fit, Run, Study, Submission, utcnow
 
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
@@ -36,7 +36,10 @@ RUN_FIELDS: tuple[str, ...] = (
     "seed",
     "extra",
 )
-_RUN_COLUMNS = [Run.__table__.c[name] for name in ("id", *RUN_FIELDS, "created_at", "created_by")]
+_RUN_COLUMNS = [
+    Run.__table__.c[name]
+    for name in ("id", *RUN_FIELDS, "created_at", "created_by", "submission_id", "excluded", "excluded_reason")
+]
 # Stay under SQLite's 32,766 bound-parameter limit in IN (...) lists.
 _KEY_CHUNK = 900
 
@@ -90,6 +93,7 @@ class InsertResult:
     inserted: int
     duplicates: int
     ids: list[int]
+    submission_id: int | None = None
 
 
 def _dialect_insert(conn: Connection, model: type) -> Any:
@@ -97,7 +101,11 @@ def _dialect_insert(conn: Connection, model: type) -> Any:
 
 
 def insert_runs(
-    conn: Connection, study_id: int, runs: Sequence[Mapping[str, Any]], created_by: str | None
+    conn: Connection,
+    study_id: int,
+    runs: Sequence[Mapping[str, Any]],
+    created_by: str | None,
+    submission_id: int | None = None,
 ) -> InsertResult:
     """Store `runs` (already validated) once each; a `run_key` already in the study is a duplicate.
 
@@ -114,7 +122,7 @@ def insert_runs(
     unkeyed_positions: list[int] = []
     for position, run in enumerate(runs):
         row = {name: run.get(name) for name in RUN_FIELDS}
-        row.update(study_id=study_id, created_at=now, created_by=created_by)
+        row.update(study_id=study_id, created_at=now, created_by=created_by, submission_id=submission_id)
         key = row["run_key"]
         if key is None:
             unkeyed_rows.append(row)
@@ -175,7 +183,12 @@ def insert_runs(
 
     if inserted:
         bump_data_version(conn, study_id)
-    return InsertResult(inserted=inserted, duplicates=len(runs) - inserted, ids=[int(i) for i in ids])  # type: ignore[arg-type]
+    return InsertResult(
+        inserted=inserted,
+        duplicates=len(runs) - inserted,
+        ids=[int(i) for i in ids],  # type: ignore[arg-type]
+        submission_id=submission_id,
+    )
 
 
 def bump_data_version(conn: Connection, study_id: int) -> None:
@@ -188,6 +201,7 @@ class RunFilters:
     width: int | None = None
     depth: int | None = None
     created_by: str | None = None
+    excluded: bool | None = None
 
 
 def _filtered(stmt: Any, study_id: int, filters: RunFilters) -> Any:
@@ -201,6 +215,8 @@ def _filtered(stmt: Any, study_id: int, filters: RunFilters) -> Any:
         stmt = stmt.where(c.depth == filters.depth)
     if filters.created_by is not None:
         stmt = stmt.where(c.created_by == filters.created_by)
+    if filters.excluded is not None:
+        stmt = stmt.where(c.excluded == filters.excluded)
     return stmt
 
 
@@ -264,10 +280,104 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
         c.final_loss,
         c.status,
     )
-    return [dict(row._mapping) for row in conn.execute(select(*columns).where(c.study_id == study_id).order_by(c.id))]
+    # Excluded runs stay stored and listed, but no fit reads them.
+    stmt = select(*columns).where(c.study_id == study_id, c.excluded == false())
+    return [dict(row._mapping) for row in conn.execute(stmt.order_by(c.id))]
+
+
+# --- submissions, exclusion, undo, audit ------------------------------------------------
+
+
+def create_submission(conn: Connection, study_id: int, source: str | None, created_by: str | None) -> int:
+    """A new submission's id: every run stored by one POST or one import records it."""
+    stmt = insert(Submission).values(study_id=study_id, source=source, created_at=utcnow(), created_by=created_by)
+    return int(conn.execute(stmt.returning(Submission.id)).scalar_one())
+
+
+def get_run(conn: Connection, study_id: int, run_id: int) -> dict[str, Any] | None:
+    c = Run.__table__.c
+    row = conn.execute(select(*_RUN_COLUMNS).where(c.study_id == study_id, c.id == run_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+def set_run_excluded(conn: Connection, study_id: int, run_id: int, excluded: bool, reason: str | None) -> bool:
+    """Exclude (or include) a run; True if the run exists. The data version changes only
+    when what fits read changes (a new reason for an excluded run does not)."""
+    c = Run.__table__.c
+    current = conn.execute(select(c.excluded).where(c.study_id == study_id, c.id == run_id)).first()
+    if current is None:
+        return False
+    conn.execute(
+        update(Run)
+        .where(c.study_id == study_id, c.id == run_id)
+        .values(excluded=excluded, excluded_reason=reason if excluded else None)
+    )
+    if bool(current[0]) != excluded:
+        bump_data_version(conn, study_id)
+    return True
+
+
+def submission_exists(conn: Connection, study_id: int, submission_id: int) -> bool:
+    stmt = select(Submission.id).where(Submission.study_id == study_id, Submission.id == submission_id)
+    return conn.execute(stmt).first() is not None
+
+
+def delete_submission_runs(conn: Connection, study_id: int, submission_id: int) -> int:
+    """Delete the runs a submission stored (not the duplicates it met); how many went."""
+    c = Run.__table__.c
+    ids = conn.execute(select(c.id).where(c.study_id == study_id, c.submission_id == submission_id)).scalars().all()
+    for start in range(0, len(ids), _KEY_CHUNK):
+        conn.execute(delete(Run).where(c.id.in_(ids[start : start + _KEY_CHUNK])))
+    if ids:
+        bump_data_version(conn, study_id)
+    return len(ids)
+
+
+def delete_study(conn: Connection, study_id: int) -> None:
+    """The study with its runs, fits and submissions (explicitly: no reliance on cascades)."""
+    for model in (Run, Fit, Submission):
+        conn.execute(delete(model).where(model.study_id == study_id))
+    conn.execute(delete(Study).where(Study.id == study_id))
+
+
+def add_audit(
+    conn: Connection,
+    *,
+    actor: str | None,
+    action: str,
+    study: str,
+    run_id: int | None = None,
+    submission_id: int | None = None,
+    count: int | None = None,
+    reason: str | None = None,
+) -> None:
+    conn.execute(
+        insert(AuditEntry).values(
+            created_at=utcnow(),
+            actor=actor,
+            action=action,
+            study=study,
+            run_id=run_id,
+            submission_id=submission_id,
+            count=count,
+            reason=reason,
+        )
+    )
+
+
+def list_audit(conn: Connection, study: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """The newest audit entries first (of one study, if given)."""
+    stmt = select(AuditEntry.__table__)
+    if study is not None:
+        stmt = stmt.where(AuditEntry.study == study)
+    return [dict(row._mapping) for row in conn.execute(stmt.order_by(AuditEntry.id.desc()).limit(limit))]
 
 
 # --- fits ---------------------------------------------------------------------------
+
+# Fits kept per study when a new one finishes: the newest KEEP_FITS plus every pinned one
+# (a fit whose id a recommendation handed out: a launcher may ask for it again).
+KEEP_FITS = 20
 
 _FIT_COLUMNS = Fit.__table__.c
 # Fit rows are looked up on every recommendation; the (large) result is read only when a
@@ -337,6 +447,40 @@ def take_over_stale_fit(conn: Connection, fit_id: int, started_before: datetime,
     return result.rowcount == 1
 
 
+def heartbeat_fit(conn: Connection, fit_id: int) -> bool:
+    """Renew a running fit's lease (its `created_at` is the owner's heartbeat while it runs).
+
+    False if the row is gone or no longer running (the claim was released or taken over).
+    """
+    result = conn.execute(
+        update(Fit).where(_FIT_COLUMNS.id == fit_id, _FIT_COLUMNS.status == "running").values(created_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+def running_fit(conn: Connection, study_id: int) -> dict[str, Any] | None:
+    """The newest 'running' fit row of the study, if any (live or abandoned: see its created_at)."""
+    row = conn.execute(
+        select(*_FIT_HEADER)
+        .where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status == "running")
+        .order_by(_FIT_COLUMNS.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def fit_of_version(conn: Connection, study_id: int, data_version: int) -> dict[str, Any] | None:
+    """A fit row of exactly this data version, any bootstrap count: done first, then failed, then running."""
+    rank = case((_FIT_COLUMNS.status == "done", 0), (_FIT_COLUMNS.status == "failed", 1), else_=2)
+    row = conn.execute(
+        select(*_FIT_HEADER)
+        .where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.data_version == data_version)
+        .order_by(rank, _FIT_COLUMNS.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
 def finish_fit(
     conn: Connection, fit_id: int, *, status: str, n_runs: int, result: dict[str, Any] | None, error: str | None
 ) -> None:
@@ -345,10 +489,42 @@ def finish_fit(
         .where(_FIT_COLUMNS.id == fit_id)
         .values(status=status, n_runs=n_runs, result=result, error=error, finished_at=utcnow())
     )
+    if status == "done":
+        # Fits are derived data: keep the newest few and every pinned one, not all of them.
+        study_id = conn.execute(select(_FIT_COLUMNS.study_id).where(_FIT_COLUMNS.id == fit_id)).scalar_one()
+        prune_fits(conn, study_id, KEEP_FITS)
 
 
 def delete_fit(conn: Connection, fit_id: int) -> None:
     conn.execute(Fit.__table__.delete().where(_FIT_COLUMNS.id == fit_id))
+
+
+def pin_fit(conn: Connection, fit_id: int) -> None:
+    """Keep this fit through pruning: its id was handed to a client."""
+    conn.execute(update(Fit).where(_FIT_COLUMNS.id == fit_id, _FIT_COLUMNS.pinned == false()).values(pinned=True))
+
+
+def prune_fits(conn: Connection, study_id: int, keep: int) -> int:
+    """Delete the study's finished or failed fits older than its newest `keep`, except pinned
+    ones (a 'running' fit is never touched); how many went."""
+    newest = (
+        select(_FIT_COLUMNS.id)
+        .where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status != "running")
+        .order_by(_FIT_COLUMNS.id.desc())
+        .limit(keep)
+    )
+    kept = set(conn.execute(newest).scalars().all())
+    old = conn.execute(
+        select(_FIT_COLUMNS.id).where(
+            _FIT_COLUMNS.study_id == study_id,
+            _FIT_COLUMNS.status != "running",
+            _FIT_COLUMNS.pinned == false(),
+        )
+    ).scalars()
+    doomed = [fit_id for fit_id in old if fit_id not in kept]
+    if doomed:
+        conn.execute(delete(Fit).where(_FIT_COLUMNS.id.in_(doomed)))
+    return len(doomed)
 
 
 # --- tokens -------------------------------------------------------------------------

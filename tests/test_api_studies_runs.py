@@ -191,7 +191,8 @@ def test_retries_are_idempotent_by_run_key(client: TestClient, engine: Engine) -
     first = client.post("/v1/studies/idem/runs", json={"runs": [make_run(i) for i in range(10)]}).json()
     version = client.get("/v1/studies/idem").json()["data_version"]
     again = client.post("/v1/studies/idem/runs", json={"runs": [make_run(i) for i in range(10)]}).json()
-    assert again == {"inserted": 0, "duplicates": 10, "ids": first["ids"]}
+    # Each submission gets its own id (contract 1.1), even one that stores nothing.
+    assert again == {"inserted": 0, "duplicates": 10, "ids": first["ids"], "submission_id": first["submission_id"] + 1}
     assert client.get("/v1/studies/idem").json()["data_version"] == version  # nothing changed
     mixed = client.post(
         "/v1/studies/idem/runs", json={"runs": [make_run(5), make_run(10), make_run(10), make_run(11, run_key=None)]}

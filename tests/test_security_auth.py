@@ -40,6 +40,11 @@ REQUIRED_SCOPE: dict[tuple[str, str], str] = {
     ("GET", "/v1/studies/{name}/recommendation"): "read",
     ("GET", "/v1/studies/{name}/suggestions"): "read",
     ("GET", "/v1/studies/{name}/compute-optimal"): "read",
+    ("DELETE", "/v1/studies/{name}"): "admin",
+    ("POST", "/v1/studies/{name}/runs/{fit_id}/exclude"): "write",
+    ("POST", "/v1/studies/{name}/runs/{fit_id}/include"): "write",
+    ("DELETE", "/v1/studies/{name}/submissions/{fit_id}"): "admin",
+    ("GET", "/v1/studies/{name}/audit"): "read",
     ("GET", "/v1/studies/{name}/fits/{fit_id}/curves"): "read",
     ("GET", "/v1/studies/{name}/fits/{fit_id}/run-states"): "read",
 }

@@ -66,6 +66,13 @@ async def recommendation(
         Quantity, Query(description="FLOP budget: use the loss law's compute-optimal n_params, tokens")
     ] = None,
     seq_len: Annotated[int | None, Query(description="tokens per sequence, for batch_tokens")] = None,
+    fit_id: Annotated[
+        int | None,
+        Query(ge=1, le=INT32_MAX, description="answer from this fit (the fit_id of an earlier answer): reproducible"),
+    ] = None,
+    fresh: Annotated[
+        bool, Query(description="wait for a fit of the current runs instead of answering from the newest fit")
+    ] = False,
 ) -> Response:
     """Learning rate, batch size and weight decay at a target scale, with 90% intervals."""
     body = await recommendations.recommendation_json(
@@ -77,6 +84,9 @@ async def recommendation(
         batch_size=batch_size,
         batch_multiple=batch_multiple,
         compute=compute,
+        fit_id=fit_id,
+        fresh=fresh,
+        wait_seconds=settings.fit_wait_seconds,
     )
     return Response(content=body, media_type="application/json")
 

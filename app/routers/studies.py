@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.deps import UNKNOWN_QUERY_CHECK, Admin, EngineDep, Reader
 from app.schemas import ERRORS, ErrorResponse, StudyList, StudyOut
 from app.security import OffLoopJSONRoute
-from service import studies
+from service import studies, undo
 from service.schemas import StudyIn
 
 router = APIRouter(
@@ -33,3 +33,10 @@ def list_studies(_: Reader, engine: EngineDep) -> StudyList:
 @router.get("/{name}", response_model=StudyOut, responses=ERRORS)
 def show_study(name: str, _: Reader, engine: EngineDep) -> StudyOut:
     return StudyOut.of_summary(studies.show_study(engine, name))
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, responses=ERRORS)
+def delete_study(name: str, principal: Admin, engine: EngineDep) -> Response:
+    """Delete the study with its runs and fits (audited)."""
+    undo.delete_study(engine, name, actor=principal.name)
+    return Response(status_code=204)
