@@ -20,7 +20,7 @@ from app.cache import RepeatedGetCache
 from app.errors import error_response, install_error_handlers
 from app.routers import curves, fits, runs, studies
 from app.security import SecurityGate
-from service.database import Engine, open_database, readiness
+from service.database import Engine, open_database, readiness_async
 from service.settings import Settings
 
 CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
@@ -94,13 +94,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Outermost: no-auth peer/Host rules, Origin, token and scope, all before any body is read.
     app.add_middleware(SecurityGate, settings=settings, engine=app.state.engine, router_app=app)
 
+    # Both async: they must answer while every worker thread waits on the database or a fit.
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
-    def readyz() -> JSONResponse:
-        state = readiness(app.state.engine)
+    async def readyz() -> JSONResponse:
+        state = await readiness_async(app.state.engine)
         if not state.ready:
             return error_response(503, "unavailable", state.message)
         return JSONResponse({"status": "ready", "schema_revision": state.revision})

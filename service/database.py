@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from store import migrate
-from store.db import Engine, make_engine, ping, redact_url
+from store.db import UNAVAILABLE_ERRORS, Engine, make_engine, ping, redact_url, unavailable_reason, write_probe
 
-__all__ = ["Engine", "Readiness", "open_database", "readiness", "redact_url", "upgrade"]
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "Engine",
+    "Readiness",
+    "open_database",
+    "readiness",
+    "readiness_async",
+    "redact_url",
+    "unavailable_reason",
+    "upgrade",
+]
 
 
 def open_database(url: str, *, upgrade_schema: bool = False) -> Engine:
@@ -33,7 +45,11 @@ class Readiness:
 
 
 def readiness(engine: Engine) -> Readiness:
-    """Whether the database answers and its schema is at the latest migration."""
+    """Whether the database answers, its schema is at the latest migration and it takes writes.
+
+    A server whose database cannot commit (disk full, read-only) cannot store runs or fits,
+    so it is not ready even though reads still work.
+    """
     try:
         ping(engine)
         with engine.connect() as conn:
@@ -43,4 +59,23 @@ def readiness(engine: Engine) -> Readiness:
     head = migrate.head_revision()
     if current != head:
         return Readiness(False, f"schema at revision {current}, latest is {head}: run 'hpscale db upgrade'")
+    try:
+        write_probe(engine)
+    except Exception as error:  # noqa: BLE001 - any failure to commit means "not ready"
+        return Readiness(False, f"database does not take writes: {unavailable_reason(error)}")
     return Readiness(True, "ready", current)
+
+
+# Readiness probes run in their own two threads, not the server's worker pool: a pool full
+# of requests waiting on the database must not make the probe itself wait.
+_probe_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hpscale-readyz")
+READINESS_TIMEOUT_SECONDS = 5.0
+
+
+async def readiness_async(engine: Engine, timeout: float = READINESS_TIMEOUT_SECONDS) -> Readiness:
+    """`readiness` from the event loop, off the worker pool, answered within `timeout`."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(_probe_threads, readiness, engine), timeout)
+    except TimeoutError:
+        return Readiness(False, f"database did not answer within {timeout:g} s")

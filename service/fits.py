@@ -1,17 +1,29 @@
-"""Fits: computed once per (study, data_version, bootstrap), across processes.
+"""Fits: computed once per (study, data_version, bootstrap), across processes; answers never wait.
 
-The first request for a stale fit inserts the fit's 'running' row (unique per study,
-data version and bootstrap count) and computes it; concurrent requests in any process
-find that row and wait for it to finish instead of fitting again. Runs and the data
-version are read in one snapshot, so a fit's `data_version` is exactly the data it saw.
-Fitting runs in the request's worker thread, never on the event loop. Where a law is
-fitted: `fitting.study_fit.fit_study`, called from `_compute` below with the study's
-parameterization and priors.
+A fit is claimed by inserting its 'running' row (unique per study, data version and
+bootstrap count); the claim is a lease: its owner renews the row's `created_at` every
+`HEARTBEAT_SECONDS` while it computes, and a 'running' row not renewed for `LEASE_SECONDS`
+belongs to a dead process and is taken over. A fit whose computation or final write fails
+releases its claim at once (its row is deleted; if even that fails, the lease runs out).
+
+Recommendations never wait on a fit (`served_fit_async`): they get the newest completed fit
+at once, with a warning when runs arrived since, and ask this process's refitter for a
+background refit. The refitter keeps at most one refit running and one queued per study in
+a process, and claims only when no live claim of the study exists in any process, so a
+stream of batches costs one refit at a time. Only a study with no completed fit (or a
+caller asking `fresh=true`) waits, polling from the event loop (no worker thread held) up to
+a deadline, then 503 + Retry-After. `POST .../fits` (`current_fit`) keeps computing the fit
+of the current data in its request thread. Runs and the data version are read in one
+snapshot, so a fit's `data_version` is exactly the data it saw. Where a law is fitted:
+`fitting.study_fit.fit_study`, called from `_compute` below.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -30,9 +42,16 @@ from store.db import Engine, run_in_transaction, snapshot_connection
 from store.models import Study, utcnow
 
 WAIT_FOR_OTHER_FIT_SECONDS = 300.0
-# A 'running' fit older than this belongs to a process that died; another may take it over.
-STALE_RUNNING_FIT = timedelta(minutes=10)
+# The owner of a 'running' fit renews its claim this often; a claim not renewed for
+# LEASE_SECONDS belongs to a process that died (or lost its database) and is taken over.
+HEARTBEAT_SECONDS = 2.0
+LEASE_SECONDS = 10.0
+STALE_RUNNING_FIT = timedelta(seconds=LEASE_SECONDS)
+# How long a request with no completed fit to serve (or asking fresh=true) waits by default.
+FIRST_FIT_WAIT_SECONDS = 60.0
 FIT_SEED = 20250101
+
+log = logging.getLogger("hpscale")
 
 
 @dataclass(frozen=True)
@@ -134,40 +153,87 @@ def _snapshot(engine: Engine, study_id: int) -> tuple[Study, RunTable]:
     return study, RunTable.from_records(records, default_seq_len=study.seq_len)
 
 
-def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> None:
-    """Compute and store the claimed fit; drop the claim if the data moved on meanwhile."""
-    current, table = _snapshot(engine, study.id)
-    if current.data_version != claimed_version:
-        run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
-        return
+class _Heartbeat:
+    """Renews a running fit's lease from a daemon thread while the owner computes it."""
+
+    def __init__(self, engine: Engine, fit_id: int) -> None:
+        self._engine = engine
+        self._fit_id = fit_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"hpscale-fit-{fit_id}-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                run_in_transaction(self._engine, lambda conn: queries.heartbeat_fit(conn, self._fit_id), attempts=2)
+            except Exception:
+                log.warning("fit %s: heartbeat failed", self._fit_id, exc_info=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _release(engine: Engine, fit_id: int) -> None:
+    """Drop a claim whose fit will not be finished, so the next request may fit again at once.
+
+    If even that fails (the database is down), the claim's lease runs out instead.
+    """
     try:
-        result = fit_study(
-            table,
-            bootstrap=bootstrap,
-            seed=FIT_SEED,
-            seq_len=current.seq_len,
-            parameterization=current.parameterization,
-            optimizer=current.optimizer,
-            priors=current.priors,
-        )
-    except EngineInsufficientData as error:
-        reason = str(error)
-        run_in_transaction(
-            engine,
-            lambda conn: queries.finish_fit(
-                conn, fit_id, status="failed", n_runs=len(table), result=None, error=reason
-            ),
-        )
-        return
+        run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id), attempts=3)
+    except Exception:
+        log.warning("fit %s: could not release the claim; it expires in %ss", fit_id, LEASE_SECONDS, exc_info=True)
+
+
+def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bootstrap: int) -> None:
+    """Compute and store the claimed fit; drop the claim if the data moved on meanwhile.
+
+    Everything after the claim, the final write included, is inside the `try`: whatever
+    fails, the claim is released (or, failing that, expires) rather than left 'running'.
+    """
+    try:
+        with _Heartbeat(engine, fit_id):
+            current, table = _snapshot(engine, study.id)
+            n_runs = len(table)
+            if current.data_version != claimed_version:
+                _release(engine, fit_id)
+                return
+            try:
+                result = fit_study(
+                    table,
+                    bootstrap=bootstrap,
+                    seed=FIT_SEED,
+                    seq_len=current.seq_len,
+                    parameterization=current.parameterization,
+                    optimizer=current.optimizer,
+                    priors=current.priors,
+                )
+            except EngineInsufficientData as error:
+                reason = str(error)
+                run_in_transaction(
+                    engine,
+                    lambda conn: queries.finish_fit(
+                        conn, fit_id, status="failed", n_runs=n_runs, result=None, error=reason
+                    ),
+                )
+                return
+            state = result.to_state()
+            del table, result  # the fit's inputs need not outlive it while the result is written
+            run_in_transaction(
+                engine,
+                lambda conn: queries.finish_fit(conn, fit_id, status="done", n_runs=n_runs, result=state, error=None),
+            )
     except BaseException:
-        # Let the next request try again rather than wait on a fit that will never finish.
-        run_in_transaction(engine, lambda conn: queries.delete_fit(conn, fit_id))
+        _release(engine, fit_id)
         raise
-    state = result.to_state()
-    run_in_transaction(
-        engine,
-        lambda conn: queries.finish_fit(conn, fit_id, status="done", n_runs=len(table), result=state, error=None),
-    )
+
+
+def _lease_expired(row: Mapping[str, Any]) -> bool:
+    return bool(row["created_at"] < utcnow() - STALE_RUNNING_FIT)
 
 
 def current_fit(
@@ -228,7 +294,7 @@ def _current_fit(
             if fit_id is not None:
                 _compute(engine, study, fit_id, study.data_version, bootstrap)
             continue  # read the finished (or competing) row back
-        # Another request is computing it: wait, or take over if its process died.
+        # Another request is computing it: wait, or take over if its owner stopped renewing it.
         started_before = utcnow() - STALE_RUNNING_FIT
         if row["created_at"] < started_before and run_in_transaction(
             engine, lambda conn: queries.take_over_stale_fit(conn, row["id"], started_before, created_by)
@@ -257,3 +323,151 @@ def latest_fit(engine: Engine, study_name: str) -> FitRecord:
     if row is None:
         raise FitNotFound(f"study '{study_name}' has no fit yet: POST /v1/studies/{study_name}/fits")
     return _stored(engine, row, study)
+
+
+# --- answers that never wait on a fit ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedFit:
+    """The fit a recommendation is answered from, and what the answer must say about it."""
+
+    record: FitRecord
+    warnings: tuple[str, ...] = ()
+
+
+class _Refitter:
+    """Background refits of this process: per study at most one running and one queued.
+
+    A request for a study whose refit is running only marks it queued; when the running one
+    ends, the queued one runs (once, on whatever the data are then). Each refit runs in its
+    own daemon thread, never in the server's worker threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[tuple[str, int], str] = {}  # "running" | "queued"
+        self._idle = threading.Condition(self._lock)
+
+    def request(self, engine: Engine, study_id: int, bootstrap: int, created_by: str | None) -> None:
+        key = (str(engine.url), study_id)
+        with self._lock:
+            if key in self._state:
+                self._state[key] = "queued"
+                return
+            self._state[key] = "running"
+        thread = threading.Thread(
+            target=self._loop, args=(engine, key, bootstrap, created_by), name=f"hpscale-refit-{study_id}", daemon=True
+        )
+        thread.start()
+
+    def _loop(self, engine: Engine, key: tuple[str, int], bootstrap: int, created_by: str | None) -> None:
+        while True:
+            try:
+                _refit_once(engine, key[1], bootstrap, created_by)
+            except Exception:
+                log.warning("background refit of study %s failed", key[1], exc_info=True)
+                time.sleep(1.0)  # do not hammer a database that just failed
+            with self._lock:
+                if self._state.get(key) == "queued":
+                    self._state[key] = "running"
+                    continue
+                self._state.pop(key, None)
+                self._idle.notify_all()
+                return
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no refit runs in this process (tests, shutdown); whether it is idle."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._state, timeout)
+
+
+_refitter = _Refitter()
+wait_for_background_refits = _refitter.wait_idle
+
+
+def _refit_once(engine: Engine, study_id: int, bootstrap: int, created_by: str | None) -> None:
+    """Fit the study's current data unless it is fitted already or a live claim exists anywhere."""
+
+    def claim(conn: Any) -> tuple[Study, int | None]:
+        study = queries.get_study_by_id(conn, study_id)
+        row = queries.fit_of_version(conn, study_id, study.data_version)
+        if row is not None and row["status"] != "running":
+            return study, None  # done (or refused) already
+        running = queries.running_fit(conn, study_id)
+        if running is not None:
+            if not _lease_expired(running):
+                return study, None  # one refit at a time per study, across processes
+            if running["data_version"] == study.data_version and running["bootstrap"] == bootstrap:
+                started_before = utcnow() - STALE_RUNNING_FIT
+                taken = queries.take_over_stale_fit(conn, running["id"], started_before, created_by)
+                return study, running["id"] if taken else None
+            queries.delete_fit(conn, running["id"])  # a dead claim on older data: drop it
+        return study, queries.claim_fit(conn, study_id, study.data_version, bootstrap, created_by)
+
+    study, fit_id = run_in_transaction(engine, claim)
+    if fit_id is not None:
+        _compute(engine, study, fit_id, study.data_version, bootstrap)
+
+
+@dataclass(frozen=True)
+class _ServedState:
+    study: Study
+    newest: FitRecord | None  # the newest completed fit, any data version
+    current: dict[str, Any] | None  # a fit row of the current data version, if any
+    runs_now: int | None  # the study's run count, when the newest fit is stale
+
+
+def _served_state(engine: Engine, study_name: str) -> _ServedState:
+    with snapshot_connection(engine) as conn:
+        study = get_study(conn, study_name)
+        newest = queries.latest_done_fit(conn, study.id)
+        current = newest if newest and newest["data_version"] == study.data_version else None
+        current = current or queries.fit_of_version(conn, study.id, study.data_version)
+        stale = newest is not None and newest["data_version"] != study.data_version
+        runs_now = queries.study_run_count(conn, study.id) if stale else None
+    record = _stored(engine, newest, study) if newest is not None else None
+    return _ServedState(study, record, current, runs_now)
+
+
+async def served_fit_async(
+    engine: Engine,
+    study_name: str,
+    *,
+    bootstrap: int,
+    created_by: str | None,
+    fresh: bool = False,
+    wait_seconds: float = FIRST_FIT_WAIT_SECONDS,
+) -> ServedFit:
+    """The fit to answer a recommendation from, at once: the newest completed one.
+
+    If runs arrived since it, the answer carries a warning and a background refit is asked
+    for. Only with no completed fit at all, or with `fresh` (a fit of at least the data as
+    of this call), does it wait: polling from the event loop, at most `wait_seconds`, then
+    FitInProgress (503 + Retry-After). A current-version fit the data cannot support is
+    InsufficientData, as always.
+    """
+    deadline = time.monotonic() + wait_seconds
+    wanted_version: int | None = None
+    delay = 0.05
+    cache = commit_cache(engine)
+    while True:
+        state: _ServedState = await cache.get_or_load_async(
+            ("served_fit", study_name), lambda: _served_state(engine, study_name)
+        )
+        study, newest = state.study, state.newest
+        if state.current is not None and state.current["status"] == "failed":
+            raise InsufficientData(state.current["error"] or "the study's runs do not support a fit")
+        if wanted_version is None:
+            wanted_version = study.data_version
+        if newest is not None and newest.data_version >= wanted_version:
+            return ServedFit(newest)
+        if newest is not None and not fresh:
+            _refitter.request(engine, study.id, bootstrap, created_by)
+            return ServedFit(newest, (f"fitted on {newest.n_runs} of {state.runs_now} runs; a refit is running",))
+        _refitter.request(engine, study.id, bootstrap, created_by)
+        if time.monotonic() > deadline:
+            what = "a fit of the current runs" if newest is not None else "the study's first fit"
+            raise FitInProgress(f"{what} is still being computed; try again shortly")
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

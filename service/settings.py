@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
     # Bootstrap resamples of an on-demand fit (POST .../fits may ask for another count).
     bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = 200
+    # How long a recommendation waits for a study's first fit (or with fresh=true) before 503.
+    fit_wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # `hpscale serve`'s connection limits (uvicorn): slow or idle clients cannot exhaust the process.
+    timeout_keep_alive: Annotated[float, Field(gt=0, le=3600, description="idle keep-alive seconds")] = 5.0
+    limit_concurrency: Annotated[int, Field(gt=0, description="connections per worker before 503")] = 512
+    h11_max_incomplete_event_size: Annotated[int, Field(gt=0, description="request line + headers bytes")] = 16384
     # Registered as admin token `bootstrap-admin` at start (a container's first admin).
     bootstrap_admin_token: SecretStr | None = None
 

@@ -9,6 +9,7 @@ instead of surfacing `database is locked` to the client.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "hpscale_write"
@@ -26,6 +28,7 @@ _WRITE_OPTION = "hpscale_write"
 T = TypeVar("T")
 
 __all__ = [
+    "UNAVAILABLE_ERRORS",
     "ChangeProbe",
     "Connection",
     "Engine",
@@ -36,7 +39,31 @@ __all__ = [
     "redact_url",
     "run_in_transaction",
     "snapshot_connection",
+    "unavailable_reason",
+    "write_probe",
 ]
+
+# Database failures that say "the database cannot serve this now" rather than "this request
+# is wrong": the server is down or unreachable, the pool is exhausted, the disk is full, the
+# file or server is read-only, a lock outlived every retry. The HTTP layer answers them with
+# 503 + Retry-After (one mapping, app/errors.py) instead of a 500 that drops the connection;
+# the pool's pre-ping replaces dead connections, so the service heals when the database returns.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+
+
+def unavailable_reason(error: BaseException) -> str:
+    """A short, credential-free sentence saying why the database could not serve a request."""
+    original = getattr(error, "orig", None) or error
+    text_ = str(original).lower()
+    if "disk is full" in text_ or "no space left" in text_ or getattr(original, "sqlstate", None) == "53100":
+        return "the database's disk is full"
+    if "readonly" in text_ or "read-only" in text_ or getattr(original, "sqlstate", None) == "25006":
+        return "the database is read-only"
+    if "locked" in text_ or "busy" in text_:
+        return "the database is busy"
+    if isinstance(error, PoolTimeout):
+        return "no database connection is free"
+    return "the database is unavailable"
 
 
 def normalize_url(url: str) -> str:
@@ -63,6 +90,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # Created owner-only before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's own mode, so runs and token hashes stay private to the service user.
+        Path(database).expanduser().touch(mode=0o600, exist_ok=True)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -141,6 +171,28 @@ def ping(engine: Engine) -> None:
     """Raise if the database does not answer."""
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def write_probe(engine: Engine) -> None:
+    """Raise if the database cannot commit a write now (disk full, read-only file or server).
+
+    Commits a no-op update of Alembic's one-row version table: a real write (a new row
+    version on PostgreSQL, a WAL frame on SQLite) that changes nothing. SQLite only notices
+    a full disk when it must grow a file, so its directory's free space is checked too.
+    """
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            free = shutil.disk_usage(Path(database).expanduser().resolve().parent).free
+            if free < _MIN_FREE_BYTES:
+                raise OperationalError("write probe", {}, Exception(f"disk is full: {free} bytes free"))
+    with engine.connect() as raw:
+        conn = raw.execution_options(**{_WRITE_OPTION: True})
+        with conn.begin():
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
+
+
+_MIN_FREE_BYTES = 1 << 20
 
 
 class ChangeProbe:

@@ -1,0 +1,132 @@
+"""Answers never wait on a fit (issue 11): stale answers with a warning and a background refit,
+`fresh=true` waits, a first fit waits only up to a deadline (503 + Retry-After), claims are
+leases, and database failures are 503 + Retry-After on a connection that stays usable."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
+
+from app.main import create_app
+from service.fits import wait_for_background_refits
+from service.settings import Settings
+from store import migrate, queries
+from store.db import make_engine, run_in_transaction
+from store.models import Fit, utcnow
+from tests.conftest import assert_error, bearer, count_rows
+from tests.test_service_limits import loss_law_sweep
+
+TARGET = {"n_params": 1e9, "tokens": 2e10}
+URL = "/v1/studies/surface/recommendation"
+
+
+@pytest.fixture
+def surface(client: TestClient) -> TestClient:
+    assert client.post("/v1/studies", json={"name": "surface", "seq_len": 2048}).status_code == 201
+    runs = loss_law_sweep()
+    # Hold some runs back: the tests add them to make the fit stale.
+    assert client.post("/v1/studies/surface/runs", json={"runs": runs[:-3]}).status_code == 201
+    client.held_back = runs[-3:]  # type: ignore[attr-defined]
+    yield client
+    assert wait_for_background_refits(60), "background refits still running after the test"
+
+
+def study_state(client: TestClient) -> tuple[int, int]:
+    study = client.get("/v1/studies/surface").json()
+    return study["id"], int(study["data_version"])
+
+
+def test_a_stale_fit_answers_at_once_with_a_warning_and_a_refit_follows(surface: TestClient, engine: Engine) -> None:
+    first = surface.get(URL, params=TARGET)
+    assert first.status_code == 200, first.text
+    assert not any("refit is running" in w for w in first.json()["warnings"])
+    n_runs = surface.get(f"/v1/studies/surface/fits/{first.json()['fit_id']}").json()["n_runs"]
+
+    assert surface.post("/v1/studies/surface/runs", json=surface.held_back[0]).status_code == 201  # type: ignore[attr-defined]
+    stale = surface.get(URL, params=TARGET)
+    assert stale.status_code == 200, stale.text
+    assert stale.json()["fit_id"] == first.json()["fit_id"]
+    assert f"fitted on {n_runs} of {n_runs + 1} runs; a refit is running" in stale.json()["warnings"]
+
+    assert wait_for_background_refits(60)
+    _, version = study_state(surface)
+    fresh = surface.get(URL, params=TARGET)
+    assert fresh.status_code == 200
+    assert fresh.json()["fit_id"] != first.json()["fit_id"] and fresh.json()["data_version"] == str(version)
+    assert not any("refit is running" in w for w in fresh.json()["warnings"])
+    assert count_rows(engine, Fit) == 2
+
+
+def test_fresh_true_waits_for_a_fit_of_the_current_runs(surface: TestClient) -> None:
+    assert surface.get(URL, params=TARGET).status_code == 200
+    assert surface.post("/v1/studies/surface/runs", json=surface.held_back[1]).status_code == 201  # type: ignore[attr-defined]
+    _, version = study_state(surface)
+    answer = surface.get(URL, params={**TARGET, "fresh": "true"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data_version"] == str(version)
+    assert not any("refit is running" in w for w in answer.json()["warnings"])
+
+
+def test_a_first_fit_waits_only_up_to_the_deadline(engine: Engine, database_url: str, tokens: dict[str, str]) -> None:
+    app = create_app(Settings(database_url=database_url, bootstrap=40, fit_wait_seconds=0.3), engine=engine)
+    with TestClient(app, headers=bearer(tokens["admin"])) as client:
+        assert client.post("/v1/studies", json={"name": "surface", "seq_len": 2048}).status_code == 201
+        assert client.post("/v1/studies/surface/runs", json={"runs": loss_law_sweep()}).status_code == 201
+        study_id, version = study_state(client)
+        # Another process holds a live claim on the first fit (and keeps it: nobody renews it
+        # here, but its lease is younger than the deadline).
+        run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study_id, version, 40, "other-worker"))
+        response = client.get(URL, params=TARGET)
+        assert_error(response, 503, "unavailable")
+        assert response.headers["retry-after"]
+        assert "first fit" in response.json()["error"]["message"]
+        assert wait_for_background_refits(10)
+
+
+def test_a_recommendation_takes_over_a_claim_whose_lease_ran_out(surface: TestClient, engine: Engine) -> None:
+    study_id, version = study_state(surface)
+    fit_id = run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study_id, version, 40, "dead-worker"))
+    # Its owner stopped renewing the claim 11 s ago (past the lease, service.fits.LEASE_SECONDS).
+    run_in_transaction(
+        engine,
+        lambda conn: conn.execute(
+            update(Fit).where(Fit.id == fit_id).values(created_at=utcnow() - timedelta(seconds=11))
+        ),
+    )
+    response = surface.get(URL, params=TARGET)
+    assert response.status_code == 200, response.text
+    assert response.json()["fit_id"] == fit_id
+
+
+def test_a_database_that_refuses_writes_gives_503_and_keeps_the_connection(
+    tmp_path: Path, tokens: dict[str, str]
+) -> None:
+    # A SQLite file opened read-only: reads work, every write fails as on a read-only disk.
+    path = tmp_path / "ro.db"
+    writable = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(writable)
+    token = run_in_transaction(writable, lambda conn: queries.create_token(conn, "ro-admin", "admin"))
+    writable.dispose()
+    engine = make_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    app = create_app(Settings(database_url=f"sqlite:///{path}", bootstrap=40), engine=engine)
+    with TestClient(app, headers=bearer(token)) as client:
+        response = client.post("/v1/studies", json={"name": "nowhere"})
+        error = assert_error(response, 503, "unavailable")
+        assert "read-only" in error["message"]
+        assert response.headers["retry-after"]
+        assert response.headers.get("connection") != "close"
+        ready = client.get("/readyz")
+        assert_error(ready, 503, "unavailable")
+        assert "writes" in ready.json()["error"]["message"]
+        assert client.get("/healthz").status_code == 200
+    engine.dispose()
+
+
+def test_readyz_is_ready_on_a_writable_database(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ready"
