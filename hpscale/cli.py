@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
@@ -79,6 +80,14 @@ def is_loopback(host: str) -> bool:
 # --- serve / db ----------------------------------------------------------------------
 
 
+def _setting_errors(error: ValidationError) -> str:
+    """One line per invalid setting, without the value given (it may be a secret token)."""
+    return "\n".join(
+        f"  HPSCALE_{'_'.join(str(part) for part in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+        for e in error.errors(include_input=False, include_url=False)
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -88,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except ValidationError as error:
-        print(f"error: invalid HPSCALE_* setting:\n{error}", file=sys.stderr)
+        print(f"error: invalid HPSCALE_* setting:\n{_setting_errors(error)}", file=sys.stderr)
         return 2
     args.no_auth = args.no_auth or settings.no_auth
     if args.no_auth and not is_loopback(args.host):
@@ -117,6 +126,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        # Slow or idle clients must not exhaust the process (file descriptors, memory):
+        # idle keep-alive connections close, connections past the limit get 503 at once,
+        # and request lines + headers are bounded. README "Configuration" lists the settings.
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_concurrency=settings.limit_concurrency,
+        h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
     )
     return 0
 
@@ -281,6 +296,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     client_settings = ClientSettings()
     url = args.url or client_settings.url
     token = args.token or (client_settings.token.get_secret_value() if client_settings.token else None)
+    if args.token_file is not None:
+        token = args.token_file.read_text(encoding="utf-8").strip()
     target = {
         "n_params": args.n_params,
         "tokens": args.tokens,
@@ -362,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--compute", type=float, help="FLOP budget instead of --n-params/--tokens")
     rec.add_argument("--seq-len", type=int)
     rec.add_argument("--url", help="server (default: $HPSCALE_URL or http://127.0.0.1:8000)")
-    rec.add_argument("--token", help="bearer token (default: $HPSCALE_TOKEN)")
+    rec.add_argument("--token-file", type=Path, help="read the bearer token from this file (default: $HPSCALE_TOKEN)")
+    rec.add_argument(
+        "--token", help="bearer token; discouraged: other users see it in `ps`; use $HPSCALE_TOKEN or --token-file"
+    )
     rec.add_argument("--json", action="store_true", help="print the raw JSON answer")
     rec.set_defaults(func=cmd_recommend)
 
@@ -387,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DomainError as error:
         return report(error)
     except ValidationError as error:  # an HPSCALE_* setting
-        print(f"error: invalid HPSCALE_* setting:\n{error}", file=sys.stderr)
+        print(f"error: invalid HPSCALE_* setting:\n{_setting_errors(error)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `hpscale export ... | head`
         sys.stderr.close()

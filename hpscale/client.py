@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -51,6 +52,13 @@ def content_run_key(run: Mapping[str, Any]) -> str:
     """A stable idempotency key from a run's content (same run → same key)."""
     canonical = json.dumps(run, sort_keys=True, separators=(",", ":"), default=str)
     return "auto-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+def _segment(name: str) -> str:
+    """`name` as one URL path segment: '/', '?', '#' and '%' are escaped and a name of
+    dots is written as %2E, so no study name can steer a request to another path."""
+    segment = quote(name, safe="")
+    return segment.replace(".", "%2E") if set(segment) <= {"."} else segment
 
 
 class Client:
@@ -112,14 +120,16 @@ class Client:
         return self._request("GET", "/v1/studies")["items"]
 
     def study(self, name: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/studies/{name}")
+        return self._request("GET", f"/v1/studies/{_segment(name)}")
 
     def submit(self, study: str, runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Store runs (in batches of ≤10,000, each atomic); safe to call again after a failure."""
         keyed = [dict(run) if run.get("run_key") else {**run, "run_key": content_run_key(run)} for run in runs]
         total = {"inserted": 0, "duplicates": 0, "ids": []}
         for start in range(0, len(keyed), MAX_BATCH):
-            result = self._request("POST", f"/v1/studies/{study}/runs", json={"runs": keyed[start : start + MAX_BATCH]})
+            result = self._request(
+                "POST", f"/v1/studies/{_segment(study)}/runs", json={"runs": keyed[start : start + MAX_BATCH]}
+            )
             total["inserted"] += result["inserted"]
             total["duplicates"] += result["duplicates"]
             total["ids"].extend(result["ids"])
@@ -129,7 +139,7 @@ class Client:
         """Every run of the study (optionally filtered by status, width, depth, created_by)."""
         params: dict[str, Any] = {"limit": page_size, **filters}
         while True:
-            page = self._request("GET", f"/v1/studies/{study}/runs", params=params)
+            page = self._request("GET", f"/v1/studies/{_segment(study)}/runs", params=params)
             yield from page["items"]
             if not page["next_cursor"]:
                 return
@@ -139,16 +149,16 @@ class Client:
 
     def fit(self, study: str, *, bootstrap: int | None = None) -> dict[str, Any]:
         body = {} if bootstrap is None else {"bootstrap": bootstrap}
-        return self._request("POST", f"/v1/studies/{study}/fits", json=body)
+        return self._request("POST", f"/v1/studies/{_segment(study)}/fits", json=body)
 
     def latest_fit(self, study: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/studies/{study}/fits/latest")
+        return self._request("GET", f"/v1/studies/{_segment(study)}/fits/latest")
 
     def recommend(self, study: str, **target: Any) -> dict[str, Any]:
         """Hyperparameters at a target: n_params, tokens, width, depth, batch_size, compute, batch_multiple…"""
         params = {key: value for key, value in target.items() if value is not None}
-        return self._request("GET", f"/v1/studies/{study}/recommendation", params=params)
+        return self._request("GET", f"/v1/studies/{_segment(study)}/recommendation", params=params)
 
     def suggestions(self, study: str, count: int = 5, **target: Any) -> list[dict[str, Any]]:
         params = {"count": count, **{k: v for k, v in target.items() if v is not None}}
-        return self._request("GET", f"/v1/studies/{study}/suggestions", params=params)["items"]
+        return self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params)["items"]

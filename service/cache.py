@@ -70,15 +70,21 @@ class CommitScopedCache:
         self._items.put(key, (version, value))
         return value
 
-    async def get_or_load_async(self, key: Hashable, load: Callable[[], T]) -> T:
-        """The same from the event loop: a hit costs microseconds; a miss loads in a thread."""
+    async def get_or_load_async(
+        self, key: Hashable, load: Callable[[], T], keep: Callable[[T], bool] | None = None
+    ) -> T:
+        """The same from the event loop: a hit costs microseconds; a miss loads in a thread.
+
+        A loaded value is cached only if `keep(value)` (all if `keep` is None): failed token
+        lookups are not kept, so guessing tokens cannot evict the valid ones.
+        """
         version = self._probe.version()
         if version is not None:
             hit = self._items.get(key)
             if hit is not None and hit[0] == version:
                 return hit[1]
         value = await to_thread.run_sync(load)
-        if version is not None:
+        if version is not None and (keep is None or keep(value)):
             self._items.put(key, (version, value))
         return value
 

@@ -28,6 +28,28 @@ _INT_FIELDS = frozenset({"width", "depth", "seq_len", "batch_size", "seed"})
 _TEXT_FIELDS = frozenset({"run_key", "status"})
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTE = "'"
+
+
+def neutralise_formula(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows as text, never runs (OWASP's advice).
+
+    A leading = + - @ TAB or CR gets a single quote in front. A text that starts with a
+    quote gets one too, so the escape can always be undone (`restore_formula`): the
+    round trip through an export and `hpscale import` is exact. Numbers never pass here.
+    """
+    return _QUOTE + text if text.startswith((*FORMULA_LEADS, _QUOTE)) else text
+
+
+def restore_formula(cell: str) -> tuple[str, bool]:
+    """The text `neutralise_formula` was given, and whether the cell was escaped (text)."""
+    if cell.startswith(_QUOTE) and cell[1:].startswith((*FORMULA_LEADS, _QUOTE)):
+        return cell[1:], True
+    return cell, False
+
+
 def _format(value: Any) -> str:
     if value is None:
         return ""
@@ -37,6 +59,8 @@ def _format(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
     if hasattr(value, "isoformat"):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, str):
+        return neutralise_formula(value)  # run_key, created_by, text extra values
     return str(value)
 
 
@@ -126,7 +150,11 @@ def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) ->
             text = (row.get(column) or "").strip()
             if text == "":
                 continue
-            if field.startswith("extra."):
+            text, escaped = restore_formula(text)
+            if escaped:  # a text cell of our own export: stays text, exactly
+                run_or_extra = extra if field.startswith("extra.") else run
+                run_or_extra[field.removeprefix("extra.")] = text
+            elif field.startswith("extra."):
                 extra[field[len("extra.") :]] = _number(text)
             else:
                 run[field] = _field_value(field, text)

@@ -19,6 +19,10 @@ MAX_BATCH_RUNS = 10_000  # runs in one POST .../runs
 DEFAULT_IMPORT_BATCH = 5_000  # runs per transaction of `hpscale import`
 MAX_LOSS_CURVE_POINTS = 10_000
 MAX_EXTRA_KEYS = 256
+# Distinct `extra` keys over all of a study's runs: each is a column of runs.csv, so a few
+# writes of fresh keys would otherwise make every export of the study huge. Checked at
+# submission (HTTP and `hpscale import`); a submission that would pass it is refused (422).
+MAX_STUDY_EXTRA_KEYS = 512
 MAX_BOOTSTRAP = 5_000  # resamples a POST .../fits may ask for
 MAX_SUGGESTIONS = 50
 MAX_PAGE_SIZE = 1_000

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.csv_io import csv_lines
 from service.errors import InvalidQuery, InvalidRuns, field_detail
-from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS
+from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
 from service.schemas import RunIn, StudyIn, summarize, validation_details
 from service.studies import find_study, get_study
 from store import queries
@@ -67,6 +67,31 @@ def check_study_rules(runs: Sequence[RunIn], study: Study, *, indexed: bool) -> 
         raise InvalidRuns(summarize(details), details)
 
 
+def check_extra_keys(conn: Connection, study: Study, runs: Sequence[RunIn]) -> None:
+    """Refuse runs that would give the study more than MAX_STUDY_EXTRA_KEYS distinct `extra` keys.
+
+    Keys the study already has are found by an indexed-by-study EXISTS that stops at the first
+    run having them; only a submission bringing new keys counts the study's keys in full."""
+    submitted = {key for run in runs if run.extra for key in run.extra}
+    if not submitted:
+        return
+    if len(submitted) <= 16:  # the usual few keys: one early-stopping EXISTS each
+        new = [key for key in sorted(submitted) if not queries.study_has_extra_key(conn, study.id, key)]
+        if not new:
+            return
+        existing = queries.study_extra_keys(conn, study.id)
+    else:  # many keys: one scan beats many
+        existing = queries.study_extra_keys(conn, study.id)
+        new = sorted(submitted - existing)
+    total = len(existing | set(new))
+    if total > MAX_STUDY_EXTRA_KEYS:
+        message = (
+            f"a study may use at most {MAX_STUDY_EXTRA_KEYS} distinct extra keys (one runs.csv column each); "
+            f"this submission would make it {total} (new keys: {', '.join(new[:5])}{', …' if len(new) > 5 else ''})"
+        )
+        raise InvalidRuns(message, [field_detail("extra", message)])
+
+
 def with_defaults(run: RunIn, study: Study) -> dict[str, Any]:
     """The run as stored: a run without `seq_len` has its study's."""
     row = run.model_dump()
@@ -86,6 +111,7 @@ def submit_runs(
     def store(conn: Connection) -> InsertResult:
         study = get_study(conn, study_name)
         check_study_rules(runs, study, indexed=indexed)
+        check_extra_keys(conn, study, runs)
         submission_id = queries.create_submission(conn, study.id, "http", created_by)
         rows = [with_defaults(run, study) for run in runs]
         return queries.insert_runs(conn, study.id, rows, created_by, submission_id)
@@ -186,6 +212,7 @@ def import_runs(
         run_in_transaction(engine, lambda conn: queries.create_study(conn, create.model_dump(), created_by))
     with read_connection(engine) as conn:
         study = get_study(conn, study_name)
+        check_extra_keys(conn, study, runs)
     submission_id = run_in_transaction(
         engine, lambda conn: queries.create_submission(conn, study.id, source, created_by)
     )

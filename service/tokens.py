@@ -49,7 +49,8 @@ async def authenticate(engine: Engine, token: str) -> Principal:
         with engine.connect() as conn, conn.begin():
             return queries.find_token(conn, token)
 
-    record = await commit_cache(engine).get_or_load_async(("token", queries.hash_token(token)), load)
+    key = ("token", queries.hash_token(token))
+    record = await commit_cache(engine).get_or_load_async(key, load, keep=lambda found: found is not None)
     if record is None:
         raise Unauthorized("invalid or revoked token")
     now = utcnow()

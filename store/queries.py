@@ -582,3 +582,24 @@ def revoke_token(conn: Connection, name: str) -> bool:
         update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     return result.rowcount > 0
+
+
+# --- extra keys per study (the cap on runs.csv's extra.* columns) ---------------------------
+
+
+def study_has_extra_key(conn: Connection, study_id: int, key: str) -> bool:
+    """Whether any run of the study has `key` in `extra` (stops at the first such run)."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = :sid AND jsonb_exists(extra::jsonb, :key))"
+    else:
+        sql = "SELECT EXISTS (SELECT 1 FROM runs, json_each(runs.extra) AS j WHERE runs.study_id = :sid AND j.key = :key)"
+    return bool(conn.execute(text(sql), {"sid": study_id, "key": key}).scalar())
+
+
+def study_extra_keys(conn: Connection, study_id: int) -> set[str]:
+    """Every distinct `extra` key of the study's runs, counted in the database."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT DISTINCT jsonb_object_keys(extra::jsonb) FROM runs WHERE study_id = :sid AND extra IS NOT NULL"
+    else:
+        sql = "SELECT DISTINCT j.key FROM runs, json_each(runs.extra) AS j WHERE runs.study_id = :sid"
+    return {row[0] for row in conn.execute(text(sql), {"sid": study_id})}

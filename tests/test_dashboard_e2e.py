@@ -174,9 +174,28 @@ def _check_plots(page, client: httpx.Client, rec: dict | None) -> None:
     completed = [r for r in runs if r["status"] == "completed" and r["final_loss"] is not None]
     assert len(scales) == 15 and len(runs) == 1746  # the shared data as we know it
 
-    lr = _chart(page, "chart-loss-lr")
-    assert lr["series"] == lr["drawn_series"] == len(scales)
-    assert lr["point"] == lr["drawn_points"] == len(completed)
+    # Loss landscape: one panel per scale, every run drawn once (marked by its fit state).
+    land = page.locator("#landscape")
+    panels = land.locator(".chart.small")
+    assert int(land.get_attribute("data-panel-count")) == panels.count() == len(scales)
+    drawn = sum(int(p.get_attribute("data-point-count")) for p in panels.all())
+    assert drawn == len(runs) and len(completed) <= drawn
+    assert sum(p.locator("[data-role=point]").count() for p in panels.all()) == len(runs)
+    states = client.get("/v1/studies/steplaw/fits/latest/run-states").json()
+    assert sum(states["counts"].values()) == len(runs)
+    # bowls and optimum intervals come from the API's curves: one per scale with a learning-rate optimum
+    curves = client.get("/v1/studies/steplaw/fits/latest/curves", params={"points": 40}).json()
+    assert sum(p.locator("path.law").count() for p in panels.all()) == len(curves["bowls"])
+
+    # Heatmap: one cell per stored (lr, batch) grid point of the chosen (default: largest) scale.
+    heat = page.locator("#heatmap")
+    key = page.locator("#heat-scale").input_value()
+    n, d = float(key.split("|")[0]), float(key.split("|")[1])
+    grid = {
+        (f"{r['learning_rate']:.5g}", f"{r['batch_size']:.5g}") for r in runs if (r["n_params"], r["tokens"]) == (n, d)
+    }
+    assert int(heat.get_attribute("data-cell-count")) == heat.locator("rect.cell").count() == len(grid)
+    assert heat.locator("path.contour").count() == int(heat.get_attribute("data-contour-count")) >= 1
 
     for axis in ("learning_rate", "batch_size", "weight_decay"):
         c = _chart(page, f"chart-opt-{axis}")
@@ -217,7 +236,8 @@ def _submit_recommendation(page) -> float:
 def _wait_for_charts(page) -> None:
     # (Playwright's expect, not wait_for_function: the pages' CSP forbids eval, rightly.)
     expect(page.locator("#chart-opt-learning_rate")).to_have_attribute("data-law-count", "1", timeout=TIMEOUT_MS)
-    for chart in ("chart-loss-lr", "chart-opt-batch_size", "chart-opt-weight_decay", "chart-loss-law"):
+    expect(page.locator("#heatmap")).to_have_attribute("data-rendered", "1", timeout=TIMEOUT_MS)
+    for chart in ("chart-opt-batch_size", "chart-opt-weight_decay", "chart-loss-law"):
         expect(page.locator(f"#{chart}")).to_have_attribute("data-rendered", "1", timeout=TIMEOUT_MS)
 
 
@@ -299,7 +319,7 @@ def test_dashboard_no_auth(browser, steplaw_db: str) -> None:
 
 
 def test_dashboard_with_token(browser, steplaw_db: str) -> None:
-    token = "hps_dashboard-e2e-token"
+    token = "hps_dashboard-e2e-token-0123456789-ABCDEFGHIJKLMNOPQRS"
     process, base = _serve(steplaw_db, no_auth=False, token=token)
     errors: list[str] = []
     try:

@@ -150,7 +150,7 @@ def test_concurrent_store_writers_store_each_key_once(database_url: str, engine:
 
 # --- real servers ---------------------------------------------------------------------------
 
-TOKEN = "hps_concurrency-test-admin-token"
+TOKEN = "hps_concurrency-test-admin-token-0123456789-ABCDEFGHIJK"
 
 
 def start_server(database_url: str, workers: int = 1, port: int | None = None) -> tuple[subprocess.Popen, str]:

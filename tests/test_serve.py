@@ -41,7 +41,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> No
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_upgrades_and_serves_with_bootstrap_token(database_url: str, workers: int) -> None:
     port = free_port()
-    token = "hps_bootstrap-secret-for-tests"
+    token = "hps_bootstrap-secret-for-tests-0123456789-ABCDEFGHIJKLMNOP"
     env = {**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": token}
     process = subprocess.Popen(
         [
