@@ -141,7 +141,9 @@ def law_curve(
     ref = {**proxies_centre(fit), **{k: float(v) for k, v in (fixed or {}).items() if v is not None}}
     if x_var == "compute" and "n_params" not in ref:
         raise ValueError("a curve along compute needs n_params")
-    lo, hi = x_range or _x_range(fit, x_var)
+    lo, hi = _x_range(fit, x_var)
+    if x_range is not None:  # widened to include the asked range (e.g. a target beyond the proxies)
+        lo, hi = min(lo, x_range[0]), max(hi, x_range[1])
     xs = np.exp(np.linspace(math.log(lo), math.log(hi), points))
     targets = [_point_variables(ref, x_var, float(x)) for x in xs]
     rows = [law_interval(fit, axis, t) for t in targets]

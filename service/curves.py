@@ -33,6 +33,7 @@ def fit_curves(
     x: str,
     points: int,
     fixed: dict[str, float | None],
+    x_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Law curves with 90% bands along `x` (others at `fixed`, default the proxies' centre),
     prior lines, loss-law curves and per-scale bowls of one fit.
@@ -53,7 +54,7 @@ def fit_curves(
             missing[axis] = fit.missing.get(axis, "no law was fitted")
             continue
         try:
-            out_laws[axis] = curves.law_curve(fit, axis, x, points, given)
+            out_laws[axis] = curves.law_curve(fit, axis, x, points, given, x_range)
         except MissingTarget as e:
             raise InvalidTarget(str(e), [field_detail(e.variable, str(e))]) from e
         except ValueError as e:
@@ -65,7 +66,7 @@ def fit_curves(
             "x_variable": x,
             "laws": out_laws,
             "missing_laws": missing,
-            "loss_law": curves.loss_law_curves(fit, points),
+            "loss_law": curves.loss_law_curves(fit, points, [given["n_params"]] if "n_params" in given else []),
             "bowls": curves.scale_bowls(fit, points),
         }
     )

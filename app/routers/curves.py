@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -33,6 +34,12 @@ def fit_curves(
     tokens: Fixed = None,
     width: Fixed = None,
     depth: Fixed = None,
+    x_min: Annotated[
+        float | None, Query(allow_inf_nan=False, gt=0, description="extend the curve down to this x")
+    ] = None,
+    x_max: Annotated[
+        float | None, Query(allow_inf_nan=False, gt=0, description="extend the curve up to this x")
+    ] = None,
 ) -> dict[str, Any]:
     """Each law along `x` with its 90% predictive band (the recommendation's interval at each
     point; other variables fixed at the given values, default the proxies' geometric centre),
@@ -45,6 +52,7 @@ def fit_curves(
         x=x,
         points=points,
         fixed={"n_params": n_params, "tokens": tokens, "width": width, "depth": depth},
+        x_range=None if x_min is None and x_max is None else (x_min or math.inf, x_max or 0.0),
     )
 
 

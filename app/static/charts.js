@@ -219,7 +219,8 @@ const Charts = (() => {
         const py = yPix(p.y);
         const role = se.role === "data" ? "point" : se.role;
         if (light && p.lo === undefined) {  // many points: one bare element each, no tooltip
-          const mk = marker(off ? "triangle" : (p.marker || se.marker || "circle"), px, py, p.r || se.r || 3.2, p.color || se.color);
+          const kind = p.marker || se.marker || "circle";
+          const mk = marker(off && kind !== "cross" ? "triangle" : kind, px, py, p.r || se.r || 3.2, p.color || se.color);
           mk.setAttribute("class", "pt"); mk.setAttribute("data-role", role);
           g.append(mk);
           continue;
@@ -229,7 +230,8 @@ const Charts = (() => {
           pg.append(s("line", { x1: px, x2: px, y1: Y.f(Math.min(p.hi, Y.hi)), y2: Y.f(Math.max(p.lo, Y.lo)), stroke: p.color || se.color, "stroke-width": 1.4, class: "errbar" }));
           for (const v of [p.lo, p.hi]) if (v >= Y.lo && v <= Y.hi) pg.append(s("line", { x1: px - 3, x2: px + 3, y1: Y.f(v), y2: Y.f(v), stroke: p.color || se.color, "stroke-width": 1.4 }));
         }
-        pg.append(marker(off ? "triangle" : (p.marker || se.marker || "circle"), px, py, p.r || se.r || 3.2, p.color || se.color));
+        const kind = p.marker || se.marker || "circle";
+        pg.append(marker(off && kind !== "cross" ? "triangle" : kind, px, py, p.r || se.r || 3.2, p.color || se.color));
         titled(pg, p.title);
         (se.role === "target" ? overlay : g).append(pg);
       }

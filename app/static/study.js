@@ -1,8 +1,9 @@
 /* One study at `/studies/{name}`: summary, recommendation form, plots, fit diagnostics, runs.
  * Everything comes from the /v1 API with the token in session storage. */
-"use strict";
+import { renderLandscape, renderHeatmap, scaleOptions, scaleKey, scaleLabel } from "./landscape.js";
+import { fitStateChip, FIT_STATES } from "./runstates.js";
 
-(() => {
+{
   const { api, ApiError, el, clear, fmt, human, fmtInterval, fmtDate, banner, describeError } = HP;
 
   // How many runs the loss-vs-LR plot loads at most (pages of 1000). A study with more
@@ -19,23 +20,19 @@
     n_params: "parameters N [count]", tokens: "training tokens D [tokens]", width: "width [d_model]",
     depth: "depth [layers]", compute: "compute 6·N·D [FLOPs]",
   };
-  const Z90 = 1.6449;
 
   const name = decodeURIComponent(location.pathname.replace(/^\/studies\//, "").replace(/\/+$/, ""));
   const base = "/v1/studies/" + encodeURIComponent(name);
-  const state = { study: null, fit: null, runs: [], runsTruncated: false, rec: null, target: null, xVar: "n_params", scaleFilter: "" };
+  const state = {
+    study: null, fit: null, runs: [], runsTruncated: false, rec: null, target: null, xVar: "n_params",
+    heatScale: "", curves: {}, common: null, states: {},
+  };
 
   document.title = "hpscale · " + name;
   document.getElementById("crumb-study").textContent = name;
   document.getElementById("study-name").textContent = name;
 
   // --- scales --------------------------------------------------------------------------
-  const scaleKey = sc => [sc.n_params, sc.tokens, sc.width, sc.depth].map(v => v == null ? "" : v).join("|");
-  function scaleLabel(sc) {
-    let s = "N=" + human(sc.n_params) + " D=" + human(sc.tokens);
-    if (sc.width != null || sc.depth != null) s += " (" + (sc.width != null ? "w" + sc.width : "") + (sc.depth != null ? "×" + sc.depth + "L" : "") + ")";
-    return s;
-  }
   const scaleVars = sc => ({ n_params: sc.n_params, tokens: sc.tokens, width: sc.width, depth: sc.depth, compute: 6 * sc.n_params * sc.tokens });
 
   /** Every scale seen in the runs and the fit, sorted by size, with one colour each. */
@@ -57,8 +54,9 @@
     try {
       state.study = await api(base);
     } catch (e) {
+      if (e.status === 404) { notFound(); return; }
       banner(describeError(e));
-      document.getElementById("fit-status-text").textContent = e.status === 404 ? "No such study." : "Could not load the study.";
+      document.getElementById("fit-status-text").textContent = "Could not load the study.";
       return;
     }
     renderSummary();
@@ -70,6 +68,45 @@
     renderLossVsLr(scaleTable());
   }
 
+  /** An unknown study: one explanation instead of a page of empty charts. */
+  function notFound() {
+    document.title = "hpscale · no study " + name;
+    for (const sec of document.querySelectorAll("main.page > section")) sec.hidden = true;
+    const card = document.getElementById("not-found");
+    card.hidden = false;
+    document.getElementById("not-found-name").textContent = name;
+  }
+
+  /** Curves of the current fit from the API: one request per law (its own x variable) and the
+   * bowls / loss-law curves. The target's variables fix the others when there is a target. */
+  async function loadCurves() {
+    state.curves = {}; state.common = null;
+    const f = state.fit;
+    if (!f) return;
+    const fixed = {};
+    for (const v of ["n_params", "tokens", "width", "depth"]) if (state.target && state.target[v] > 0) fixed[v] = state.target[v];
+    const url = base + "/fits/" + f.id + "/curves";
+    try {
+      state.common = await api(url, { query: Object.assign({ points: 40, law: "learning_rate" }, fixed) });
+      for (const [axis] of AXES) {
+        const law = (f.laws || {})[axis];
+        if (!law) continue;
+        const xVar = lawXVar(law);
+        const q = Object.assign({ law: axis, x: xVar, points: 60 }, fixed);
+        const tx = state.target && state.target[xVar];
+        if (tx > 0) { q.x_min = tx; q.x_max = tx; }
+        state.curves[axis] = (await api(url, { query: q })).laws[axis];
+      }
+    } catch (e) {
+      banner(describeError(e));
+    }
+    try {
+      state.states = (await api(base + "/fits/" + f.id + "/run-states")).states;
+    } catch (e) {
+      state.states = {};
+    }
+  }
+
   async function loadFit(id) {
     try {
       state.fit = await api(base + "/fits/" + (id == null ? "latest" : encodeURIComponent(id)));
@@ -79,6 +116,8 @@
     }
     renderFitStatus();
     renderDiagnostics();
+    await loadCurves();
+    renderRunsBody();
   }
 
   async function loadPlotRuns() {
@@ -142,6 +181,7 @@
     try {
       state.fit = await api(base + "/fits", { method: "POST", body: {} });
       state.study = await api(base);
+      await loadCurves();
       banner(null);
     } catch (e) {
       banner(describeError(e));
@@ -183,6 +223,8 @@
         await loadFit(rec.fit_id);
         state.study = await api(base).catch(() => state.study);
         renderSummary(); renderFitStatus();
+      } else {
+        await loadCurves();
       }
       renderCharts();
     } catch (e) {
@@ -266,89 +308,35 @@
   const lrFormat = v => { const e = Math.floor(Math.log10(v) + 1e-9); return Number((v / Math.pow(10, e)).toPrecision(2)) + "e" + e; };
   const countFormat = v => human(v);
 
-  function renderLossVsLr(scales) {
-    const box = document.getElementById("chart-loss-lr");
-    const note = document.getElementById("lossvlr-note");
-    const groups = new Map();
-    let diverged = 0, failed = 0;
-    for (const r of state.runs) {
-      const k = scaleKey(r);
-      if (!groups.has(k)) groups.set(k, { completed: [], diverged: [] });
-      if (r.status === "completed" && r.final_loss != null && isFinite(r.final_loss)) groups.get(k).completed.push(r);
-      else if (r.status === "diverged") { groups.get(k).diverged.push(r); diverged++; }
-      else failed++;
-    }
-    // y range: from the best loss to 25% above the worst scale's best; higher losses sit on the top edge as ▲.
-    let bestMax = -Infinity;
-    for (const g of groups.values()) if (g.completed.length) bestMax = Math.max(bestMax, Math.min(...g.completed.map(r => r.final_loss)));
-    const clip = isFinite(bestMax) ? bestMax * 1.25 : undefined;
-    const series = [];
-    let nPoints = 0, nClipped = 0;
-    for (const s of scales.list) {
-      const g = groups.get(s.key);
-      if (!g || !(g.completed.length + g.diverged.length)) continue;
-      // The best loss at each learning rate (over batch sizes etc.) traces the curve.
-      const best = new Map();
-      for (const r of g.completed) {
-        const lr = Number(r.learning_rate.toPrecision(6));
-        if (!best.has(lr) || best.get(lr) > r.final_loss) best.set(lr, r.final_loss);
-      }
-      const line = [...best.entries()].sort((a, b) => a[0] - b[0]);
-      const points = g.completed.map(r => ({
-        x: r.learning_rate, y: r.final_loss,
-        title: s.label + "\nlr " + fmt(r.learning_rate) + ", batch " + r.batch_size + ", wd " + fmt(r.weight_decay ?? 0) + "\nloss " + fmt(r.final_loss, 4) + (r.run_key ? "\n" + r.run_key : ""),
-      }));
-      nPoints += points.length;
-      nClipped += points.filter(p => clip !== undefined && p.y > clip).length;
-      const hidden = state.scaleFilter && state.scaleFilter !== s.key;
-      if (hidden) continue;
-      series.push({ name: s.label + " · " + g.completed.length + " runs", color: s.color, role: "data", points, line, width: 1.4, r: 2.6 });
-      if (g.diverged.length) series.push({
-        name: null, color: s.color, role: "diverged", marker: "cross", legend: false,
-        points: g.diverged.map(r => ({ x: r.learning_rate, y: clip ?? 0, title: s.label + "\nDIVERGED at lr " + fmt(r.learning_rate) + ", batch " + r.batch_size + (r.run_key ? "\n" + r.run_key : "") })),
-      });
-    }
-    if (diverged) series.push({ name: "diverged run (×, top edge)", color: "#333", role: "legend-only", marker: "cross", points: [] });
-    if (nClipped) series.push({ name: "loss above the plotted range (▲, top edge)", color: "#777", role: "legend-only", marker: "triangle", points: [] });
-    Charts.plot(box, {
-      x: { label: "peak learning rate", log: true, format: lrFormat },
-      y: { label: "final loss [nats/token]", log: false, clipMax: clip },
-      series, empty: "No runs yet.",
-    });
-    box.dataset.completedRuns = String(nPoints);
-    box.dataset.divergedRuns = String(diverged);
-    box.dataset.loadedRuns = String(state.runs.length);
+  function renderLossVsLr() {
+    const box = document.getElementById("landscape");
+    const bowls = state.common ? state.common.bowls : [];
+    renderLandscape(box, state.runs, state.fit, state.states, bowls);
+    const note = document.getElementById("landscape-note");
     const total = state.study ? state.study.run_count : state.runs.length;
-    note.textContent = (state.runsLoading ? "Loading runs… " : "") + (state.runsTruncated ? "Showing the first " + state.runs.length.toLocaleString("en-US") + " of " + Number(total).toLocaleString("en-US") + " runs (plot cap); the optimum plots below use all runs through the fit. " : "All " + state.runs.length.toLocaleString("en-US") + " runs. ") +
-      "One colour per scale (dark = small, light = large); the line joins the best loss at each learning rate. " +
-      (diverged ? diverged + " diverged runs marked ×. " : "") + (failed ? failed + " failed runs not shown. " : "") +
-      (nClipped ? nClipped + " runs with loss above " + fmt(clip, 3) + " drawn as ▲ on the top edge." : "");
-    fillScaleFilter(scales);
-  }
-
-  function fillScaleFilter(scales) {
-    let sel = document.getElementById("scale-filter");
-    if (!sel) {
-      sel = el("select", { id: "scale-filter", "aria-label": "show one scale" });
-      sel.addEventListener("change", () => { state.scaleFilter = sel.value; renderLossVsLr(scaleTable()); });
-      document.getElementById("lossvlr-note").before(el("label", { class: "inline-control" }, "Scale ", sel));
+    note.textContent = (state.runsLoading ? "Loading runs… " : "") + (state.runsTruncated
+      ? "Showing the first " + state.runs.length.toLocaleString("en-US") + " of " + Number(total).toLocaleString("en-US")
+        + " runs (plot cap). " : "") +
+      "One panel per scale; y from the scale's best loss to 8% above it (higher losses ▲ on the top edge, diverged " +
+      "runs × there). Runs are marked by how the latest fit used them; the curve is the fitted bowl at the scale's " +
+      "optimal batch size, the shaded span the optimum's 90% interval.";
+    const sel = document.getElementById("heat-scale");
+    const opts = scaleOptions(state.runs, state.fit);
+    if (!state.heatPicked || !opts.some(o => o.key === state.heatScale)) {  // default: the largest scale
+      state.heatScale = opts.length ? opts[opts.length - 1].key : "";
     }
-    const current = state.scaleFilter;
-    clear(sel).append(el("option", { value: "", text: "all scales" }));
-    for (const s of scales.list) sel.append(el("option", { value: s.key, text: s.label, selected: s.key === current }));
+    clear(sel);
+    for (const o of opts) {
+      sel.append(el("option", { value: o.key, text: o.label + " · " + o.n + " runs", selected: o.key === state.heatScale }));
+    }
+    renderHeatmap(document.getElementById("heatmap"), state.runs, state.fit, state.states, bowls, state.heatScale);
   }
 
-  /** h* = C · Π x_v^a_v */
-  function lawAt(law, vars) {
-    let y = law.coefficient;
-    for (const v of law.variables) y *= Math.pow(vars[v], law.exponents[v].value);
-    return y;
-  }
-
-  function geoMean(values) {
-    const ok = values.filter(v => v > 0 && isFinite(v));
-    return ok.length ? Math.exp(ok.reduce((a, v) => a + Math.log(v), 0) / ok.length) : NaN;
-  }
+  document.getElementById("heat-scale").addEventListener("change", ev => {
+    state.heatScale = ev.currentTarget.value;
+    state.heatPicked = true;
+    renderLossVsLr();
+  });
 
   function xVarOptions() {
     const vars = new Set();
@@ -362,7 +350,7 @@
     if (!opts.includes(state.xVar)) state.xVar = opts[0];
     if (!sel) {
       sel = el("select", { id: "x-var", "aria-label": "x axis of the optimum plots" });
-      sel.addEventListener("change", () => { state.xVar = sel.value; renderCharts(); });
+      sel.addEventListener("change", async () => { state.xVar = sel.value; await loadCurves(); renderCharts(); });
       const charts = document.querySelector(".charts");
       charts.prepend(el("div", { class: "chart-controls" }, el("label", { class: "inline-control" }, "Optima plotted against ", sel),
         el("span", { class: "muted small", text: "With a law in several variables, each optimum is rescaled by the fitted exponents to the target's (else the proxies' typical) value of the others, so all share one line; hover a point for its raw value." })));
@@ -371,27 +359,51 @@
     for (const v of opts) sel.append(el("option", { value: v, text: VAR_LABEL[v], selected: v === state.xVar }));
   }
 
+  /** The x variable a law is drawn against: the picked one if the law uses it, else its first. */
+  function lawXVar(law) {
+    return law && law.variables.length && !law.variables.includes(state.xVar) ? law.variables[0] : state.xVar;
+  }
+
+  /** No chart for this hyperparameter: a one-line reason and what runs would fix it, no empty box. */
+  function noChart(box, note, text) {
+    Charts.plot(box, { x: { label: "" }, y: { label: "" }, series: [] });
+    box.hidden = true;
+    note.textContent = text;
+    note.className = "why-missing";
+  }
+
+  const FIX = {
+    learning_rate: "sweep the learning rate over ≥ 3 values at ≥ 2 scales",
+    batch_size: "sweep batch size over ≥ 3 values at ≥ 2 scales",
+    weight_decay: "sweep weight decay over ≥ 3 values at ≥ 2 scales",
+  };
+
   function renderOptimum(axis, label, sym, scales) {
     ensureXSelect();
     const box = document.getElementById("chart-opt-" + axis);
     const note = document.getElementById("opt-" + axis + "-note");
+    box.hidden = false; note.className = "muted";
     const fit = state.fit;
     if (!fit) {
-      Charts.plot(box, { x: { label: "" }, y: { label: "" }, series: [], empty: "No fit yet — use “Fit now” or ask for a recommendation." });
-      note.textContent = "";
+      noChart(box, note, "No fit yet — use “Fit now” or ask for a recommendation.");
       return;
     }
     const law = (fit.laws || {})[axis] || null;
     const optima = (fit.optima || []).filter(o => o[axis] && o[axis].value > 0);
-    const xVar = law && law.variables.length && !law.variables.includes(state.xVar) ? law.variables[0] : state.xVar;
-    const others = law ? law.variables.filter(v => v !== xVar) : [];
-    // reference values of the other variables: the target's when there is one, else the proxies' geometric mean
-    const ref = {}, refFromTarget = {};
-    for (const v of others) {
-      if (state.target && state.target[v] > 0) { ref[v] = state.target[v]; refFromTarget[v] = true; }
-      else ref[v] = geoMean((fit.optima || []).map(o => scaleVars(o.scale)[v]));
+    const why = (fit.missing_laws || {})[axis];
+    if (!law && !optima.length) {
+      noChart(box, note, "No " + label.split(" [")[0] + " optimum at any scale" + (why ? ": " + why : "") +
+        ". To get one: " + FIX[axis] + ".");
+      return;
     }
-    const adjust = vars => others.reduce((f, v) => f * Math.pow(ref[v] / vars[v], law.exponents[v].value), 1);
+    const xVar = lawXVar(law);
+    const cv = state.curves[axis];
+    const others = law ? law.variables.filter(v => v !== xVar) : [];
+    // The other variables: the API's reference values (the target's, else the proxies' geometric centre).
+    const ref = cv ? cv.fixed : {};
+    const refFromTarget = {};
+    for (const v of others) if (state.target && state.target[v] > 0) refFromTarget[v] = true;
+    const adjust = vars => others.reduce((f, v) => f * (ref[v] > 0 ? Math.pow(ref[v] / vars[v], law.exponents[v].value) : 1), 1);
     const points = [];
     for (const o of optima) {
       const vars = scaleVars(o.scale), s = scales.byKey.get(scaleKey(o.scale));
@@ -400,53 +412,52 @@
       points.push({
         x: vars[xVar], y: iv.value * f, lo: iv.low * f, hi: iv.high * f, color: s ? s.color : "#444",
         marker: iv.status && iv.status !== "bracketed" ? "ring" : "circle", r: 4,
-        title: (s ? s.label : scaleLabel(o.scale)) + "\n" + sym + " = " + fmtInterval(iv) + (iv.status ? " (" + iv.status + ")" : "") +
-          (f !== 1 ? "\nplotted ×" + fmt(f) + " (rescaled to the reference " + others.map(v => v + "=" + human(ref[v])).join(", ") + ")" : "") + "\n" + o.n_runs + " runs",
+        title: (s ? s.label : scaleLabel(o.scale)) + "\n" + sym + " = " + fmtInterval(iv) +
+          (iv.status ? " (" + iv.status + ")" : "") + (f !== 1 ? "\nplotted ×" + fmt(f) + " (rescaled to the reference " +
+          others.map(v => v + "=" + human(ref[v])).join(", ") + ")" : "") + "\n" + o.n_runs + " runs",
       });
     }
     const series = [{ name: "per-scale optimum (90% interval; ring = not bracketed)", color: "#2b4c7e", role: "data", points }];
-    const xs = points.map(p => p.x).filter(v => v > 0);
     const tx = state.target ? state.target[xVar] : undefined;
-    if (tx > 0) xs.push(tx);
-    if (law && xs.length) {
-      const lo = Math.min(...xs) / 1.3, hi = Math.max(...xs) * 1.3;
-      const centre = {};
-      for (const v of law.variables) centre[v] = Math.log(geoMean((fit.optima || []).map(o => scaleVars(o.scale)[v])));
-      const line = [], band = [];
-      for (let i = 0; i <= 80; i++) {
-        const x = Math.exp(Math.log(lo) + (Math.log(hi) - Math.log(lo)) * i / 80);
-        const vars = Object.assign({}, ref, { [xVar]: x });
-        const y = lawAt(law, vars);
-        // approximate 90% band: exponent intervals (independent) around the proxies' centre, plus the between-scale scatter
-        let var2 = Math.pow(Z90 * (law.scatter || 0), 2);
-        for (const v of law.variables) {
-          const e = law.exponents[v], half = (e.high - e.low) / 2;
-          var2 += Math.pow(half * (Math.log(vars[v]) - centre[v]), 2);
-        }
-        const w = Math.sqrt(var2);
-        line.push([x, y]); band.push([x, y * Math.exp(-w), y * Math.exp(w)]);
+    if (law && cv && cv.x_variable === xVar) {
+      series.push({ name: "90% band (the recommendation's interval at each point)", color: "#e07b39", role: "band",
+        band: cv.x.map((x, i) => [x, cv.low[i], cv.high[i]]) });
+      series.push({ name: "fitted law: " + sym + " = " + fmt(law.coefficient) +
+        law.variables.map(v => "·" + v + "^" + fmt(law.exponents[v].value, 3)).join(""),
+        color: "#e07b39", role: "law", line: cv.x.map((x, i) => [x, cv.value[i]]), width: 2 });
+      if (cv.prior) {
+        series.push({ name: "prior: published exponents (" + Object.entries(cv.prior.exponents).map(([v, p]) =>
+          v + "^" + fmt(p.mean, 3) + "±" + fmt(p.sd, 2)).join(", ") + "), anchored at the data's centre",
+        color: "#6b7280", role: "guide", dash: "5 4", width: 1.4, line: cv.x.map((x, i) => [x, cv.prior.value[i]]) });
       }
-      series.push({ name: "approx. 90% band", color: "#e07b39", role: "band", band });
-      series.push({ name: "fitted law: " + sym + " = " + fmt(law.coefficient) + law.variables.map(v => "·" + v + "^" + fmt(law.exponents[v].value, 3)).join(""), color: "#e07b39", role: "law", line, width: 2 });
     }
     if (state.rec && state.target && tx > 0) {
       const iv = state.rec[axis];
       if (iv && iv.value > 0) series.push({
         name: "target (recommendation, 90% interval)", color: "#d62728", role: "target", marker: "star",
-        points: [{ x: tx, y: iv.value, lo: iv.low, hi: iv.high, r: 4, title: "target " + scaleLabel(state.target) + "\n" + sym + " = " + fmtInterval(iv) }],
+        points: [{ x: tx, y: iv.value, lo: iv.low, hi: iv.high, r: 4,
+          title: "target " + scaleLabel(state.target) + "\n" + sym + " = " + fmtInterval(iv) }],
       });
     }
     const yFormat = axis === "batch_size" ? v => fmt(v, 2) : lrFormat;
     Charts.plot(box, {
       x: { label: VAR_LABEL[xVar], log: true, format: countFormat },
       y: { label: label, log: true, format: yFormat },
-      series, empty: "No optimum of " + label.split(" [")[0] + " at any scale." + (fit.missing_laws && fit.missing_laws[axis] ? " " + fit.missing_laws[axis] : ""),
+      series, empty: "No optimum of " + label.split(" [")[0] + " at any scale.",
     });
-    const missing = (fit.missing_laws || {})[axis];
+    box.dataset.xVariable = xVar;
+    const moved = law ? law.variables.filter(v => law.exponents[v].prior).map(v => {
+      const e = law.exponents[v];
+      return v + " exponent " + fmt(e.value, 3) + " vs prior " + fmt(e.prior.mean, 3) + " (moved " +
+        fmt(e.shift, 2) + " prior sd; " + Math.round(100 * e.data_share) + "% from the data)";
+    }) : [];
     note.textContent = law
-      ? law.form + " · R² " + fmt(law.r2, 3) + " · leave-one-scale-out error " + (law.cv_error == null ? "—" : fmt(law.cv_error, 3) + " (log units)") +
-        (others.length ? " · other variables at " + others.map(v => v + " = " + human(ref[v]) + (refFromTarget[v] ? " (target)" : " (proxies' geometric mean)")).join(", ") : "")
-      : "No law for " + label.split(" [")[0] + (missing ? ": " + missing : ".");
+      ? law.form + " · R² " + fmt(law.r2, 3) + " · leave-one-scale-out error " +
+        (law.cv_error == null ? "—" : fmt(law.cv_error, 3) + " (log units)") +
+        (others.length ? " · other variables at " + others.map(v => v + " = " + human(ref[v]) +
+          (refFromTarget[v] ? " (target)" : " (proxies' geometric mean)")).join(", ") : "") +
+        (moved.length ? " · Prior vs data: " + moved.join("; ") : "")
+      : "No law for " + label.split(" [")[0] + (why ? ": " + why : "") + ". To get one: " + FIX[axis] + ".";
   }
 
   function renderLossLaw(scales) {
@@ -463,22 +474,21 @@
       name: "best loss per scale", color: "#2b4c7e", role: "data",
       points: optima.map(o => ({ x: o.scale.tokens, y: o.loss, color: colorOfN(o.scale.n_params), r: 4, title: scaleLabel(o.scale) + "\nbest loss " + fmt(o.loss, 4) })),
     }];
-    if (law && law.params) {
-      const p = k => law.params[k] && (typeof law.params[k] === "object" ? law.params[k].value : law.params[k]);
-      const E = p("E"), A = p("A"), B = p("B"), al = p("alpha"), be = p("beta");
-      const L = (n, d) => E + A / Math.pow(n, al) + B / Math.pow(d, be);
-      const ds = optima.map(o => o.scale.tokens);
-      if (state.target && state.target.tokens) ds.push(state.target.tokens);
-      const lo = Math.min(...ds) / 1.5, hi = Math.max(...ds) * 1.5;
-      const grid = Array.from({ length: 61 }, (_, i) => Math.exp(Math.log(lo) + (Math.log(hi) - Math.log(lo)) * i / 60));
-      ns.forEach((n, i) => series.push({ name: "law at N=" + human(n), color: colors[i], role: "law", line: grid.map(d => [d, L(n, d)]), width: 1.6 }));
+    const curves = (state.common && state.common.loss_law) || [];
+    if (law && curves.length) {
+      // One curve per model size N, from the API (with the law's 90% bootstrap band).
+      curves.forEach(c => {
+        const color = colorOfN(c.n_params) || "#d62728";
+        series.push({ name: "law at N=" + human(c.n_params), color, role: "law",
+          line: c.tokens.map((d, k) => [d, c.value[k]]), width: 1.6 });
+        series.push({ name: null, legend: false, color, role: "band", opacity: 0.1,
+          band: c.tokens.map((d, k) => [d, c.low[k], c.high[k]]) });
+      });
       if (state.target && state.target.n_params && state.target.tokens) {
-        const tn = state.target.n_params;
-        series.push({ name: "law at target N=" + human(tn), color: "#d62728", role: "law", dash: "6 4", line: grid.map(d => [d, L(tn, d)]), width: 1.6 });
         const pl = state.rec && state.rec.predicted_loss;
-        const y = pl ? pl.value : L(tn, state.target.tokens);
-        series.push({ name: "target (predicted loss)", color: "#d62728", role: "target", marker: "star",
-          points: [{ x: state.target.tokens, y, lo: pl ? pl.low : undefined, hi: pl ? pl.high : undefined, title: "target " + scaleLabel(state.target) + "\npredicted loss " + (pl ? fmtInterval(pl) : fmt(y)) }] });
+        if (pl) series.push({ name: "target (predicted loss)", color: "#d62728", role: "target", marker: "star",
+          points: [{ x: state.target.tokens, y: pl.value, lo: pl.low, hi: pl.high,
+            title: "target " + scaleLabel(state.target) + "\npredicted loss " + fmtInterval(pl) }] });
       }
     }
     Charts.plot(box, {
@@ -547,10 +557,10 @@
 
   // --- runs table (server-side paging and filters; client-side sort within the page) ---
   const RUN_COLUMNS = [
-    ["id", "ID", true], ["run_key", "Run key", false], ["status", "Status", false],
+    ["id", "ID", true], ["run_key", "Run key", false], ["fit_state", "In the fit", false],
     ["n_params", "Params", true], ["tokens", "Tokens", true], ["width", "Width", true], ["depth", "Depth", true],
     ["learning_rate", "LR", true], ["batch_size", "Batch [seq.]", true], ["weight_decay", "WD", true],
-    ["final_loss", "Final loss", true], ["extra", "Extra", false], ["created_at", "Created", false],
+    ["final_loss", "Final loss", true], ["action", "", false],
   ];
   const runsState = { cursors: [null], index: 0, next: null, items: [], sort: null, dir: 1, filters: {} };
 
@@ -558,7 +568,7 @@
     const tr = clear(document.querySelector("#runs-table thead tr"));
     for (const [key, label, num] of RUN_COLUMNS) {
       const th = el("th", { class: num ? "num" : null, "data-col": key, "aria-sort": runsState.sort === key ? (runsState.dir > 0 ? "ascending" : "descending") : "none" });
-      if (key === "extra") th.textContent = label;
+      if (key === "action") th.textContent = label;
       else th.append(el("button", { type: "button", class: "sort", title: "sort this page by " + label, onclick: () => {
         runsState.dir = runsState.sort === key ? -runsState.dir : 1; runsState.sort = key; buildRunsHead(); renderRunsBody();
       } }, label, el("span", { class: "arrow", text: runsState.sort === key ? (runsState.dir > 0 ? " ▲" : " ▼") : "" })));
@@ -579,18 +589,61 @@
         return (typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y))) * d;
       });
     }
-    if (!rows.length) body.append(el("tr", null, el("td", { colspan: RUN_COLUMNS.length, class: "muted", text: "No runs match." })));
-    for (const r of rows) {
-      body.append(el("tr", { class: "status-" + (r.status || "completed") },
+    const want = document.getElementById("filter-state").value;
+    const stateOf = r => r.excluded ? "excluded" : state.states[String(r.id)];
+    const shown = want ? rows.filter(r => stateOf(r) === want) : rows;
+    document.getElementById("runs-table").dataset.shownCount = String(shown.length);
+    if (!shown.length) {
+      body.append(el("tr", null, el("td", { colspan: RUN_COLUMNS.length, class: "muted", text: "No runs match." })));
+    }
+    for (const r of shown) {
+      const st = stateOf(r);
+      const title = "status " + r.status + " · created " + fmtDate(r.created_at) + (r.extra ? "\n" +
+        Object.entries(r.extra).map(([k, v]) => k + "=" + (typeof v === "number" ? fmt(v) : v)).join("; ") : "") +
+        (r.excluded_reason ? "\nexcluded: " + r.excluded_reason : "");
+      body.append(el("tr", { class: "status-" + (r.status || "completed") + " state-" + (st || "none"),
+        "data-run-id": r.id, title },
         el("td", { class: "num", text: r.id }),
         el("td", { class: "key", title: r.run_key || null, text: r.run_key || "—" }),
-        el("td", null, el("span", { class: "pill " + (r.status === "completed" ? "ok" : r.status === "diverged" ? "bad" : "warn"), text: r.status })),
+        el("td", null, fitStateChip(st)),
         el("td", { class: "num", text: human(r.n_params) }), el("td", { class: "num", text: human(r.tokens) }),
         el("td", { class: "num", text: r.width ?? "—" }), el("td", { class: "num", text: r.depth ?? "—" }),
         el("td", { class: "num", text: fmt(r.learning_rate) }), el("td", { class: "num", text: r.batch_size }),
-        el("td", { class: "num", text: fmt(r.weight_decay ?? 0) }), el("td", { class: "num", text: r.final_loss == null ? "—" : fmt(r.final_loss, 4) }),
-        el("td", { class: "extra", text: r.extra ? Object.entries(r.extra).map(([k, v]) => k + "=" + (typeof v === "number" ? fmt(v) : v)).join("; ") : "" }),
-        el("td", { class: "nowrap", text: fmtDate(r.created_at) })));
+        el("td", { class: "num", text: fmt(r.weight_decay ?? 0) }),
+        el("td", { class: "num", text: r.final_loss == null ? "—" : fmt(r.final_loss, 4) }),
+        el("td", { class: "action" }, actionButton(r))));
+    }
+  }
+
+  /** Exclude (with a reason) or include a run: the contract 1.1 endpoints, write scope. */
+  function actionButton(r) {
+    if (r.excluded) {
+      return el("button", { type: "button", class: "secondary small-btn include", onclick: () => setExcluded(r, false) },
+        "Include");
+    }
+    return el("button", { type: "button", class: "secondary small-btn exclude", onclick: ev => {
+      const cell = clear(ev.currentTarget.parentNode);
+      const input = el("input", { class: "reason", placeholder: "reason", "aria-label": "reason to exclude run " + r.id });
+      const form = el("form", { class: "exclude-form" }, input, el("button", { type: "submit" }, "OK"));
+      form.addEventListener("submit", e => { e.preventDefault(); setExcluded(r, true, input.value.trim()); });
+      cell.append(form);
+      input.focus();
+    } }, "Exclude");
+  }
+
+  async function setExcluded(r, exclude, reason) {
+    const info = document.getElementById("runs-page");
+    if (exclude && !reason) { info.textContent = "Give a reason to exclude run " + r.id + "."; return; }
+    try {
+      await api(base + "/runs/" + r.id + (exclude ? "/exclude" : "/include"),
+        { method: "POST", body: exclude ? { reason } : {} });
+      info.textContent = "Run " + r.id + (exclude ? " excluded" : " included") + "; the next fit " +
+        (exclude ? "leaves it out." : "uses it.");
+      state.study = await api(base);
+      renderSummary(); renderFitStatus();
+      await loadRunsPage(false);
+    } catch (e) {
+      info.textContent = describeError(e);
     }
   }
 
@@ -619,6 +672,7 @@
     document.getElementById("runs-table").dataset.rowCount = String(runsState.items.length);
   }
 
+  document.getElementById("filter-state").addEventListener("change", () => renderRunsBody());
   document.getElementById("runs-next").addEventListener("click", () => {
     if (!runsState.next) return;
     runsState.cursors = runsState.cursors.slice(0, runsState.index + 1).concat([runsState.next]);
@@ -643,6 +697,8 @@
       f[k] = v;
     }
     if (status) f.status = status;
+    const excl = document.getElementById("filter-excluded").value;
+    if (excl) f.excluded = excl;
     f.limit = document.getElementById("filter-limit").value;
     runsState.filters = f;
     loadRunsPage(true);
@@ -650,4 +706,4 @@
 
   HP.initTokenForm(loadAll);
   loadAll();
-})();
+}
