@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
+import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -123,9 +126,11 @@ class Client:
         return self._request("GET", f"/v1/studies/{_segment(name)}")
 
     def submit(self, study: str, runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Store runs (in batches of ≤10,000, each atomic); safe to call again after a failure."""
+        """Store runs (in batches of ≤10,000, each atomic); safe to call again after a failure.
+
+        The answer's `submission_ids` (one per batch) undo it: `delete_submission`."""
         keyed = [dict(run) if run.get("run_key") else {**run, "run_key": content_run_key(run)} for run in runs]
-        total = {"inserted": 0, "duplicates": 0, "ids": []}
+        total: dict[str, Any] = {"inserted": 0, "duplicates": 0, "ids": [], "submission_ids": []}
         for start in range(0, len(keyed), MAX_BATCH):
             result = self._request(
                 "POST", f"/v1/studies/{_segment(study)}/runs", json={"runs": keyed[start : start + MAX_BATCH]}
@@ -133,6 +138,7 @@ class Client:
             total["inserted"] += result["inserted"]
             total["duplicates"] += result["duplicates"]
             total["ids"].extend(result["ids"])
+            total["submission_ids"].append(result.get("submission_id"))
         return total
 
     def runs(self, study: str, *, page_size: int = 1000, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -154,11 +160,133 @@ class Client:
     def latest_fit(self, study: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/studies/{_segment(study)}/fits/latest")
 
-    def recommend(self, study: str, **target: Any) -> dict[str, Any]:
-        """Hyperparameters at a target: n_params, tokens, width, depth, batch_size, compute, batch_multiple…"""
-        params = {key: value for key, value in target.items() if value is not None}
+    def recommend(self, study: str, *, fit_id: int | None = None, **target: Any) -> dict[str, Any]:
+        """Hyperparameters at a target: n_params, tokens, width, depth, batch_size, compute, batch_multiple…
+
+        `fit_id` (the `fit_id` of an earlier answer) pins the answer to that fit: a launcher
+        restarted later gets exactly the answer it launched with, whatever runs arrived since."""
+        params = {key: value for key, value in {**target, "fit_id": fit_id}.items() if value is not None}
         return self._request("GET", f"/v1/studies/{_segment(study)}/recommendation", params=params)
 
     def suggestions(self, study: str, count: int = 5, **target: Any) -> list[dict[str, Any]]:
         params = {"count": count, **{k: v for k, v in target.items() if v is not None}}
         return self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params)["items"]
+
+    # --- exclusion and undo (contract 1.1) ------------------------------------------------
+
+    def exclude(self, study: str, run_id: int, reason: str) -> dict[str, Any]:
+        """Leave a run out of every fit (it stays stored and listed); `reason` is audited."""
+        return self._request("POST", f"/v1/studies/{_segment(study)}/runs/{run_id}/exclude", json={"reason": reason})
+
+    def include(self, study: str, run_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/v1/studies/{_segment(study)}/runs/{run_id}/include", json={})
+
+    def delete_submission(self, study: str, submission_id: int) -> int:
+        """Undo a submission (admin token): delete the runs it stored; how many."""
+        return self._request("DELETE", f"/v1/studies/{_segment(study)}/submissions/{submission_id}")["deleted"]
+
+    def delete_study(self, study: str) -> None:
+        """Delete a study with its runs and fits (admin token)."""
+        self._request("DELETE", f"/v1/studies/{_segment(study)}")
+
+    # --- the training-loop hook ------------------------------------------------------------
+
+    def track(self, study: str, *, run_key: str | None = None, **fields: Any) -> TrackedRun:
+        """A context manager that submits one run when the training loop ends:
+
+            with hp.track("gpt-proxies", n_params=1.2e8, tokens=2.4e9, learning_rate=3e-3,
+                          batch_size=256, width=768, depth=12) as run:
+                for step in ...:
+                    ...
+                    run.log(tokens_seen, loss)      # optional: the loss curve
+                run.final_loss = eval_loss
+
+        On leaving the block the run is submitted: `completed` with `final_loss` (or the
+        curve's last loss), `diverged` if a loss was NaN/inf, `failed` if the block raised
+        (the exception still propagates) or no loss was given. Fields that are not run
+        fields go into `extra`. `run_key` defaults to a fresh id, so retries of the
+        submission never store the run twice; pass your job id to make reruns idempotent.
+        """
+        return TrackedRun(self, study, run_key=run_key, **fields)
+
+
+_RUN_FIELDS = frozenset(
+    {"n_params", "tokens", "width", "depth", "seq_len", "learning_rate", "batch_size", "weight_decay", "seed"}
+)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+class TrackedRun:
+    """One training run being tracked by `Client.track` (see there)."""
+
+    def __init__(self, client: Client, study: str, *, run_key: str | None = None, **fields: Any) -> None:
+        self.client = client
+        self.study = study
+        self.run_key = run_key or f"track-{uuid.uuid4().hex}"
+        self.fields = {k: v for k, v in fields.items() if k in _RUN_FIELDS}
+        self.extra: dict[str, Any] = {k: v for k, v in fields.items() if k not in _RUN_FIELDS}
+        self.final_loss: float | None = None
+        self.loss_curve: list[list[float]] = []
+        self.diverged = False
+        self.status: str | None = None
+        self.result: dict[str, Any] | None = None  # the server's answer once submitted
+        self.error: Exception | None = None  # why the submission failed, if it did
+
+    def log(self, tokens: float, loss: float) -> None:
+        """One point of the loss curve (tokens seen, loss); a NaN/inf loss marks divergence."""
+        if not _finite(loss):
+            self.diverged = True
+            return
+        self.loss_curve.append([float(tokens), float(loss)])
+
+    def run(self) -> dict[str, Any]:
+        """The run object as it will be (or was) submitted."""
+        loss = self.final_loss
+        if loss is None and self.loss_curve:
+            loss = self.loss_curve[-1][1]
+        if self.status is None:
+            self.status = "completed"
+        if self.status == "completed" and (self.diverged or (loss is not None and not _finite(loss))):
+            self.status = "diverged"
+        if self.status == "completed" and loss is None:
+            self.status = "failed"
+            self.extra.setdefault("hpscale_note", "no final_loss was given")
+        run: dict[str, Any] = {**self.fields, "run_key": self.run_key, "status": self.status}
+        if self.status == "completed":
+            run["final_loss"] = float(loss)  # type: ignore[arg-type]
+        if self.loss_curve:
+            run["loss_curve"] = self.loss_curve
+        extra = {k: v for k, v in self.extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        if extra:
+            run["extra"] = extra
+        return run
+
+    def submit(self) -> dict[str, Any] | None:
+        """Submit now (done for you on leaving the `with` block). A failure to reach the server
+        does not mask the training's own outcome: it warns, with the run's JSON to resubmit."""
+        run = self.run()
+        try:
+            self.result = self.client._request("POST", f"/v1/studies/{self.study}/runs", json=run)
+        except (HpscaleError, httpx.HTTPError) as error:
+            self.error = error
+            warnings.warn(
+                f"hpscale: run {self.run_key} was not submitted ({error}); resubmit it with "
+                f"Client.submit({self.study!r}, [run]) where run = {json.dumps(run)}",
+                stacklevel=3,
+            )
+        return self.result
+
+    def __enter__(self) -> TrackedRun:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is not None:
+            self.status = "failed"
+            self.extra.setdefault("error", f"{exc_type.__name__}: {exc}"[:500])
+        self.submit()
