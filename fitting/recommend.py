@@ -16,7 +16,7 @@ from typing import Any
 from fitting.baselines import baselines
 from fitting.common import InsufficientData, Interval
 from fitting.loss_law import ComputeOptimal, compute_optimal
-from fitting.study_fit import MissingTarget, Prediction, StudyResult, predict
+from fitting.study_fit import NO_LOSS_LAW, MissingTarget, Prediction, StudyResult, predict
 from fitting.transfer import per_layer_multipliers
 
 MUP_FAMILY = ("mup", "depth-mup", "completep")
@@ -82,22 +82,14 @@ def recommend(
     Raises InsufficientData (a needed law is missing), MissingTarget, or ValueError.
     """
     target = {k: float(v) for k, v in target.items() if v is not None}
-    warnings: list[str] = []
     seq_len = target.get("seq_len") or study.seq_len or fit.seq_len
 
     allocation = None
     if compute is not None:
-        if "n_params" in target or "tokens" in target:
-            raise ValueError("give either compute or n_params and tokens, not both")
-        if fit.loss_law is None:
-            raise InsufficientData(
-                "a compute target needs a loss law, and this study has none: "
-                + next((w for w in fit.warnings if w.startswith("no loss law")), "no loss law was fitted")
-            )
-        allocation = compute_optimal(fit.loss_law, compute)
+        allocation = compute_allocation(fit, target, compute)
         target["n_params"] = allocation.n_params.value
         target["tokens"] = allocation.tokens.value
-        warnings.extend(allocation.warnings)
+    warnings: list[str] = [] if allocation is None else list(allocation.warnings)
 
     prediction = predict(fit, target, batch_size)
     for name, interval in (("learning rate", prediction.learning_rate), ("batch size", prediction.batch_size)):
@@ -105,46 +97,13 @@ def recommend(
             raise OverflowError(f"the {name} law gives no finite positive value at this target")
     chosen = prediction.batch_size
     if batch_multiple is not None:
-        if batch_multiple < 1:
-            raise ValueError("batch_multiple must be a positive integer")
-        if chosen is None:
-            raise InsufficientData(
-                "batch_multiple needs a batch size: pass batch_size, or sweep batch size at ≥ 3 scales"
-            )
-        rounded = round_to_multiple(chosen.value, batch_multiple)
-        if rounded != chosen.value:
-            prediction = predict(fit, target, rounded)
-            warnings.append(
-                f"batch size rounded from {chosen.value:.4g} to {rounded} (a multiple of {batch_multiple}); "
-                "the learning rate is the optimum at the rounded batch"
-            )
-        chosen = Interval(float(rounded), min(chosen.low, rounded), max(chosen.high, rounded))
+        prediction, chosen, rounding = _round_batch(fit, target, prediction, batch_multiple)
+        warnings.extend(rounding)
     warnings = list(prediction.warnings) + warnings
 
-    per_layer = None
-    if study.parameterization in MUP_FAMILY:
-        try:
-            rules = per_layer_multipliers(
-                study.parameterization,
-                round(target["width"]) if "width" in target else None,
-                round(target["depth"]) if "depth" in target else None,
-                study.base_width,
-                study.base_depth,
-                optimizer=study.optimizer,
-                base_lr=prediction.learning_rate.value,
-            )
-            per_layer = None if rules is None else rules.to_dict()
-            if rules is None:
-                warnings.append(
-                    "per_layer is null: the target gives neither width nor depth to scale from the base model"
-                )
-        except ValueError as error:
-            warnings.append(f"per_layer is null: no per-layer multipliers: {error}")
-    else:
-        warnings.append(
-            f"per_layer is null: per-layer multipliers are defined for {', '.join(MUP_FAMILY)} studies; "
-            f"this study's parameterization is {study.parameterization!r}, where one global learning rate applies"
-        )
+    per_layer, per_layer_warning = _per_layer(study, target, prediction.learning_rate.value)
+    if per_layer_warning is not None:
+        warnings.append(per_layer_warning)
 
     return Recommendation(
         prediction=prediction,
@@ -158,4 +117,70 @@ def recommend(
     )
 
 
-__all__ = ["MissingTarget", "Recommendation", "StudyInfo", "recommend", "round_to_multiple"]
+def compute_allocation(fit: StudyResult, target: Mapping[str, float], compute: float) -> ComputeOptimal:
+    """The loss law's compute-optimal N*, D* for `compute` FLOPs, when the target gives neither.
+
+    Raises ValueError if the target also fixes n_params or tokens, InsufficientData without a loss law.
+    """
+    if "n_params" in target or "tokens" in target:
+        raise ValueError("give either compute or n_params and tokens, not both")
+    if fit.loss_law is None:
+        why = fit.no_loss_law_reason()
+        raise InsufficientData(
+            "a compute target needs a loss law, and this study has none: "
+            + ("no loss law was fitted" if why is None else f"{NO_LOSS_LAW}{why}")
+        )
+    return compute_optimal(fit.loss_law, compute)
+
+
+def _round_batch(
+    fit: StudyResult, target: Mapping[str, float], prediction: Prediction, batch_multiple: int
+) -> tuple[Prediction, Interval, list[str]]:
+    """The batch rounded to a multiple of `batch_multiple`, the prediction re-conditioned on it, and why.
+
+    The interval is widened to contain the rounded batch. Raises ValueError for a
+    multiple < 1 and InsufficientData when there is no batch size to round.
+    """
+    if batch_multiple < 1:
+        raise ValueError("batch_multiple must be a positive integer")
+    chosen = prediction.batch_size
+    if chosen is None:
+        raise InsufficientData("batch_multiple needs a batch size: pass batch_size, or sweep batch size at ≥ 3 scales")
+    warnings: list[str] = []
+    rounded = round_to_multiple(chosen.value, batch_multiple)
+    if rounded != chosen.value:
+        prediction = predict(fit, target, rounded)
+        warnings.append(
+            f"batch size rounded from {chosen.value:.4g} to {rounded} (a multiple of {batch_multiple}); "
+            "the learning rate is the optimum at the rounded batch"
+        )
+    return prediction, Interval(float(rounded), min(chosen.low, rounded), max(chosen.high, rounded)), warnings
+
+
+def _per_layer(
+    study: StudyInfo, target: Mapping[str, float], learning_rate: float
+) -> tuple[dict[str, Any] | None, str | None]:
+    """μP per-layer multipliers at the target (absolute lr from `learning_rate`), or a warning why null."""
+    if study.parameterization not in MUP_FAMILY:
+        return None, (
+            f"per_layer is null: per-layer multipliers are defined for {', '.join(MUP_FAMILY)} studies; "
+            f"this study's parameterization is {study.parameterization!r}, where one global learning rate applies"
+        )
+    try:
+        rules = per_layer_multipliers(
+            study.parameterization,
+            round(target["width"]) if "width" in target else None,
+            round(target["depth"]) if "depth" in target else None,
+            study.base_width,
+            study.base_depth,
+            optimizer=study.optimizer,
+            base_lr=learning_rate,
+        )
+    except ValueError as error:
+        return None, f"per_layer is null: no per-layer multipliers: {error}"
+    if rules is None:
+        return None, "per_layer is null: the target gives neither width nor depth to scale from the base model"
+    return rules.to_dict(), None
+
+
+__all__ = ["MissingTarget", "Recommendation", "StudyInfo", "compute_allocation", "recommend", "round_to_multiple"]

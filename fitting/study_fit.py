@@ -31,6 +31,8 @@ FAR_FACTOR = 10.0
 MAX_LOG_FACTOR = 690.0
 LOSS_LAW_MIN_SCALES = 5
 LOSS_LAW_MAX_BOOTSTRAP = 200
+# Prefix of the warning saying why a study has no loss law (read back by `no_loss_law_reason`).
+NO_LOSS_LAW = "no loss law: "
 PRIOR_MODES = ("published", "none")
 
 
@@ -62,6 +64,12 @@ class StudyResult:
     bootstrap: int = 0
     outliers: tuple[Mapping[str, Any], ...] = ()
     priors: str = "published"
+
+    def no_loss_law_reason(self) -> str | None:
+        """Why the study has no loss law, from its "no loss law: …" warning (None if none was recorded)."""
+        if self.loss_law is not None:
+            return None
+        return next((w[len(NO_LOSS_LAW) :] for w in self.warnings if w.startswith(NO_LOSS_LAW)), None)
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's fit-object fields (the app adds id, created_at, data_version)."""
@@ -202,7 +210,7 @@ def _loss_law(optima: Sequence[ScaleOptimum], bootstrap: int, seed: int, warning
     n_d = len({p[1] for p in pts})
     if len(pts) < LOSS_LAW_MIN_SCALES or n_n < 2 or n_d < 2:
         warnings.append(
-            f"no loss law: {len(pts)} scales with {n_n} distinct n_params and {n_d} distinct tokens; "
+            f"{NO_LOSS_LAW}{len(pts)} scales with {n_n} distinct n_params and {n_d} distinct tokens; "
             f"need ≥ {LOSS_LAW_MIN_SCALES} scales with ≥ 2 of each"
         )
         return None
@@ -210,11 +218,11 @@ def _loss_law(optima: Sequence[ScaleOptimum], bootstrap: int, seed: int, warning
     try:
         law = fit_loss_law(n, d, l, bootstrap=min(bootstrap, LOSS_LAW_MAX_BOOTSTRAP), seed=seed)
     except InsufficientData as e:
-        warnings.append(f"no loss law: {e}")
+        warnings.append(f"{NO_LOSS_LAW}{e}")
         return None
     why = law.unidentified()
     if why is not None:
-        warnings.append(f"no loss law: {why}")
+        warnings.append(f"{NO_LOSS_LAW}{why}")
         return None
     return law
 
@@ -377,8 +385,8 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     bt = bs.value * fit.seq_len if (bs is not None and fit.seq_len) else None
     loss = None
     if fit.loss_law is None:
-        why = next((w[len("no loss law: ") :] for w in fit.warnings if w.startswith("no loss law: ")), "not fitted")
-        warnings.append(f"predicted_loss is null: no loss law ({why})")
+        why = fit.no_loss_law_reason()
+        warnings.append(f"predicted_loss is null: no loss law ({'not fitted' if why is None else why})")
     elif "n_params" in t and "tokens" in t:
         loss = fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
     else:
