@@ -153,13 +153,32 @@ class SecurityGate:
         self.router_app = router_app  # the FastAPI app, whose routes say which scope they need
         self.failures = FailedAuthLimiter()
         self._scopes: dict[int, str | None] = {}
+        self._routes: list[APIRoute] | None = None
         self._inflight: dict[tuple[str, str, str], int] = {}
 
+    def _api_routes(self) -> list[APIRoute]:
+        """Every APIRoute of the app, included routers flattened (their paths carry the prefix).
+
+        A route this misses (a router included under an extra prefix) is still protected by
+        its dependencies in `app.deps`, only after its body is read."""
+        if self._routes is None:
+            found: list[APIRoute] = []
+
+            def walk(routes: Any) -> None:
+                for route in routes:
+                    if isinstance(route, APIRoute):
+                        found.append(route)
+                    walk(getattr(getattr(route, "original_router", None), "routes", ()))
+
+            walk(self.router_app.router.routes)
+            self._routes = found
+        return self._routes
+
     def _route(self, scope: Scope) -> APIRoute | None:
-        for route in self.router_app.router.routes:
+        for route in self._api_routes():
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                return route if isinstance(route, APIRoute) else None
+                return route
         return None
 
     def _scope_of(self, route: APIRoute) -> str | None:
