@@ -366,7 +366,9 @@ import { fitStateChip, FIT_STATES } from "./runstates.js";
 
   /** No chart for this hyperparameter: a one-line reason and what runs would fix it, no empty box. */
   function noChart(box, note, text) {
-    Charts.plot(box, { x: { label: "" }, y: { label: "" }, series: [] });
+    clear(box)._chartSpec = null;  // (a resize must not redraw an old chart)
+    for (const k of ["seriesCount", "pointCount", "lawCount", "bandCount", "targetCount"]) box.dataset[k] = "0";
+    box.dataset.rendered = "1";
     box.hidden = true;
     note.textContent = text;
     note.className = "why-missing";
