@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from anyio import to_thread
 
@@ -65,7 +65,7 @@ class CommitScopedCache:
             return load()
         hit = self._items.get(key)
         if hit is not None and hit[0] == version:
-            return hit[1]
+            return cast(T, hit[1])
         value = load()
         self._items.put(key, (version, value))
         return value
@@ -82,7 +82,7 @@ class CommitScopedCache:
         if version is not None:
             hit = self._items.get(key)
             if hit is not None and hit[0] == version:
-                return hit[1]
+                return cast(T, hit[1])
         value = await to_thread.run_sync(load)
         if version is not None and (keep is None or keep(value)):
             self._items.put(key, (version, value))

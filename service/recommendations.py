@@ -18,9 +18,10 @@ from anyio import to_thread
 
 import fitting.common
 import fitting.study_fit
-from fitting.loss_law import compute_optimal
+from fitting.loss_law import LossLaw, compute_optimal
 from fitting.plan import suggest_runs
 from fitting.recommend import recommend
+from fitting.study_fit import NO_LOSS_LAW
 from service.cache import LRUCache
 from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
 from service.fits import (
@@ -164,16 +165,18 @@ def suggestions(
     stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
     with _engine_refusals():
         items = suggest_runs(stored.result, _given(target), count)
-    return json_safe(
+    out: dict[str, Any] = json_safe(
         {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
     )
+    return out
 
 
-def _loss_law(stored: FitRecord) -> Any:
+def _loss_law(stored: FitRecord) -> LossLaw:
     """The fit's loss law, or InsufficientData saying why there is none."""
     law = stored.result.loss_law
     if law is None:
-        reason = next((w for w in stored.result.warnings if w.startswith("no loss law")), "no loss law was fitted")
+        why = stored.result.no_loss_law_reason()
+        reason = "no loss law was fitted" if why is None else f"{NO_LOSS_LAW}{why}"
         raise InsufficientData(f"this study has no loss law: {reason}")
     return law
 
@@ -188,7 +191,7 @@ def compute_optimal_allocation(
     with _engine_refusals():
         allocation = compute_optimal(law, compute)
         loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
-    return json_safe(
+    out: dict[str, Any] = json_safe(
         {
             **allocation.to_dict(),
             "predicted_loss": loss.to_dict(),
@@ -197,3 +200,4 @@ def compute_optimal_allocation(
             "data_version": str(stored.data_version),
         }
     )
+    return out

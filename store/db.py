@@ -218,6 +218,8 @@ class ChangeProbe:
             cursor = self._connection.cursor()
             try:
                 cursor.execute("PRAGMA data_version")
-                return int(cursor.fetchone()[0])
+                row = cursor.fetchone()
+                assert row is not None  # the pragma always returns one row
+                return int(row[0])
             finally:
                 cursor.close()
