@@ -44,6 +44,7 @@ else:
 import numpy as np
 
 import fitting
+from bench.timing import best_of
 from fitting.backtest import (
     RegretSurface,
     leave_one_size_out,
@@ -542,21 +543,13 @@ def part_c(runs: RunTable, boot: int) -> None:
 def part_d(runs: RunTable, repeat: int) -> None:
     print("\n== d. fit time of the Step Law study, one core (OMP/OPENBLAS/MKL threads = 1) ==")
 
-    def best(fn, k):
-        ts = []
-        for _ in range(k):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
-
     try:
-        full = best(lambda: fit_study(runs, bootstrap=1000), repeat)
-        noll = best(lambda: fit_study(runs, bootstrap=1000, loss_law=False), repeat)
+        full = best_of(lambda: fit_study(runs, bootstrap=1000), repeat)
+        noll = best_of(lambda: fit_study(runs, bootstrap=1000, loss_law=False), repeat)
     except Exception as e:  # noqa: BLE001
         _err("fit time", e)
         full = noll = float("nan")
-    base = best(lambda: steplaw_procedure(runs), 10)
+    base = best_of(lambda: steplaw_procedure(runs), 10)
     print(f"  fit_study(bootstrap=1000), best of {repeat}:          {full:.3f} s")
     print(f"  … without the loss law:                          {noll:.3f} s")
     print(f"  baseline: Step Law procedure least squares:      {base * 1e3:.2f} ms")
