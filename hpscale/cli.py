@@ -42,7 +42,11 @@ def report(error: DomainError, limit: int = 50) -> int:
     stream = sys.stderr
     print(f"error: {error.message}", file=stream)
     for detail in error.details[:limit]:
-        where = f"line {detail['index']}: " if detail.get("index") is not None else ""
+        if detail.get("index") is None and detail["message"] in error.message:
+            continue  # the message already says it
+        index = detail.get("index")
+        # A CSV row is named by its line, a run of a tracker or HPO study by its source id.
+        where = "" if index is None else f"line {index}: " if isinstance(index, int) else f"{index}: "
         print(f"  {where}{detail['field']}: {detail['message']}", file=stream)
     if len(error.details) > limit:
         print(f"  … and {len(error.details) - limit} more", file=stream)
@@ -57,10 +61,34 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
-def _engine(args: argparse.Namespace, *, upgrade: bool = True) -> Engine:
-    from service.database import open_database
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    for prefix in ("sqlite:///", "sqlite+pysqlite:///"):
+        if url.startswith(prefix):
+            path = url[len(prefix) :].split("?", 1)[0]
+            return None if path in ("", ":memory:") or path.startswith("file:") else Path(path)
+    return None
 
-    return open_database(_settings(args).database_url, upgrade_schema=upgrade)
+
+def _engine(args: argparse.Namespace, *, upgrade: bool = True, create: bool = False) -> Engine:
+    """The database the command works on, found the way `hpscale serve` finds it
+    (--database-url, else $HPSCALE_DATABASE_URL, else sqlite:///./hpscale.db), and named on
+    stderr. Only commands that make a database (db upgrade, import --create, serve) may
+    create a missing SQLite file: elsewhere a missing one means "not the server's database"
+    (e.g. `tokens create` run in another directory), which used to print tokens the
+    server then rejected."""
+    from service.database import open_database, redact_url
+
+    url = _settings(args).database_url
+    path = _sqlite_file(url)
+    if not create and path is not None and not path.exists():
+        raise InvalidArgument(
+            f"no database at {path.resolve()}: pass the server's --database-url (or set HPSCALE_DATABASE_URL "
+            "as for `hpscale serve`), run this where the server's hpscale.db is, or create it with `hpscale db upgrade`"
+        )
+    where = f" ({path.resolve()})" if path is not None else ""
+    print(f"hpscale: using database {redact_url(url)}{where}", file=sys.stderr)
+    return open_database(url, upgrade_schema=upgrade)
 
 
 def is_loopback(host: str) -> bool:
@@ -129,6 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Slow or idle clients must not exhaust the process (file descriptors, memory):
         # idle keep-alive connections close, connections past the limit get 503 at once,
         # and request lines + headers are bounded. README "Configuration" lists the settings.
+        # h11, not httptools: only h11 bounds the request line and headers (the setting below).
+        http="h11",
         timeout_keep_alive=settings.timeout_keep_alive,
         limit_concurrency=settings.limit_concurrency,
         h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
@@ -139,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.database import upgrade
 
-    print(f"database at revision {upgrade(_engine(args, upgrade=False))}")
+    print(f"database at revision {upgrade(_engine(args, upgrade=False, create=True))}")
     return 0
 
 
@@ -156,15 +186,48 @@ def _progress(done: int, total: int, started: float, stream: TextIO = sys.stderr
     stream.flush()
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def _import_rows(args: argparse.Namespace) -> list[tuple[Any, dict[str, Any]]]:
+    """(source id or CSV line, run) for every run of the source `--from` names."""
     from service.csv_io import parse_mapping, read_runs
+
+    mapping = parse_mapping(args.map or [])
+    source = args.source
+    if source == "csv":
+        if len(args.paths) != 1:
+            raise InvalidArgument("give one CSV file (or --from optuna|mlflow|wandb)")
+        with open(args.paths[0], newline="", encoding="utf-8") as handle:
+            return list(read_runs(handle, mapping))
+    if source == "optuna":
+        from service.importers import optuna as importer_optuna
+
+        if not args.storage or not args.source_study:
+            raise InvalidArgument("--from optuna needs --storage URL and --source-study NAME")
+        return importer_optuna.read_runs(args.storage, args.source_study, mapping)
+    if source == "mlflow":
+        from service.importers import mlflow as importer_mlflow
+
+        if not args.tracking_uri or not args.experiment:
+            raise InvalidArgument("--from mlflow needs --tracking-uri URI and --experiment NAME")
+        return importer_mlflow.read_runs(args.tracking_uri, args.experiment, mapping)
+    from service.importers import wandb as importer_wandb
+
+    if not args.paths:
+        raise InvalidArgument("--from wandb needs offline run directories (wandb/offline-run-*) or a runs-table CSV")
+    return importer_wandb.read_runs(args.paths, mapping)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
     from service.runs import import_runs
     from service.schemas import StudyIn, validation_details
 
+    if args.undo is not None:
+        from service.undo import delete_submission
+
+        deleted = delete_submission(_engine(args), args.study, args.undo, actor="cli", reason=args.reason)
+        print(f"deleted {deleted} runs of submission {args.undo} from '{args.study}'")
+        return 0
     try:
-        mapping = parse_mapping(args.map or [])
-        with open(args.file, newline="", encoding="utf-8") as handle:
-            rows = list(read_runs(handle, mapping))
+        rows = _import_rows(args)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -177,8 +240,20 @@ def cmd_import(args: argparse.Namespace) -> int:
             return 2
     started = time.perf_counter()
     progress = None if args.quiet else (lambda done, total: _progress(done, total, started))
-    result = import_runs(_engine(args), args.study, rows, create=create, batch_size=args.batch_size, progress=progress)
+    engine = _engine(args, create=args.create)
+    result = import_runs(
+        engine,
+        args.study,
+        rows,
+        create=create,
+        batch_size=args.batch_size,
+        progress=progress,
+        source=args.source,
+    )
     print(f"imported {result.inserted} runs into '{result.study.name}' ({result.duplicates} duplicates skipped)")
+    if result.inserted:
+        undo = f"hpscale import --undo {result.submission_id} --study {result.study.name}"
+        print(f"submission {result.submission_id}; undo with: {undo}")
     return 0
 
 
@@ -204,8 +279,9 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
     if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or "\x00" in name:
         raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters")
-    token = tokens.create_token(_engine(args), name, args.scope)
-    print(f"created {args.scope} token '{name}'; it is shown only once:")
+    token = tokens.create_token(_engine(args), name, args.scope, replace=args.force)
+    # The notice goes to stderr, so TOKEN=$(hpscale tokens create ...) holds just the token.
+    print(f"created {args.scope} token '{name}'; it is shown only once:", file=sys.stderr)
     print(token)
     return 0
 
@@ -229,6 +305,66 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 
     tokens.revoke_token(_engine(args), args.name)
     print(f"revoked token '{args.name}'")
+    return 0
+
+
+# --- runs, studies, audit ------------------------------------------------------------
+
+
+def cmd_runs_exclude(args: argparse.Namespace) -> int:
+    from service.undo import set_excluded
+
+    engine = _engine(args)
+    for run_id in args.run_ids:
+        set_excluded(engine, args.study, run_id, excluded=True, reason=args.reason, actor="cli")
+        print(f"excluded run {run_id} of '{args.study}': no fit uses it until `hpscale runs include`")
+    return 0
+
+
+def cmd_runs_include(args: argparse.Namespace) -> int:
+    from service.undo import set_excluded
+
+    engine = _engine(args)
+    for run_id in args.run_ids:
+        set_excluded(engine, args.study, run_id, excluded=False, reason=args.reason, actor="cli")
+        print(f"included run {run_id} of '{args.study}' again")
+    return 0
+
+
+def cmd_studies_delete(args: argparse.Namespace) -> int:
+    from service.studies import show_study
+    from service.undo import delete_study
+
+    engine = _engine(args)
+    if not args.yes:
+        summary = show_study(engine, args.name)
+        print(
+            f"error: this deletes study '{args.name}' with its {summary.run_count} runs and its fits; "
+            "pass --yes to do it",
+            file=sys.stderr,
+        )
+        return 2
+    count = delete_study(engine, args.name, actor="cli", reason=args.reason)
+    print(f"deleted study '{args.name}' and its {count} runs")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from service.undo import audit_log
+
+    print(f"{'when':<20} {'who':<16} {'action':<18} {'study':<20} {'what':<18} why")
+    for r in reversed(audit_log(_engine(args), args.study, args.limit)):
+        what = (
+            f"run {r.run_id}"
+            if r.run_id is not None
+            else f"submission {r.submission_id}"
+            if r.submission_id is not None
+            else ""
+        )
+        if r.count is not None:
+            what = f"{what} ({r.count} runs)".strip()
+        when = r.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{when:<20} {r.actor or '-':<16} {r.action:<18} {r.study:<20} {what:<18} {r.reason or ''}".rstrip())
     return 0
 
 
@@ -287,6 +423,13 @@ def format_recommendation(study: str, rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+AUTH_HINTS = {
+    401: "pass a token with --token-file FILE or $HPSCALE_TOKEN (create one on the server's database with "
+    "`hpscale tokens create --scope read`)",
+    403: "this token's scope is too small for the request; create one with a larger --scope",
+}
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
@@ -307,6 +450,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         "batch_multiple": args.batch_multiple,
         "compute": args.compute,
         "seq_len": args.seq_len,
+        "fit_id": args.fit_id,
     }
     try:
         with Client(url, token) as client:
@@ -314,7 +458,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     except HpscaleError as error:
         print(f"error: {error.message}", file=sys.stderr)
         for detail in error.details:
-            print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
+            if str(detail.get("message")) not in error.message:  # said once, not twice
+                print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
+        if error.status_code in AUTH_HINTS:
+            print(f"hint: {AUTH_HINTS[error.status_code]}", file=sys.stderr)
         return 1
     except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeout: say what and where
         print(f"error: cannot reach {url}: {error}", file=sys.stderr)
@@ -336,11 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP API (upgrades the schema first)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--no-auth", action="store_true", help="every request is admin (loopback only)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database schema")
@@ -348,36 +495,95 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", parents=[common], help="migrate to the latest schema")
     up.set_defaults(func=cmd_db_upgrade)
 
-    imp = sub.add_parser("import", parents=[common], help="load runs from a CSV file")
-    imp.add_argument("file")
-    imp.add_argument("--study", required=True)
+    imp = sub.add_parser(
+        "import",
+        parents=[common],
+        help="load runs from a CSV file, an Optuna study, an MLflow experiment or W&B runs; or undo an import",
+    )
+    imp.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="the CSV file; with --from wandb: offline run directories (wandb/offline-run-*) or a runs-table CSV",
+    )
+    imp.add_argument("--study", required=True, help="the hpscale study the runs go into")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        choices=("csv", "optuna", "mlflow", "wandb"),
+        default="csv",
+        help="where the runs live (default: csv)",
+    )
+    imp.add_argument("--storage", help="with --from optuna: the storage URL (e.g. sqlite:///optuna.db)")
+    imp.add_argument("--source-study", help="with --from optuna: the Optuna study name")
+    imp.add_argument("--tracking-uri", help="with --from mlflow: the tracking server URI (e.g. http://mlflow:5000)")
+    imp.add_argument("--experiment", help="with --from mlflow: the experiment name")
     imp.add_argument(
         "--map",
         action="append",
-        metavar="CSV_COLUMN=FIELD",
-        help="rename a column to a run field (repeatable); unmapped unknown columns go to extra",
+        metavar="SOURCE_NAME=FIELD",
+        help="read this column / param / metric as that run field (repeatable; two onto one field are refused); "
+        "unmapped unknown names go to extra",
     )
     imp.add_argument("--create", action="store_true", help="create the study if it does not exist")
     imp.add_argument("--seq-len", type=int, help="with --create: the study's sequence length")
     imp.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH, help="runs per transaction")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument(
+        "--undo",
+        type=int,
+        metavar="SUBMISSION",
+        help="delete the runs this submission (an import's or a POST's submission_id) stored, instead of importing",
+    )
+    imp.add_argument("--reason", help="with --undo: why (kept in the audit log)")
     imp.set_defaults(func=cmd_import)
 
+    runs = sub.add_parser("runs", help="exclude runs from fits or include them again (audited)")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    exclude = runs_sub.add_parser("exclude", parents=[common], help="leave runs out of every fit (they stay stored)")
+    exclude.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="run ids (the `id` of a listed run)")
+    exclude.add_argument("--study", required=True, help="the study the runs belong to")
+    exclude.add_argument("--reason", required=True, help="why (shown with the run, kept in the audit log)")
+    exclude.set_defaults(func=cmd_runs_exclude)
+    include = runs_sub.add_parser("include", parents=[common], help="let fits use excluded runs again")
+    include.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="run ids")
+    include.add_argument("--study", required=True, help="the study the runs belong to")
+    include.add_argument("--reason", help="why (kept in the audit log)")
+    include.set_defaults(func=cmd_runs_include)
+
+    studies = sub.add_parser("studies", help="manage studies")
+    studies_sub = studies.add_subparsers(dest="studies_command", required=True)
+    delete = studies_sub.add_parser("delete", parents=[common], help="delete a study with its runs and fits")
+    delete.add_argument("name", help="the study")
+    delete.add_argument("--yes", action="store_true", help="really delete (without it, say what would go)")
+    delete.add_argument("--reason", help="why (kept in the audit log)")
+    delete.set_defaults(func=cmd_studies_delete)
+
+    audit = sub.add_parser("audit", parents=[common], help="who excluded, included or deleted what, when and why")
+    audit.add_argument("--study", help="only this study (deleted ones too)")
+    audit.add_argument("--limit", type=int, default=1000, help="newest N records (default 1000)")
+    audit.set_defaults(func=cmd_audit)
+
     exp = sub.add_parser("export", parents=[common], help="write a study's runs as CSV")
-    exp.add_argument("--study", required=True)
+    exp.add_argument("--study", required=True, help="the study to export")
     exp.add_argument("--output", "-o", help="file (default: standard output)")
     exp.set_defaults(func=cmd_export)
 
     rec = sub.add_parser("recommend", help="ask a running server for hyperparameters at a target")
-    rec.add_argument("--study", required=True)
-    rec.add_argument("--n-params", type=float)
-    rec.add_argument("--tokens", type=float)
-    rec.add_argument("--width", type=float)
-    rec.add_argument("--depth", type=float)
+    rec.add_argument("--study", required=True, help="the study whose laws answer")
+    rec.add_argument("--n-params", type=float, help="target total parameters")
+    rec.add_argument("--tokens", type=float, help="target training tokens")
+    rec.add_argument("--width", type=float, help="target model width (if the laws use it)")
+    rec.add_argument("--depth", type=float, help="target layers (if the laws use it)")
     rec.add_argument("--batch-size", type=float, help="condition the learning rate on this batch (sequences)")
     rec.add_argument("--batch-multiple", type=int, help="round the batch to a multiple of this")
     rec.add_argument("--compute", type=float, help="FLOP budget instead of --n-params/--tokens")
-    rec.add_argument("--seq-len", type=int)
+    rec.add_argument("--seq-len", type=int, help="tokens per sequence, for batch_tokens")
+    rec.add_argument(
+        "--fit-id",
+        type=int,
+        help="answer from this fit (the fit_id printed by an earlier answer): the same answer again",
+    )
     rec.add_argument("--url", help="server (default: $HPSCALE_URL or http://127.0.0.1:8000)")
     rec.add_argument("--token-file", type=Path, help="read the bearer token from this file (default: $HPSCALE_TOKEN)")
     rec.add_argument(
@@ -389,13 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = sub.add_parser("tokens", help="API tokens")
     tok_sub = tokens.add_subparsers(dest="tokens_command", required=True)
     create = tok_sub.add_parser("create", parents=[common], help="create a token (printed once)")
-    create.add_argument("--scope", choices=SCOPES, required=True)
-    create.add_argument("--name")
+    create.add_argument("--scope", choices=SCOPES, required=True, help="read, write (read + submit/fit) or admin")
+    create.add_argument("--name", help="a name to list and revoke it by (default: SCOPE-random)")
+    create.add_argument(
+        "--force",
+        action="store_true",
+        help="if a token of this --name exists, replace it (the old one stops working): keeps scripts re-runnable",
+    )
     create.set_defaults(func=cmd_tokens_create)
     lst = tok_sub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")
     lst.set_defaults(func=cmd_tokens_list)
     revoke = tok_sub.add_parser("revoke", parents=[common], help="revoke a token by name")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name (see `hpscale tokens list`)")
     revoke.set_defaults(func=cmd_tokens_revoke)
     return parser
 

@@ -121,8 +121,34 @@ def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
         column, sep, field = pair.rpartition("=")
         if not sep or not column or not field:
             raise InvalidArgument(f"--map takes csv_column=field, got {pair!r}")
+        if column in mapping:
+            raise InvalidArgument(f"--map maps column {column!r} twice (to {mapping[column]} and {field.strip()})")
         mapping[column] = field.strip()
     return mapping
+
+
+REQUIRED_FIELDS = ("n_params", "tokens", "learning_rate", "batch_size")
+
+
+def check_targets(targets: Mapping[str, str], columns: Iterable[str], source: str = "CSV column") -> None:
+    """Refuse a mapping that sends two columns to one field (`--map h=width --map numh=width`
+    would silently keep one), or that leaves a required field with no column at all (one
+    message with a --map hint, instead of one "field required" per row)."""
+    by_field: dict[str, list[str]] = {}
+    for column, field in targets.items():
+        by_field.setdefault(field, []).append(column)
+    clashes = {field: cols for field, cols in by_field.items() if len(cols) > 1}
+    if clashes:
+        described = "; ".join(f"{field} ← {', '.join(map(repr, cols))}" for field, cols in clashes.items())
+        raise InvalidArgument(f"two {source}s map to the same field: {described}; map only one of them with --map")
+    missing = [field for field in REQUIRED_FIELDS if field not in by_field]
+    if missing:
+        shown = ", ".join(list(columns)[:30])
+        example = " ".join(f"--map {source.split()[0].upper()}_NAME={field}" for field in missing[:2])
+        raise InvalidArgument(
+            f"no {source} provides {', '.join(missing)}: name the ones that do with --map (e.g. {example}); "
+            f"the {source}s are: {shown}"
+        )
 
 
 def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -143,6 +169,7 @@ def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) ->
         if field in IGNORED_ON_IMPORT and column not in mapping:
             continue
         targets[column] = field if (field in RUN_FIELDS or field.startswith("extra.")) else f"extra.{field}"
+    check_targets(targets, reader.fieldnames)
     for row in reader:
         run: dict[str, Any] = {}
         extra: dict[str, Any] = {}

@@ -83,7 +83,10 @@ class TokenExists(DomainError):
     code = "conflict"
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"a token named '{name}' already exists")
+        super().__init__(
+            f"a token named '{name}' already exists (only its hash is stored, so it cannot be shown again); "
+            "choose another --name, or pass --force to replace it (the old token stops working)"
+        )
         self.name = name
 
 

@@ -68,14 +68,18 @@ def require_scope(principal: Principal, scope: str) -> Principal:
     return principal
 
 
-def create_token(engine: Engine, name: str, scope: str) -> str:
-    """A new token (returned once, in clear); raises TokenExists if the name is taken."""
+def create_token(engine: Engine, name: str, scope: str, *, replace: bool = False) -> str:
+    """A new token (returned once, in clear); raises TokenExists if the name is taken, unless
+    `replace`: then the old token of that name stops working and a new one takes its name
+    (what keeps a walkthrough's `TOKEN=$(hpscale tokens create ... --force)` re-runnable)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
 
     def create(conn: Connection) -> str | None:
         if queries.token_name_exists(conn, name):
-            return None
+            if not replace:
+                return None
+            queries.delete_token(conn, name)
         return queries.create_token(conn, name, scope)
 
     token = run_in_transaction(engine, create)

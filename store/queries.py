@@ -577,6 +577,10 @@ def list_tokens(conn: Connection) -> list[ApiToken]:
     return [ApiToken(**row._mapping) for row in rows]
 
 
+def delete_token(conn: Connection, name: str) -> None:
+    conn.execute(delete(ApiToken).where(ApiToken.name == name))
+
+
 def revoke_token(conn: Connection, name: str) -> bool:
     result = conn.execute(
         update(ApiToken).where(ApiToken.name == name, ApiToken.revoked_at.is_(None)).values(revoked_at=utcnow())
@@ -592,7 +596,9 @@ def study_has_extra_key(conn: Connection, study_id: int, key: str) -> bool:
     if conn.dialect.name == "postgresql":
         sql = "SELECT EXISTS (SELECT 1 FROM runs WHERE study_id = :sid AND jsonb_exists(extra::jsonb, :key))"
     else:
-        sql = "SELECT EXISTS (SELECT 1 FROM runs, json_each(runs.extra) AS j WHERE runs.study_id = :sid AND j.key = :key)"
+        sql = (
+            "SELECT EXISTS (SELECT 1 FROM runs, json_each(runs.extra) AS j WHERE runs.study_id = :sid AND j.key = :key)"
+        )
     return bool(conn.execute(text(sql), {"sid": study_id, "key": key}).scalar())
 
 

@@ -1,0 +1,154 @@
+"""The mapping every importer shares: a source run's flat names → hpscale run fields.
+
+A source run is a flat dict of names to values (an Optuna trial's params and user
+attributes, an MLflow run's params and metrics, a W&B run's config and summary). Each run
+field is read from the first of its *aliases* present (below) unless `--map NAME=FIELD`
+names the source name for it; every other scalar goes into `extra`, so nothing is silently
+dropped. A field no run provides at all is one error with a `--map` hint (not one error
+per run), and two names mapped onto one field are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from service.csv_io import REQUIRED_FIELDS
+from service.errors import InvalidArgument
+from service.limits import MAX_EXTRA_KEYS
+from store.queries import RUN_FIELDS
+
+# Field → names it goes by in training code and trackers, most specific first.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning_rate", "lr", "peak_lr", "max_lr", "optimizer.lr", "optim.lr"),
+    "batch_size": ("batch_size", "bs", "global_batch_size", "train_batch_size", "batch"),
+    "weight_decay": ("weight_decay", "wd", "optimizer.weight_decay", "optim.weight_decay"),
+    "n_params": ("n_params", "num_params", "n_parameters", "num_parameters", "params", "model_params"),
+    "tokens": ("tokens", "n_tokens", "num_tokens", "train_tokens", "total_tokens", "tokens_seen"),
+    "width": ("width", "d_model", "hidden_size", "n_embd", "model_dim"),
+    "depth": ("depth", "n_layers", "num_layers", "n_layer", "num_hidden_layers"),
+    "seq_len": ("seq_len", "sequence_length", "max_seq_len", "block_size", "context_length"),
+    "seed": ("seed",),
+    "final_loss": ("final_loss", "val_loss", "eval_loss", "eval/loss", "validation_loss", "loss", "train_loss"),
+}
+_MAPPABLE = frozenset(RUN_FIELDS) - {"run_key", "status", "loss_curve", "extra"}
+
+
+def check_mapping(mapping: Mapping[str, str]) -> None:
+    """`--map` values must be run fields, at most one name per field."""
+    unknown = sorted({f for f in mapping.values() if f not in _MAPPABLE and not f.startswith("extra.")})
+    if unknown:
+        raise InvalidArgument(
+            f"--map names unknown run field(s): {', '.join(unknown)}; fields are {', '.join(sorted(_MAPPABLE))}"
+        )
+    by_field: dict[str, list[str]] = {}
+    for name, field in mapping.items():
+        by_field.setdefault(field, []).append(name)
+    clashes = "; ".join(
+        f"{field} ← {', '.join(map(repr, names))}" for field, names in by_field.items() if len(names) > 1
+    )
+    if clashes:
+        raise InvalidArgument(f"--map sends two names to the same field: {clashes}; map only one of them")
+
+
+def scalar(value: Any) -> float | int | str | None:
+    """A value as a number when it reads as one (MLflow params are strings), else text."""
+    if value is None or isinstance(value, (dict, list, tuple)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text[:1024]
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "", depth: int = 3) -> dict[str, Any]:
+    """Nested config dicts as dotted names (`optimizer.lr`); names starting with `_` (tools'
+    bookkeeping such as W&B's `_wandb`, `_step`) are left out."""
+    flat: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key)
+        if key.startswith("_"):
+            continue
+        if isinstance(value, Mapping) and depth > 0:
+            flat.update(flatten(value, f"{prefix}{key}.", depth - 1))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def field_sources(names: Iterable[str], mapping: Mapping[str, str]) -> dict[str, str]:
+    """Which source name feeds each run field, over all names the source's runs use."""
+    present = set(names)
+    by_field = {field: name for name, field in mapping.items()}
+    for field, aliases in ALIASES.items():
+        if field not in by_field:
+            found = next((alias for alias in aliases if alias in present and alias not in mapping), None)
+            if found is not None:
+                by_field[field] = found
+    return by_field
+
+
+def check_required(sources: Mapping[str, str], names: Iterable[str], what: str) -> None:
+    """One error (with a --map hint) for a required field that no run provides."""
+    missing = [field for field in REQUIRED_FIELDS if field not in sources]
+    if missing:
+        shown = ", ".join(sorted(set(names))[:40]) or "(none)"
+        raise InvalidArgument(
+            f"no {what} provides {', '.join(missing)} (looked for "
+            + "; ".join(f"{f}: {'/'.join(ALIASES[f][:4])}" for f in missing)
+            + f"): name the ones that do with --map NAME=FIELD; the names found are: {shown}"
+        )
+
+
+def to_run(
+    values: Mapping[str, Any],
+    sources: Mapping[str, str],
+    *,
+    run_key: str,
+    status: str,
+    loss_curve: Sequence[Sequence[float]] | None = None,
+) -> dict[str, Any]:
+    """One hpscale run dict: fields from their source names, the rest into `extra`.
+
+    A completed run whose loss is NaN/inf is `diverged` (trackers log what training saw)."""
+    run: dict[str, Any] = {"run_key": run_key[:128], "status": status}
+    used = set()
+    for field, name in sources.items():
+        if name in values:
+            used.add(name)
+            value = scalar(values[name])
+            if value is not None and value != "":
+                if field.startswith("extra."):
+                    run.setdefault("extra", {})[field.removeprefix("extra.")] = value
+                else:
+                    run[field] = value
+    loss = run.get("final_loss")
+    if isinstance(loss, float) and not math.isfinite(loss):
+        run.pop("final_loss")
+        if status == "completed":
+            run["status"] = "diverged"
+    if run["status"] != "completed":
+        run.pop("final_loss", None)
+    extra = dict(run.get("extra") or {})
+    for name in sorted(values):
+        if name in used or name in extra or len(extra) >= MAX_EXTRA_KEYS:
+            continue
+        value = scalar(values[name])
+        if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        extra[name[:128]] = value
+    if extra:
+        run["extra"] = extra
+    if loss_curve:
+        run["loss_curve"] = [list(point) for point in loss_curve]
+    return run

@@ -1,0 +1,67 @@
+"""Optuna: the trials of a study in a storage (`optuna` library: `pip install 'hpscale[optuna]'`).
+
+    hpscale import --from optuna --storage sqlite:///optuna.db --source-study lr-sweep --study S
+
+Hyperparameters and scale fields are read from a trial's params and user attributes (params
+win), by the common aliases (`lr`/`learning_rate`, `bs`/`batch_size`, `wd`/`weight_decay`,
+`n_params`, `tokens`, `width`, `depth`, …; see `service.importers.common.ALIASES`). The
+trial's value is the final loss (`value`; a multi-objective trial's are `value_0`, `value_1`,
+… and the first is the loss unless `--map` says otherwise). A complete trial is `completed`
+(`diverged` if its value is NaN/inf); pruned and failed trials are `failed`; trials still
+running or waiting are left for a later import. Run key: `optuna:<number>:<study name>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from service.errors import InvalidArgument
+from service.importers.common import check_mapping, check_required, field_sources, flatten, to_run
+
+_STATUS = {"COMPLETE": "completed", "PRUNED": "failed", "FAIL": "failed"}
+
+
+def _load(storage: str, study_name: str) -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise InvalidArgument("importing from Optuna needs the optuna package: pip install 'hpscale[optuna]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "(none)"
+        raise InvalidArgument(f"no Optuna study {study_name!r} in {storage}; its studies are: {names}") from None
+
+
+def trial_values(trial: Any) -> dict[str, Any]:
+    """A trial's names: user attributes, then params over them, then its objective value(s)."""
+    values = {**flatten(trial.user_attrs), **flatten(trial.params)}
+    objective = trial.values or []
+    if len(objective) == 1:
+        values["value"] = objective[0]
+    else:
+        values.update({f"value_{i}": v for i, v in enumerate(objective)})
+    return values
+
+
+def read_runs(
+    storage: str, study_name: str, mapping: Mapping[str, str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(source id, run) for every finished trial of the Optuna study, mapped to hpscale runs."""
+    mapping = dict(mapping or {})
+    check_mapping(mapping)
+    study = _load(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _STATUS]
+    per_trial = [(t, trial_values(t)) for t in trials]
+    names = {name for _, values in per_trial for name in values}
+    sources = field_sources(names, mapping)
+    if "final_loss" not in mapping.values():
+        sources["final_loss"] = "value" if "value" in names else "value_0"
+    check_required(sources, names, "Optuna trial param or user attribute")
+    rows = []
+    for trial, values in per_trial:
+        source_id = f"optuna:{trial.number}:{study_name}"
+        rows.append((source_id, to_run(values, sources, run_key=source_id, status=_STATUS[trial.state.name])))
+    return rows
