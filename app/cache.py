@@ -6,11 +6,32 @@ import hashlib
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.cache import LRUCache, commit_cache
 from service.database import Engine
+
+# What a cacheable question looks like: a few short parameters, each a number or a boolean.
+# Anything else (junk parameters, 64 KB values) still gets its answer but never a cache
+# entry, so no caller can make the cache hold big keys: an entry stays under ~1 KB.
+_MAX_QUERY_PARAMS = 16
+_PARAM_NAME = re.compile(r"[a-z_]{1,32}")
+_PARAM_VALUE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,3})?|true|false", re.ASCII)
+
+
+def query_key(query_string: bytes) -> tuple[tuple[str, str], ...] | None:
+    """The query as sorted (name, value) pairs if it has the shape of a valid question, else None."""
+    if len(query_string) > 1024:
+        return None
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    if len(pairs) > _MAX_QUERY_PARAMS or len({name for name, _ in pairs}) != len(pairs):
+        return None
+    for name, value in pairs:
+        if not _PARAM_NAME.fullmatch(name) or len(value) > 32 or not _PARAM_VALUE.fullmatch(value):
+            return None
+    return tuple(sorted(pairs))
 
 
 class RepeatedGetCache:
@@ -38,8 +59,12 @@ class RepeatedGetCache:
         if version is None:
             await self.app(scope, receive, send)
             return
+        query = query_key(scope["query_string"])
+        if query is None:  # not a well-formed question: answered (mostly 422), never kept
+            await self.app(scope, receive, send)
+            return
         credentials = b"".join(value for name, value in scope["headers"] if name == b"authorization")
-        key = (scope["path"], scope["query_string"], hashlib.sha256(credentials).digest(), int(time.time() // 60))
+        key = (scope["path"], query, hashlib.sha256(credentials).digest(), int(time.time() // 60))
         hit = self.answers.get(key)
         if hit is not None and hit[0] == version:
             await send({"type": "http.response.start", "status": 200, "headers": hit[1]})

@@ -23,7 +23,10 @@ MAX_EXTRA_KEYS = 256
 # writes of fresh keys would otherwise make every export of the study huge. Checked at
 # submission (HTTP and `hpscale import`); a submission that would pass it is refused (422).
 MAX_STUDY_EXTRA_KEYS = 512
-MAX_BOOTSTRAP = 5_000  # resamples a POST .../fits may ask for
+MAX_BOOTSTRAP = 5_000  # resamples the server's HPSCALE_BOOTSTRAP may be
+# What a POST .../fits may ask for (besides the server's own HPSCALE_BOOTSTRAP): each count
+# is a separate stored fit of the same runs, so a caller must not be able to make thousands.
+BOOTSTRAP_CHOICES: tuple[int, ...] = (0, 10, 20, 50, 100, 200, 500, 1000)
 MAX_SUGGESTIONS = 50
 MAX_PAGE_SIZE = 1_000
 DEFAULT_PAGE_SIZE = 100
@@ -82,3 +85,10 @@ TARGET_LIMITS: Mapping[str, Bound] = {
 }
 MAX_COMPUTE = 1e35  # FLOPs; a compute target is ≥ 1 as well
 MAX_BATCH_MULTIPLE = 1_000_000
+
+
+def bootstrap_refusal(requested: int, default: int) -> str | None:
+    """Why a fit may not use `requested` resamples (None: it may): one of the choices or the default."""
+    if requested in BOOTSTRAP_CHOICES or requested == default:
+        return None
+    return f"must be one of {', '.join(map(str, BOOTSTRAP_CHOICES))} or the server's default ({default})"

@@ -29,6 +29,7 @@ from service.limits import MAX_STUDY_EXTRA_KEYS
 from service.settings import Settings
 from store.db import make_engine
 from tests.conftest import assert_error, bearer, count_rows, make_run
+from tests.test_api_fits import steplaw  # noqa: F401 - the Step Law study fixture
 
 LOOPBACK = {"base_url": "http://127.0.0.1:8000", "client": ("127.0.0.1", 50000)}
 
@@ -350,3 +351,40 @@ def test_client_quotes_study_names(client: TestClient, tokens: dict[str, str], n
     assert refused.value.status_code == 404
     with pytest.raises(HpscaleError):
         api.latest_fit(name)
+
+
+# --- bootstrap counts, suggestions per fit, cache keys ---------------------------------------
+
+
+def test_a_fit_may_ask_only_for_documented_bootstrap_counts(client: TestClient) -> None:
+    client.post("/v1/studies", json={"name": "boot"})
+    for count in (37, 4999, 1001):
+        error = assert_error(client.post("/v1/studies/boot/fits", json={"bootstrap": count}), 422, "validation_error")
+        assert error["details"][0]["field"] == "bootstrap" and "50" in error["message"]
+    # a documented count, and the server's own default (40 here), get past the check
+    for count in (50, 40):
+        assert client.post("/v1/studies/boot/fits", json={"bootstrap": count}).status_code == 409  # no runs yet
+
+
+@pytest.mark.slow
+def test_suggestions_are_computed_once_per_fit(steplaw: TestClient) -> None:  # noqa: F811
+    from service import recommendations
+
+    params = {"n_params": 1e10, "tokens": 2e11, "count": 20}
+    first = steplaw.get("/v1/studies/steplaw/suggestions", params=params)
+    assert first.status_code == 200
+    before = len(recommendations._suggestions._items)
+    again = steplaw.get("/v1/studies/steplaw/suggestions", params={**params, "n_params": "1.0e10"})
+    assert again.json() == first.json()
+    assert len(recommendations._suggestions._items) == before  # a hit: the same validated question
+    other = steplaw.get("/v1/studies/steplaw/suggestions", params={**params, "count": 5})
+    assert len(other.json()["items"]) == 5 and len(recommendations._suggestions._items) == before + 1
+
+
+def test_response_cache_keys_only_well_formed_questions() -> None:
+    from app.cache import query_key
+
+    assert query_key(b"tokens=2e10&n_params=1e9") == query_key(b"n_params=1e9&tokens=2e10")
+    assert query_key(b"fresh=true&fit_id=3") == (("fit_id", "3"), ("fresh", "true"))
+    for junk in (b"junk=" + b"x" * 65536, b"n_params=1" + b"0" * 40, b"n_params=1&n_params=2", b"a=1&" * 17, b"X=1"):
+        assert query_key(junk) is None

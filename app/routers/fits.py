@@ -11,7 +11,8 @@ from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
 from app.schemas import FIT_ERRORS
 from app.security import OffLoopJSONRoute
 from service import fits, recommendations
-from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS
+from service.errors import InvalidInput, field_detail
+from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS, bootstrap_refusal
 
 router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK, route_class=OffLoopJSONRoute)
 
@@ -35,6 +36,8 @@ def create_fit(
 ) -> dict[str, Any]:
     """Fit the study's current runs (or return the fit already made of exactly these runs)."""
     bootstrap = settings.bootstrap if body is None or body.bootstrap is None else body.bootstrap
+    if reason := bootstrap_refusal(bootstrap, settings.bootstrap):
+        raise InvalidInput(f"bootstrap {reason}", [field_detail("bootstrap", reason)])
     return fits.current_fit(engine, name, bootstrap=bootstrap, created_by=principal.name).to_contract()
 
 
