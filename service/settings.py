@@ -17,6 +17,7 @@ from service.limits import MAX_BOOTSTRAP
 
 DEFAULT_DATABASE_URL = "sqlite:///./hpscale.db"
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # A bootstrap admin token must be as strong as the ones `hpscale tokens create` makes:
 # 32 random bytes are 43 URL-safe base64 characters (`python -c "import secrets;
 # print(secrets.token_urlsafe(32))"`). Length is checked, plus a floor on distinct
@@ -42,8 +43,11 @@ class Settings(BaseSettings):
 
     database_url: Annotated[str, Field(min_length=1, description="SQLAlchemy URL")] = DEFAULT_DATABASE_URL
     no_auth: Annotated[bool, Field(description="every request has admin scope (loopback only)")] = False
-    # A request body larger than this is refused with 413 before it is parsed.
-    max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    # A request body larger than this is refused with 413 before it is parsed. Sized to the
+    # largest legitimate request: a batch of 10,000 runs (the batch limit), each with a
+    # 200-point loss curve and a few extra keys, is ~57 MiB of JSON. Only an authenticated
+    # writer gets this far (app.security checks the token before reading any body).
+    max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
     # Bootstrap resamples of an on-demand fit (POST .../fits may ask for another count).
     bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = 200
     # How long a recommendation waits for a study's first fit (or with fresh=true) before 503.

@@ -388,3 +388,22 @@ def test_response_cache_keys_only_well_formed_questions() -> None:
     assert query_key(b"fresh=true&fit_id=3") == (("fit_id", "3"), ("fresh", "true"))
     for junk in (b"junk=" + b"x" * 65536, b"n_params=1" + b"0" * 40, b"n_params=1&n_params=2", b"a=1&" * 17, b"X=1"):
         assert query_key(junk) is None
+
+
+def test_default_body_cap_fits_the_largest_legitimate_batch() -> None:
+    """10,000 runs (the batch limit), each with a 200-point loss curve and four extra keys."""
+    import json
+
+    from service.limits import MAX_BATCH_RUNS
+    from service.settings import DEFAULT_MAX_BODY_BYTES
+
+    def run(i: int) -> dict[str, Any]:
+        extra = {"warmup": 2000, "beta2": 0.95, "schedule": "cosine", "grad_clip": 1.0}
+        curve = [[step * 100, 2.5 + 0.123456789012345 * step / 7] for step in range(1, 201)]
+        return make_run(i, run_key=f"sweep-{i:05d}-lr0.00123", seq_len=2048, seed=i, extra=extra, loss_curve=curve)
+
+    sample = 100
+    per_run = len(json.dumps({"runs": [run(i) for i in range(sample)]}).encode()) / sample
+    largest = per_run * MAX_BATCH_RUNS
+    assert Settings().max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    assert largest < DEFAULT_MAX_BODY_BYTES < 1.5 * largest, (largest / 2**20, DEFAULT_MAX_BODY_BYTES / 2**20)
