@@ -9,12 +9,20 @@ Every asset is served by the service itself (no CDN): `app/static/`. Assets are 
 once at import; each page links them as `/static/<file>?v=<content hash>`, so an asset
 fetched with the current hash is cached for a year (`immutable`), and the pages
 themselves are `no-cache` (revalidated with their ETag) so a new release shows at once.
+
+Scripts: `common.js` (API client, DOM and number helpers: the global `HP`) and `charts.js`
+(SVG plots: `Charts`) are classic scripts; the views are ES modules (`study.js`, `index.js`,
+`landscape.js`, `runstates.js`) whose relative imports are versioned the same way. The
+dashboard computes no statistics: curves, bands and run states come from the API
+(`GET /v1/studies/{name}/fits/{id}/curves`, `.../run-states`). Style: prettier at 120 columns
+and eslint, configured in `.ci/js/` (`tests/test_dashboard_static.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import mimetypes
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,17 +62,44 @@ class Asset:
     version: str
 
 
+# `import … from "./name.js"` in an ES module of app/static/.
+_IMPORT = re.compile(rb"""(\bfrom\s+|\bimport\s*\(?\s*)(["'])\./([A-Za-z0-9_.-]+\.js)\2""")
+
+
 def _load_assets() -> dict[str, Asset]:
-    assets: dict[str, Asset] = {}
+    """Every file of app/static; an ES module's imports are rewritten to `./name.js?v=<hash>` of
+    the imported module (dependencies first), so a versioned, immutable module never loads a
+    stale dependency after a release."""
+    raw: dict[str, bytes] = {}
     for path in sorted(STATIC_DIR.iterdir()) if STATIC_DIR.is_dir() else []:
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        body = path.read_bytes()
+        if path.is_file() and not path.name.startswith("."):
+            raw[path.name] = path.read_bytes()
+    assets: dict[str, Asset] = {}
+
+    def load(name: str, seen: tuple[str, ...] = ()) -> Asset:
+        if name in assets:
+            return assets[name]
+        if name in seen:
+            raise RuntimeError(f"import cycle in app/static: {' -> '.join((*seen, name))}")
+        body = raw[name]
+        if name.endswith(".js"):
+
+            def versioned(m: re.Match[bytes]) -> bytes:
+                dep = m.group(3).decode()
+                if dep not in raw:
+                    raise RuntimeError(f"app/static/{name} imports a missing module ./{dep}")
+                v = load(dep, (*seen, name)).version
+                return m.group(1) + m.group(2) + f"./{dep}?v={v}".encode() + m.group(2)
+
+            body = _IMPORT.sub(versioned, body)
         digest = hashlib.sha256(body).hexdigest()
-        content_type = (
-            _CONTENT_TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        )
-        assets[path.name] = Asset(body, content_type, f'"{digest[:32]}"', digest[:12])
+        suffix = Path(name).suffix
+        content_type = _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        assets[name] = Asset(body, content_type, f'"{digest[:32]}"', digest[:12])
+        return assets[name]
+
+    for name in raw:
+        load(name)
     return assets
 
 

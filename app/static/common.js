@@ -7,15 +7,27 @@ const HP = (() => {
   const TOKEN_KEY = "hpscale.token";
 
   function getToken() {
-    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch (e) {
+      return "";
+    }
   }
   function setToken(t) {
-    try { if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage off */ }
+    try {
+      if (t) sessionStorage.setItem(TOKEN_KEY, t);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) {
+      /* storage off */
+    }
   }
 
   class ApiError extends Error {
     constructor(status, code, message, details) {
-      super(message); this.status = status; this.code = code; this.details = details || [];
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.details = details || [];
     }
   }
 
@@ -40,11 +52,19 @@ const HP = (() => {
     }
     let data = null;
     const text = await response.text();
-    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (e) {
+      data = null;
+    }
     if (!response.ok) {
       const err = (data && data.error) || {};
-      throw new ApiError(response.status, err.code || "http_" + response.status,
-        err.message || response.statusText || "request failed", err.details);
+      throw new ApiError(
+        response.status,
+        err.code || "http_" + response.status,
+        err.message || response.statusText || "request failed",
+        err.details,
+      );
     }
     return data;
   }
@@ -67,7 +87,10 @@ const HP = (() => {
     return node;
   }
 
-  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function clear(node) {
+    while (node.firstChild) node.removeChild(node.firstChild);
+    return node;
+  }
 
   /** Compact number: 7e9 → "7.00e9", 0.00123 → "1.23e-3", 4096 → "4096", 2.3456 → "2.346". */
   function fmt(x, digits = 3) {
@@ -79,7 +102,10 @@ const HP = (() => {
     if (a >= 1e5 || a < 1e-2) {
       const e = Math.floor(Math.log10(a));
       let m = x / Math.pow(10, e);
-      if (Math.abs(m) >= 9.9995 && digits >= 3) { m /= 10; return m.toFixed(digits - 1) + "e" + (e + 1); }
+      if (Math.abs(m) >= 9.9995 && digits >= 3) {
+        m /= 10;
+        return m.toFixed(digits - 1) + "e" + (e + 1);
+      }
       return m.toFixed(digits - 1) + "e" + e;
     }
     return Number(x.toPrecision(digits + 1)).toString();
@@ -88,7 +114,12 @@ const HP = (() => {
   /** Human scale: 2.15e8 → "215M", 1.4e12 → "1.4T". */
   function human(x) {
     if (x === null || x === undefined || !isFinite(x)) return "—";
-    const units = [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "k"]];
+    const units = [
+      [1e12, "T"],
+      [1e9, "B"],
+      [1e6, "M"],
+      [1e3, "k"],
+    ];
     for (const [v, u] of units) if (Math.abs(x) >= v) return Number((x / v).toPrecision(3)) + u;
     return Number(x.toPrecision(3)).toString();
   }
@@ -108,7 +139,11 @@ const HP = (() => {
   function banner(message, kind = "error") {
     const b = document.getElementById("banner");
     if (!b) return;
-    if (!message) { b.hidden = true; clear(b); return; }
+    if (!message) {
+      b.hidden = true;
+      clear(b);
+      return;
+    }
     clear(b);
     b.className = "banner " + kind;
     b.append(message instanceof Node ? message : document.createTextNode(message));
@@ -117,11 +152,13 @@ const HP = (() => {
 
   /** A readable sentence for an API failure; 401/403 point at the token field. */
   function describeError(e) {
-    if (!(e instanceof ApiError)) return String(e && e.message || e);
-    if (e.status === 401) return "The server needs an API token: paste one in the “API token” field (top right). (" + e.message + ")";
+    if (!(e instanceof ApiError)) return String((e && e.message) || e);
+    if (e.status === 401)
+      return "The server needs an API token: paste one in the “API token” field (top right). (" + e.message + ")";
     if (e.status === 403) return "Your token lacks the scope for this: " + e.message;
     let s = e.message;
-    if (e.details && e.details.length) s += " — " + e.details.map(d => (d.field ? d.field + ": " : "") + (d.message || "")).join("; ");
+    if (e.details && e.details.length)
+      s += " — " + e.details.map(d => (d.field ? d.field + ": " : "") + (d.message || "")).join("; ");
     return s;
   }
 
@@ -131,9 +168,31 @@ const HP = (() => {
     const clearBtn = document.getElementById("token-clear");
     if (!form) return;
     input.value = getToken();
-    form.addEventListener("submit", ev => { ev.preventDefault(); setToken(input.value.trim()); onChange(); });
-    clearBtn.addEventListener("click", () => { input.value = ""; setToken(""); onChange(); });
+    form.addEventListener("submit", ev => {
+      ev.preventDefault();
+      setToken(input.value.trim());
+      onChange();
+    });
+    clearBtn.addEventListener("click", () => {
+      input.value = "";
+      setToken("");
+      onChange();
+    });
   }
 
-  return { api, ApiError, el, clear, fmt, human, fmtInterval, fmtDate, banner, describeError, initTokenForm, getToken, setToken };
+  return {
+    api,
+    ApiError,
+    el,
+    clear,
+    fmt,
+    human,
+    fmtInterval,
+    fmtDate,
+    banner,
+    describeError,
+    initTokenForm,
+    getToken,
+    setToken,
+  };
 })();

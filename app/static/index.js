@@ -6,12 +6,14 @@ const { api, el, clear, fmt, human, fmtInterval, fmtDate, banner, describeError 
 
 // The default target of the overview's extrapolation column.
 const DEFAULT_TARGET = { n_params: 7e9, tokens: 1.4e12, width: 4096, depth: 32 };
-const MAX_DETAILED = 50;  // studies whose run counts and fits are looked up (one request each)
+const MAX_DETAILED = 50; // studies whose run counts and fits are looked up (one request each)
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
-const LAWS = [["learning_rate", "optimal learning rate (peak)", "lr*"], ["batch_size", "optimal batch size [sequences]",
-  "bs*"]];
+const LAWS = [
+  ["learning_rate", "optimal learning rate (peak)", "lr*"],
+  ["batch_size", "optimal batch size [sequences]", "bs*"],
+];
 const selected = new Set();
-const info = new Map();  // name → {study, fit}
+const info = new Map(); // name → {study, fit}
 
 async function load() {
   const body = document.querySelector("#studies-table tbody");
@@ -27,41 +29,77 @@ async function load() {
   }
   clear(body);
   if (!data.items.length) {
-    body.append(el("tr", null, el("td", { colspan: 6, class: "muted",
-      text: "No studies yet: create one with POST /v1/studies or `hpscale import --create`." })));
+    body.append(
+      el(
+        "tr",
+        null,
+        el("td", {
+          colspan: 6,
+          class: "muted",
+          text: "No studies yet: create one with POST /v1/studies or `hpscale import --create`.",
+        }),
+      ),
+    );
   }
   data.items.forEach((s, i) => {
-    const box = el("input", { type: "checkbox", class: "compare-pick", "aria-label": "compare " + s.name,
-      checked: selected.has(s.name) });
+    const box = el("input", {
+      type: "checkbox",
+      class: "compare-pick",
+      "aria-label": "compare " + s.name,
+      checked: selected.has(s.name),
+    });
     box.addEventListener("change", () => {
-      if (box.checked) selected.add(s.name); else selected.delete(s.name);
+      if (box.checked) selected.add(s.name);
+      else selected.delete(s.name);
       renderComparison();
     });
-    const cells = { runs: el("td", { class: "num", text: "…" }), fit: el("td", { class: "muted", text: "…" }),
-      ext: el("td", { class: "muted", text: "…" }) };
-    body.append(el("tr", { "data-study": s.name },
-      el("td", null, box),
-      el("td", null, el("a", { href: "/studies/" + encodeURIComponent(s.name), text: s.name }),
-        s.description ? el("div", { class: "muted small", text: s.description }) : null),
-      el("td", { text: [s.optimizer, s.parameterization].filter(Boolean).join(" · ") || "—" }),
-      cells.runs, cells.fit, cells.ext));
+    const cells = {
+      runs: el("td", { class: "num", text: "…" }),
+      fit: el("td", { class: "muted", text: "…" }),
+      ext: el("td", { class: "muted", text: "…" }),
+    };
+    body.append(
+      el(
+        "tr",
+        { "data-study": s.name },
+        el("td", null, box),
+        el(
+          "td",
+          null,
+          el("a", { href: "/studies/" + encodeURIComponent(s.name), text: s.name }),
+          s.description ? el("div", { class: "muted small", text: s.description }) : null,
+        ),
+        el("td", { text: [s.optimizer, s.parameterization].filter(Boolean).join(" · ") || "—" }),
+        cells.runs,
+        cells.fit,
+        cells.ext,
+      ),
+    );
     if (i < MAX_DETAILED) detail(s.name, cells);
   });
 }
 
 async function detail(name, cells) {
   const base = "/v1/studies/" + encodeURIComponent(name);
-  let study, fit = null;
+  let study,
+    fit = null;
   try {
     study = await api(base);
   } catch (e) {
-    cells.runs.textContent = "?"; cells.fit.textContent = describeError(e); cells.ext.textContent = "—";
+    cells.runs.textContent = "?";
+    cells.fit.textContent = describeError(e);
+    cells.ext.textContent = "—";
     return;
   }
   cells.runs.textContent = Number(study.run_count ?? 0).toLocaleString("en-US");
-  try { fit = await api(base + "/fits/latest"); } catch (e) { fit = null; }
+  try {
+    fit = await api(base + "/fits/latest");
+  } catch (e) {
+    fit = null;
+  }
   info.set(name, { study, fit });
-  clear(cells.fit); clear(cells.ext);
+  clear(cells.fit);
+  clear(cells.ext);
   if (!fit) {
     cells.fit.append(el("span", { class: "pill muted", text: "no fit" }));
     cells.ext.textContent = "—";
@@ -69,10 +107,15 @@ async function detail(name, cells) {
   }
   const current = String(fit.data_version) === String(study.data_version);
   cells.fit.className = "";
-  cells.fit.append(el("span", { class: "pill " + (current ? "ok" : "warn"), text: current ? "current" : "out of date" }),
-    el("span", { class: "small", text: fmtDate(fit.created_at) + " · " + fit.n_runs + " runs · " +
-      Object.keys(fit.laws || {}).length + " laws" }));
-  if (!current || !(fit.laws || {}).learning_rate) {  // never make the overview start a fit
+  cells.fit.append(
+    el("span", { class: "pill " + (current ? "ok" : "warn"), text: current ? "current" : "out of date" }),
+    el("span", {
+      class: "small",
+      text: fmtDate(fit.created_at) + " · " + fit.n_runs + " runs · " + Object.keys(fit.laws || {}).length + " laws",
+    }),
+  );
+  if (!current || !(fit.laws || {}).learning_rate) {
+    // never make the overview start a fit
     cells.ext.textContent = current ? "no learning-rate law" : "refit first";
     return;
   }
@@ -81,8 +124,10 @@ async function detail(name, cells) {
     const ext = rec.extrapolation || {};
     const kind = ext.level === "interpolation" ? "ok" : ext.level === "far" ? "bad" : "warn";
     cells.ext.className = "";
-    cells.ext.append(el("span", { class: "pill " + kind, text: ext.level || "?" }),
-      el("span", { class: "small", text: ext.factor != null ? fmt(ext.factor) + "× beyond" : "" }));
+    cells.ext.append(
+      el("span", { class: "pill " + kind, text: ext.level || "?" }),
+      el("span", { class: "small", text: ext.factor != null ? fmt(ext.factor) + "× beyond" : "" }),
+    );
   } catch (e) {
     cells.ext.textContent = describeError(e);
   }
@@ -94,7 +139,8 @@ async function renderComparison() {
   const table = document.getElementById("compare-table");
   const note = document.getElementById("compare-note");
   if (names.length < 1) {
-    charts.hidden = true; table.hidden = true;
+    charts.hidden = true;
+    table.hidden = true;
     note.textContent = "Tick two or more studies above (e.g. two optimizers) to see their laws on one plot.";
     return;
   }
@@ -104,50 +150,92 @@ async function renderComparison() {
     const fit = info.get(n) && info.get(n).fit;
     if (!fit) continue;
     try {
-      curves[n] = await api("/v1/studies/" + encodeURIComponent(n) + "/fits/" + fit.id + "/curves",
-        { query: { x: "n_params", points: 50 } });
+      curves[n] = await api("/v1/studies/" + encodeURIComponent(n) + "/fits/" + fit.id + "/curves", {
+        query: { x: "n_params", points: 50 },
+      });
     } catch (e) {
       curves[n] = null;
     }
   }
-  charts.hidden = false; table.hidden = false;
+  charts.hidden = false;
+  table.hidden = false;
   for (const [axis, label] of LAWS) {
     const series = [];
     names.forEach((n, i) => {
       const c = curves[n] && curves[n].laws[axis];
       if (!c) return;
       const color = COLORS[i % COLORS.length];
-      series.push({ name: null, legend: false, color, role: "band", band: c.x.map((x, k) => [x, c.low[k], c.high[k]]) });
+      series.push({
+        name: null,
+        legend: false,
+        color,
+        role: "band",
+        band: c.x.map((x, k) => [x, c.low[k], c.high[k]]),
+      });
       series.push({ name: n, color, role: "law", width: 2, line: c.x.map((x, k) => [x, c.value[k]]) });
-      series.push({ name: null, legend: false, color, role: "data", r: 3.5,
-        points: c.optima.map(o => ({ x: o.x, y: o.value, lo: o.low, hi: o.high, title: n + ": " + fmtInterval(o) })) });
+      series.push({
+        name: null,
+        legend: false,
+        color,
+        role: "data",
+        r: 3.5,
+        looseIntervals: true,
+        points: c.optima.map(o => ({ x: o.x, y: o.value, lo: o.low, hi: o.high, title: n + ": " + fmtInterval(o) })),
+      });
     });
     Charts.plot(document.getElementById("compare-" + axis), {
       x: { label: "parameters N [count]", log: true, format: human },
       y: { label, log: true },
-      series, empty: "None of the selected studies has a " + label.split(" [")[0] + " law.",
+      series,
+      empty: "None of the selected studies has a " + label.split(" [")[0] + " law.",
     });
   }
   const tb = clear(table.querySelector("tbody"));
   for (const n of names) {
     const fit = info.get(n) && info.get(n).fit;
     if (!fit) {
-      tb.append(el("tr", null, el("td", { text: n }), el("td", { colspan: 3, class: "muted",
-        text: "no fit yet: fit the study (its page has “Fit now”)" })));
+      tb.append(
+        el(
+          "tr",
+          null,
+          el("td", { text: n }),
+          el("td", { colspan: 3, class: "muted", text: "no fit yet: fit the study (its page has “Fit now”)" }),
+        ),
+      );
       continue;
     }
     for (const [axis, , sym] of LAWS) {
       const law = (fit.laws || {})[axis];
-      tb.append(el("tr", { "data-study": n, "data-law": axis }, el("td", { text: n }), el("td", { text: sym }),
-        law ? el("td", null, law.variables.map(v => {
-          const e = law.exponents[v];
-          return el("div", { class: "nowrap", text: v + ": " + fmtInterval(e, x => fmt(x, 3)) +
-            (e.prior ? " · prior " + fmt(e.prior.mean, 3) + "±" + fmt(e.prior.sd, 2) : "") });
-        })) : el("td", { class: "muted", text: "no law: " + ((fit.missing_laws || {})[axis] || "not fitted") }),
-        el("td", { class: "num", text: law && law.cv_error != null ? fmt(law.cv_error, 3) : "—" })));
+      tb.append(
+        el(
+          "tr",
+          { "data-study": n, "data-law": axis },
+          el("td", { text: n }),
+          el("td", { text: sym }),
+          law
+            ? el(
+                "td",
+                null,
+                law.variables.map(v => {
+                  const e = law.exponents[v];
+                  return el("div", {
+                    class: "nowrap",
+                    text:
+                      v +
+                      ": " +
+                      fmtInterval(e, x => fmt(x, 3)) +
+                      (e.prior ? " · prior " + fmt(e.prior.mean, 3) + "±" + fmt(e.prior.sd, 2) : ""),
+                  });
+                }),
+              )
+            : el("td", { class: "muted", text: "no law: " + ((fit.missing_laws || {})[axis] || "not fitted") }),
+          el("td", { class: "num", text: law && law.cv_error != null ? fmt(law.cv_error, 3) : "—" }),
+        ),
+      );
     }
   }
-  note.textContent = "Each law with its 90% band (the recommendation's interval at each N), evaluated by the service " +
+  note.textContent =
+    "Each law with its 90% band (the recommendation's interval at each N), evaluated by the service " +
     "with the study's other variables at its proxies' geometric centre; points are the per-scale optima.";
 }
 

@@ -40,8 +40,12 @@ function groups(runs, fit) {
   for (const o of (fit && fit.optima) || []) map.set(scaleKey(o.scale), { scale: o.scale, optimum: o, runs: [] });
   for (const r of runs) {
     const k = scaleKey(r);
-    if (!map.has(k)) map.set(k, { scale: { n_params: r.n_params, tokens: r.tokens, width: r.width, depth: r.depth },
-      optimum: null, runs: [] });
+    if (!map.has(k))
+      map.set(k, {
+        scale: { n_params: r.n_params, tokens: r.tokens, width: r.width, depth: r.depth },
+        optimum: null,
+        runs: [],
+      });
     map.get(k).runs.push(r);
   }
   return [...map.values()].sort((a, b) => a.scale.n_params - b.scale.n_params || a.scale.tokens - b.scale.tokens);
@@ -56,7 +60,9 @@ function swatch(kind, color) {
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
     svg.append(n);
   };
-  svg.setAttribute("width", "22"); svg.setAttribute("height", "12"); svg.setAttribute("class", "swatch");
+  svg.setAttribute("width", "22");
+  svg.setAttribute("height", "12");
+  svg.setAttribute("class", "swatch");
   if (kind === "band") add("rect", { x: 1, y: 2, width: 20, height: 8, fill: color, "fill-opacity": 0.25 });
   else if (kind === "law") add("line", { x1: 1, x2: 21, y1: 6, y2: 6, stroke: color, "stroke-width": 2 });
   else if (kind === "cross") add("path", { d: "M7,2L15,10M7,10L15,2", stroke: color, "stroke-width": 2 });
@@ -76,18 +82,30 @@ export function renderLandscape(box, runs, fit, states, bowls) {
     return;
   }
   const legend = el("ul", { class: "legend landscape-legend" });
-  for (const [name, color, marker] of [["optimum 90% interval", "#e07b39", "band"], ["fitted bowl", "#e07b39", "law"],
-    ...Object.values(STATE_STYLE).map(st => [st.label, st.color, st.marker]), ["optimum", "#d62728", "star"]]) {
+  for (const [name, color, marker] of [
+    ["optimum 90% interval", "#e07b39", "band"],
+    ["fitted bowl", "#e07b39", "law"],
+    ...Object.values(STATE_STYLE).map(st => [st.label, st.color, st.marker]),
+    ["optimum", "#d62728", "star"],
+  ]) {
     legend.append(el("li", { "data-marker": marker }, swatch(marker, color), name));
   }
   box.append(legend);
   for (const g of gs) {
-    const panel = el("div", { class: "chart small", "data-scale": scaleKey(g.scale), role: "img",
-      "aria-label": "final loss against learning rate at " + scaleLabel(g.scale) });
+    const panel = el("div", {
+      class: "chart small",
+      "data-scale": scaleKey(g.scale),
+      role: "img",
+      "aria-label": "final loss against learning rate at " + scaleLabel(g.scale),
+    });
     box.append(el("figure", { class: "panel" }, el("figcaption", { text: scaleLabel(g.scale) }), panel));
     const finite = g.runs.filter(r => r.final_loss != null && isFinite(r.final_loss));
-    const best = g.optimum && isFinite(g.optimum.loss) ? g.optimum.loss
-      : finite.length ? Math.min(...finite.map(r => r.final_loss)) : NaN;
+    const best =
+      g.optimum && isFinite(g.optimum.loss)
+        ? g.optimum.loss
+        : finite.length
+          ? Math.min(...finite.map(r => r.final_loss))
+          : NaN;
     const top = best * (1 + Y_ABOVE_BEST);
     const byState = new Map();
     for (const r of g.runs) {
@@ -99,33 +117,81 @@ export function renderLandscape(box, runs, fit, states, bowls) {
     const bowl = bowlOf.get(scaleKey(g.scale));
     const lrOpt = g.optimum && g.optimum.learning_rate;
     if (lrOpt && isFinite(best)) {
-      series.push({ name: "optimum 90% interval", color: "#e07b39", role: "band", opacity: 0.14,
-        band: [[lrOpt.low, best * 0.995, top], [lrOpt.high, best * 0.995, top]] });
+      series.push({
+        name: "optimum 90% interval",
+        color: "#e07b39",
+        role: "band",
+        opacity: 0.14,
+        band: [
+          [lrOpt.low, best * 0.995, top],
+          [lrOpt.high, best * 0.995, top],
+        ],
+      });
     }
     if (bowl) {
-      series.push({ name: "fitted bowl", color: "#e07b39", role: "law", width: 2,
-        line: bowl.learning_rate.map((x, i) => [x, bowl.loss[i]]).filter(([, y]) => y <= top) });
+      series.push({
+        name: "fitted bowl",
+        color: "#e07b39",
+        role: "law",
+        width: 2,
+        line: bowl.learning_rate.map((x, i) => [x, bowl.loss[i]]).filter(([, y]) => y <= top),
+      });
     }
     for (const [st, style] of Object.entries(STATE_STYLE)) {
       const rs = byState.get(st) || [];
       if (!rs.length) continue;
       const noLoss = st === "diverged" || st === "failed";
-      series.push({ name: style.label + " (" + rs.length + ")", color: style.color, marker: style.marker,
-        role: "data", r: 2.8, state: st,
-        points: rs.map(r => ({ x: r.learning_rate, y: noLoss || r.final_loss == null ? top * 2 : r.final_loss,
-          title: "run " + r.id + (r.run_key ? " " + r.run_key : "") + "\nlr " + fmt(r.learning_rate) + ", batch "
-            + r.batch_size + "\nloss " + fmt(r.final_loss, 4) + "\n" + style.label })) });
+      series.push({
+        name: style.label + " (" + rs.length + ")",
+        color: style.color,
+        marker: style.marker,
+        role: "data",
+        r: 2.8,
+        state: st,
+        points: rs.map(r => ({
+          x: r.learning_rate,
+          y: noLoss || r.final_loss == null ? top * 2 : r.final_loss,
+          title:
+            "run " +
+            r.id +
+            (r.run_key ? " " + r.run_key : "") +
+            "\nlr " +
+            fmt(r.learning_rate) +
+            ", batch " +
+            r.batch_size +
+            "\nloss " +
+            fmt(r.final_loss, 4) +
+            "\n" +
+            style.label,
+        })),
+      });
     }
     if (lrOpt && isFinite(best)) {
-      series.push({ name: "optimum", color: "#d62728", role: "target", marker: "star",
-        points: [{ x: lrOpt.value, y: best, r: 3, title: "optimum lr " + fmt(lrOpt.value) + " [" + fmt(lrOpt.low)
-          + ", " + fmt(lrOpt.high) + "]" }] });
+      series.push({
+        name: "optimum",
+        color: "#d62728",
+        role: "target",
+        marker: "star",
+        points: [
+          {
+            x: lrOpt.value,
+            y: best,
+            r: 3,
+            title: "optimum lr " + fmt(lrOpt.value) + " [" + fmt(lrOpt.low) + ", " + fmt(lrOpt.high) + "]",
+          },
+        ],
+      });
     }
     Charts.plot(panel, {
       x: { label: "peak learning rate", log: true, format: lrFormat },
-      y: { label: "final loss [nats/token]", log: false, min: isFinite(best) ? best * 0.995 : undefined,
-        clipMax: isFinite(top) ? top : undefined },
-      series: series.map(se => Object.assign(se, { legend: false })), empty: "No runs at this scale.",
+      y: {
+        label: "final loss [nats/token]",
+        log: false,
+        min: isFinite(best) ? best * 0.995 : undefined,
+        clipMax: isFinite(top) ? top : undefined,
+      },
+      series: series.map(se => Object.assign(se, { legend: false })),
+      empty: "No runs at this scale.",
     });
     panel.dataset.runCount = String(g.runs.length);
   }
@@ -141,13 +207,36 @@ function distinct(values) {
 }
 const indexOf = (grid, v) => grid.findIndex(g => Math.abs(Math.log(v / g)) < 0.01);
 
+// Redraw a heatmap at its container's new width (its text is sized in pixels, not scaled).
+const heatObserver =
+  typeof ResizeObserver !== "undefined"
+    ? new ResizeObserver(entries => {
+        for (const e of entries) {
+          const box = e.target,
+            w = Math.round(e.contentRect.width);
+          if (box._heatArgs && box._heatWidth !== w) {
+            box._heatWidth = w;
+            clearTimeout(box._heatTimer);
+            box._heatTimer = setTimeout(() => renderHeatmap(box, ...box._heatArgs), 60);
+          }
+        }
+      })
+    : null;
+
 /** Heatmap of final loss over the stored (lr, batch) grid points of one scale, with the bowl's contours. */
 export function renderHeatmap(box, runs, fit, states, bowls, key) {
+  if (heatObserver && !box._heatArgs) heatObserver.observe(box);
+  box._heatArgs = [runs, fit, states, bowls, key];
+  box._heatWidth = Math.round(box.clientWidth);
   clear(box);
   const g = groups(runs, fit).find(x => scaleKey(x.scale) === key);
-  if (!g || !g.runs.length) { box.append(el("p", { class: "chart-empty", text: "No runs at this scale." })); return; }
-  const lrs = distinct(g.runs.map(r => r.learning_rate)), bss = distinct(g.runs.map(r => r.batch_size));
-  const cells = new Map();  // one cell per stored grid point: its runs
+  if (!g || !g.runs.length) {
+    box.append(el("p", { class: "chart-empty", text: "No runs at this scale." }));
+    return;
+  }
+  const lrs = distinct(g.runs.map(r => r.learning_rate)),
+    bss = distinct(g.runs.map(r => r.batch_size));
+  const cells = new Map(); // one cell per stored grid point: its runs
   for (const r of g.runs) {
     const k = indexOf(lrs, r.learning_rate) + ":" + indexOf(bss, r.batch_size);
     if (!cells.has(k)) cells.set(k, []);
@@ -155,11 +244,14 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   }
   const finite = g.runs.filter(r => r.final_loss != null && isFinite(r.final_loss) && r.status === "completed");
   const best = finite.length ? Math.min(...finite.map(r => r.final_loss)) : NaN;
-  const width = Math.max(280, box.clientWidth || 600), height = Math.round(Math.min(420, Math.max(260, width * 0.55)));
+  const width = Math.max(280, box.clientWidth || 600),
+    height = Math.round(Math.min(420, Math.max(260, width * 0.55)));
   const m = { l: 62, r: 12, t: 10, b: 48 };
   const lx = v => Math.log(v);
-  const edges = vs => {  // cell edges at geometric midpoints, the outer ones mirrored
-    const l = vs.map(lx), e = [];
+  const edges = vs => {
+    // cell edges at geometric midpoints, the outer ones mirrored
+    const l = vs.map(lx),
+      e = [];
     for (let i = 0; i <= l.length; i++) {
       if (i === 0) e.push(l[0] - (l.length > 1 ? (l[1] - l[0]) / 2 : 0.35));
       else if (i === l.length) e.push(l[i - 1] + (l.length > 1 ? (l[i - 1] - l[i - 2]) / 2 : 0.35));
@@ -167,9 +259,10 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     }
     return e;
   };
-  const ex = edges(lrs), ey = edges(bss);
-  const X = v => m.l + (v - ex[0]) / (ex[ex.length - 1] - ex[0]) * (width - m.l - m.r);
-  const Y = v => height - m.b - (v - ey[0]) / (ey[ey.length - 1] - ey[0]) * (height - m.t - m.b);
+  const ex = edges(lrs),
+    ey = edges(bss);
+  const X = v => m.l + ((v - ex[0]) / (ex[ex.length - 1] - ex[0])) * (width - m.l - m.r);
+  const Y = v => height - m.b - ((v - ey[0]) / (ey[ey.length - 1] - ey[0])) * (height - m.t - m.b);
   const NS = "http://www.w3.org/2000/svg";
   const s = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
@@ -179,7 +272,8 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   };
   const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "plot heatmap" });
   const clipId = "heat-clip-" + Math.random().toString(36).slice(2);
-  const defs = s("defs", {}), clip = s("clipPath", { id: clipId });
+  const defs = s("defs", {}),
+    clip = s("clipPath", { id: clipId });
   clip.append(s("rect", { x: m.l, y: m.t, width: width - m.l - m.r, height: height - m.t - m.b }));
   defs.append(clip);
   svg.append(defs);
@@ -190,12 +284,31 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     const loss = ok.length ? Math.min(...ok.map(r => r.final_loss)) : NaN;
     const t = isFinite(loss) ? Math.min(1, (loss / best - 1) / Y_ABOVE_BEST) : 1;
     const st = rs.map(r => states[String(r.id)]).filter(Boolean);
-    const rect = s("rect", { x: X(ex[i]), y: Y(ey[j + 1]), width: X(ex[i + 1]) - X(ex[i]),
-      height: Y(ey[j]) - Y(ey[j + 1]), class: "cell", "data-lr": lrs[i], "data-batch": bss[j],
-      fill: isFinite(loss) ? Charts.rampColor(t) : "#5a1a14", stroke: "#fff", "stroke-width": 1 });
-    rect.append(s("title", {}, "lr " + fmt(lrs[i]) + ", batch " + bss[j] + "\n" + (isFinite(loss)
-      ? "best loss " + fmt(loss, 4) + " of " + rs.length + " run(s)" : "diverged / no loss") +
-      (st.length ? "\n" + [...new Set(st)].join(", ") : "")));
+    const rect = s("rect", {
+      x: X(ex[i]),
+      y: Y(ey[j + 1]),
+      width: X(ex[i + 1]) - X(ex[i]),
+      height: Y(ey[j]) - Y(ey[j + 1]),
+      class: "cell",
+      "data-lr": lrs[i],
+      "data-batch": bss[j],
+      fill: isFinite(loss) ? Charts.rampColor(t) : "#5a1a14",
+      stroke: "#fff",
+      "stroke-width": 1,
+    });
+    rect.append(
+      s(
+        "title",
+        {},
+        "lr " +
+          fmt(lrs[i]) +
+          ", batch " +
+          bss[j] +
+          "\n" +
+          (isFinite(loss) ? "best loss " + fmt(loss, 4) + " of " + rs.length + " run(s)" : "diverged / no loss") +
+          (st.length ? "\n" + [...new Set(st)].join(", ") : ""),
+      ),
+    );
     svg.append(rect);
     nCells++;
   }
@@ -203,34 +316,79 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   let nContours = 0;
   for (const c of (bowl && bowl.contours) || []) {
     if (c.learning_rate.length < 3) continue;
-    const d = c.learning_rate.map((x, i) => (i ? "L" : "M") + X(lx(x)).toFixed(1) + "," +
-      Y(lx(c.batch_size[i])).toFixed(1)).join("") + "Z";
-    const p = s("path", { d, class: "contour", fill: "none", stroke: "#111", "stroke-width": 1.2,
-      "stroke-dasharray": nContours ? "4 3" : "none", "clip-path": "url(#" + clipId + ")" });
+    const d =
+      c.learning_rate
+        .map((x, i) => (i ? "L" : "M") + X(lx(x)).toFixed(1) + "," + Y(lx(c.batch_size[i])).toFixed(1))
+        .join("") + "Z";
+    const p = s("path", {
+      d,
+      class: "contour",
+      fill: "none",
+      stroke: "#111",
+      "stroke-width": 1.2,
+      "stroke-dasharray": nContours ? "4 3" : "none",
+      "clip-path": "url(#" + clipId + ")",
+    });
     p.append(s("title", {}, "fitted bowl: loss " + (100 * c.level).toFixed(2) + "% above the optimum"));
     svg.append(p);
     nContours++;
   }
   if (bowl && bowl.optimum.batch_size) {
-    svg.append(s("circle", { cx: X(lx(bowl.optimum.learning_rate.value)), cy: Y(lx(bowl.optimum.batch_size.value)),
-      r: 4, fill: "#d62728", stroke: "#fff", class: "optimum" }));
+    svg.append(
+      s("circle", {
+        cx: X(lx(bowl.optimum.learning_rate.value)),
+        cy: Y(lx(bowl.optimum.batch_size.value)),
+        r: 4,
+        fill: "#d62728",
+        stroke: "#fff",
+        class: "optimum",
+      }),
+    );
   }
   const thinned = (vs, room) => vs.filter((_, i) => i % Math.max(1, Math.ceil(vs.length / room)) === 0);
   for (const [i, v] of lrs.entries()) {
     if (!thinned(lrs, Math.floor(width / 60)).includes(v)) continue;
-    svg.append(s("text", { x: X((ex[i] + ex[i + 1]) / 2), y: height - m.b + 15, "text-anchor": "middle" }, lrFormat(v)));
+    svg.append(
+      s("text", { x: X((ex[i] + ex[i + 1]) / 2), y: height - m.b + 15, "text-anchor": "middle" }, lrFormat(v)),
+    );
   }
   for (const [j, v] of bss.entries()) {
     if (!thinned(bss, Math.floor(height / 22)).includes(v)) continue;
     svg.append(s("text", { x: m.l - 5, y: Y((ey[j] + ey[j + 1]) / 2) + 4, "text-anchor": "end" }, fmt(v)));
   }
-  svg.append(s("text", { x: (m.l + width - m.r) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" },
-    "peak learning rate (log)"));
-  svg.append(s("text", { x: 0, y: 0, transform: `translate(13,${(m.t + height - m.b) / 2}) rotate(-90)`,
-    "text-anchor": "middle", class: "axis-label" }, "batch size [sequences] (log)"));
-  box.append(svg, el("p", { class: "chart-note", text: "Colour: best final loss at each (lr, batch) point, from " +
-    fmt(best, 4) + " (dark) to " + (100 * Y_ABOVE_BEST) + "% above (light); dark red: diverged. Lines: the fitted " +
-    "bowl at 0.25%, 1% and 3% above the optimum (●)." }));
+  svg.append(
+    s(
+      "text",
+      { x: (m.l + width - m.r) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" },
+      "peak learning rate (log)",
+    ),
+  );
+  svg.append(
+    s(
+      "text",
+      {
+        x: 0,
+        y: 0,
+        transform: `translate(13,${(m.t + height - m.b) / 2}) rotate(-90)`,
+        "text-anchor": "middle",
+        class: "axis-label",
+      },
+      "batch size [sequences] (log)",
+    ),
+  );
+  box.append(
+    svg,
+    el("p", {
+      class: "chart-note",
+      text:
+        "Colour: best final loss at each (lr, batch) point, from " +
+        fmt(best, 4) +
+        " (dark) to " +
+        100 * Y_ABOVE_BEST +
+        "% above (light); dark red: diverged. Lines: the fitted " +
+        "bowl at 0.25%, 1% and 3% above the optimum (●).",
+    }),
+  );
   box.dataset.cellCount = String(nCells);
   box.dataset.contourCount = String(nContours);
   box.dataset.rendered = "1";
@@ -238,5 +396,17 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
 
 /** The scale picker of the heatmap (default: the largest scale). */
 export function scaleOptions(runs, fit) {
-  return groups(runs, fit).map(g => ({ key: scaleKey(g.scale), label: scaleLabel(g.scale), n: g.runs.length }));
+  return groups(runs, fit).map(g => ({
+    key: scaleKey(g.scale),
+    label: scaleLabel(g.scale),
+    n: g.runs.length,
+    cells: new Set(g.runs.map(r => r.learning_rate.toPrecision(4) + "|" + r.batch_size)).size,
+  }));
+}
+
+/** The heatmap's default scale: the largest whose sweep covers ≥ 2 lr × 2 batch points (else the largest). */
+export function defaultHeatScale(options) {
+  const swept = options.filter(o => o.cells >= 4);
+  const pick = swept.length ? swept[swept.length - 1] : options[options.length - 1];
+  return pick ? pick.key : "";
 }
