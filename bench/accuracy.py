@@ -48,11 +48,13 @@ from bench.timing import best_of
 from fitting.backtest import (
     RegretSurface,
     leave_one_size_out,
+    near_optimal_runs,
     steplaw_procedure,
     steplaw_published,
 )
 from fitting.datasets import STEPLAW_SEQ_LEN, load_steplaw
 from fitting.optima import Scale, group_scales
+from fitting.published import STEP_LAW_BATCH_TOKENS_EXPONENTS, STEP_LAW_LR_EXPONENTS
 from fitting.runs import RunTable
 from fitting.study_fit import fit_study, predict
 from fitting.synthetic import AXES, lr_only_study, random_study
@@ -71,10 +73,6 @@ EXPONENT_IDENTIFIED_SHARE = 0.85
 OUTLIER_TARGET = 0.02
 FIT_TIME_TARGET = 2.0
 HALF_WIDTH_MIN = 0.05
-# Step Law's near-optimal band (RULES.md §6), defined here so the baselines do not depend on the engine's modules.
-NEAR_OPTIMAL = 0.0025
-# Published Step Law exponents (RULES.md §4); the constants are refitted in one baseline.
-PUB_LR_N, PUB_LR_D, PUB_BS_D = -0.7129, 0.3075, 0.5709
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12}
 TARGET_7B_SHAPE = {"width": 4096.0, "depth": 32.0}  # only passed if the fitted laws need them
 
@@ -119,23 +117,22 @@ def published_exponents_refit(train: RunTable, best_run_only: bool = False) -> P
     With `best_run_only`, over each setting's single best run instead (the variant behind
     the issue's 0.22% figure).
     """
-    scales, sidx = group_scales(train)
+    scales, sidx, near = near_optimal_runs(train)
     ok = train.completed
-    best = np.full(len(scales), np.inf)
-    np.minimum.at(best, sidx[ok], train.final_loss[ok])
-    near = ok & (train.final_loss <= (1 + NEAR_OPTIMAL) * best[sidx])
     if best_run_only:
         near = np.zeros(len(train), dtype=bool)
         for s in range(len(scales)):
             m = np.flatnonzero((sidx == s) & ok)
             if m.size:
                 near[m[np.argmin(train.final_loss[m])]] = True
+    a_n, a_d = STEP_LAW_LR_EXPONENTS["n_params"], STEP_LAW_LR_EXPONENTS["tokens"]
+    b_d = STEP_LAW_BATCH_TOKENS_EXPONENTS["tokens"]
     ln, ld = np.log(train.n_params[near]), np.log(train.tokens[near])
-    c_lr = float(np.mean(np.log(train.learning_rate[near]) - PUB_LR_N * ln - PUB_LR_D * ld))
-    c_bs = float(np.mean(np.log(train.batch_size[near]) - PUB_BS_D * ld))
+    c_lr = float(np.mean(np.log(train.learning_rate[near]) - a_n * ln - a_d * ld))
+    c_bs = float(np.mean(np.log(train.batch_size[near]) - b_d * ld))
     return lambda s: (
-        math.exp(c_lr + PUB_LR_N * math.log(s.n_params) + PUB_LR_D * math.log(s.tokens)),
-        math.exp(c_bs + PUB_BS_D * math.log(s.tokens)),
+        math.exp(c_lr + a_n * math.log(s.n_params) + a_d * math.log(s.tokens)),
+        math.exp(c_bs + b_d * math.log(s.tokens)),
     )
 
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
+from service.limits import MAX_BATCH_RUNS
 from store import migrate, queries
 from store.db import make_engine, run_in_transaction
 from store.queries import RUN_FIELDS
@@ -48,7 +49,7 @@ from store.queries import RUN_FIELDS
 STUDY = "bench-ingest"
 CREATED_BY = "bench"
 STORE_TARGET = 0.25
-MAX_HTTP_BATCH = 10_000  # app.schemas.MAX_BATCH_RUNS
+MAX_HTTP_BATCH = MAX_BATCH_RUNS  # the API's limit on runs per POST
 
 
 # --- synthetic data ------------------------------------------------------------------
@@ -283,7 +284,7 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100_000, help="runs to ingest per method")
-    parser.add_argument("--batch", type=int, default=10_000, help=f"runs per batch (1..{MAX_HTTP_BATCH})")
+    parser.add_argument("--batch", type=int, default=MAX_HTTP_BATCH, help=f"runs per batch (1..{MAX_HTTP_BATCH})")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be positive")

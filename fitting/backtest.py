@@ -70,16 +70,25 @@ class RegretSurface:
         return self.loss_at(lr, bs) / float(self.loss.min()) - 1.0
 
 
-def steplaw_procedure(train: RunTable) -> Predictor:
-    """Step Law: pool every run within 0.25% of its setting's best loss, regress log lr on (log N, log D), log bs on log D.
+def near_optimal_runs(train: RunTable) -> tuple[tuple[Scale, ...], np.ndarray, np.ndarray]:
+    """Step Law's near-optimal runs (RULES.md §6): completed, within 0.25% of their setting's best loss.
 
-    log lr* = c + a·log N + b·log D;  log bs* = c' + b'·log D (ordinary least squares over runs).
+    Returns the settings, each run's setting index, and the boolean mask of near-optimal runs.
     """
     scales, sidx = group_scales(train)
     ok = train.completed
     best = np.full(len(scales), np.inf)
     np.minimum.at(best, sidx[ok], train.final_loss[ok])
     near = ok & (train.final_loss <= (1 + STEP_LAW_NEAR_OPTIMAL) * best[sidx])
+    return scales, sidx, near
+
+
+def steplaw_procedure(train: RunTable) -> Predictor:
+    """Step Law: pool every run within 0.25% of its setting's best loss, regress log lr on (log N, log D), log bs on log D.
+
+    log lr* = c + a·log N + b·log D;  log bs* = c' + b'·log D (ordinary least squares over runs).
+    """
+    _, _, near = near_optimal_runs(train)
     ln, ld = np.log(train.n_params[near]), np.log(train.tokens[near])
     X = np.column_stack([np.ones(ln.size), ln, ld])
     b_lr = np.linalg.lstsq(X, np.log(train.learning_rate[near]), rcond=None)[0]

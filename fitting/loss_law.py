@@ -38,6 +38,7 @@ from scipy.optimize import OptimizeResult, minimize
 
 from fitting.common import LEVEL as INTERVAL_LEVEL
 from fitting.common import FloatArray, InsufficientData, Interval
+from fitting.published import FLOPS_PER_PARAM_TOKEN
 
 FORM = "L = E + A/N^alpha + B/D^beta"
 PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
@@ -585,7 +586,7 @@ def compute_optimal(fit: LossLaw, flops: float) -> ComputeOptimal:
             "compute-optimal allocation needs positive alpha and beta; the fitted law has "
             f"alpha={point[0, 3]:.3g}, beta={point[0, 4]:.3g}"
         )
-    log_c6 = math.log(c / 6.0)
+    log_c6 = math.log(c / FLOPS_PER_PARAM_TOKEN)
     log_n = float(_log_n_opt(point, log_c6)[0])
     log_n_boot = _log_n_opt(fit.samples, log_c6) if len(fit.samples) else np.empty(0)
     log_n_boot = log_n_boot[np.isfinite(log_n_boot)]

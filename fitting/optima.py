@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
+from fitting.published import STEP_LAW_NEAR_OPTIMAL
 from fitting.runs import DIVERGED, RunTable
 from fitting.surface import DEFAULT_BAND, BowlData, BowlSolution, fit_bowl, linear_bootstrap, select_band
 
-NEAR_OPTIMAL = 0.0025
+# A completed run within this share of its scale's best loss is near-optimal: Step Law's band.
+NEAR_OPTIMAL = STEP_LAW_NEAR_OPTIMAL
 # A completed run more than 20% above its scale's (robust) best loss has left the basin (a
 # loss spike or silent divergence); it bounds the optimum like a diverged run.
 LEFT_BASIN = 0.20

@@ -21,6 +21,7 @@ from fitting.loss_law import (
     fit_loss_law,
     initial_grid,
 )
+from fitting.published import FLOPS_PER_PARAM_TOKEN
 from fitting.transfer import per_layer_multipliers
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -36,7 +37,7 @@ def chinchilla() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     c = np.array([float(r["Training FLOP"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     keep = np.argsort(loss, kind="stable")[:-5]  # Epoch drops the 5 highest-loss points
-    return n[keep], c[keep] / (6 * n[keep]), loss[keep]
+    return n[keep], c[keep] / (FLOPS_PER_PARAM_TOKEN * n[keep]), loss[keep]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_compute_optimal_at_chinchilla_budget(chinchilla_fit):
     )
     assert 1e10 < n_opt.value < 3e11
     assert 5 < opt.tokens_per_param.value < 80
-    assert 6 * n_opt.value * d_opt.value == pytest.approx(CHINCHILLA_FLOPS, rel=1e-9)
+    assert FLOPS_PER_PARAM_TOKEN * n_opt.value * d_opt.value == pytest.approx(CHINCHILLA_FLOPS, rel=1e-9)
     for iv in (n_opt, d_opt, opt.tokens_per_param):
         assert iv.low <= iv.value <= iv.high and iv.low < iv.high
     # the target lies beyond the largest fitted model: the result must say so
@@ -158,7 +159,9 @@ def test_compute_optimal_at_chinchilla_budget(chinchilla_fit):
 
     def loss_at(log_n: float) -> float:
         n = math.exp(log_n)
-        return p["E"] + p["A"] / n ** p["alpha"] + p["B"] / (CHINCHILLA_FLOPS / (6 * n)) ** p["beta"]
+        return (
+            p["E"] + p["A"] / n ** p["alpha"] + p["B"] / (CHINCHILLA_FLOPS / (FLOPS_PER_PARAM_TOKEN * n)) ** p["beta"]
+        )
 
     res = minimize_scalar(loss_at, bounds=(math.log(1e8), math.log(1e13)), method="bounded", options={"xatol": 1e-8})
     assert math.exp(res.x) == pytest.approx(n_opt.value, rel=1e-3)
