@@ -28,6 +28,8 @@ from urllib.parse import quote
 
 import httpx
 
+# The server's limit on runs per POST (service.limits.MAX_BATCH_RUNS, contract 1.1), copied
+# on purpose: the client imports nothing server-side, so it installs and runs without the server.
 MAX_BATCH = 10_000
 _RETRY_STATUS = {429, 502, 503, 504}
 
