@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import dashboard
 from app.cache import RepeatedGetCache
-from app.errors import error_response, install_error_handlers
+from app.errors import DatabaseUnavailableGuard, error_response, install_error_handlers
+from app.metrics import MetricsMiddleware, metrics_endpoint
 from app.routers import curves, fits, runs, studies
 from app.security import SecurityGate
 from service.database import Engine, open_database, readiness_async
@@ -93,6 +94,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(RepeatedGetCache, engine=app.state.engine, paths=CACHED_GET_PATHS)
     # Outermost: no-auth peer/Host rules, Origin, token and scope, all before any body is read.
     app.add_middleware(SecurityGate, settings=settings, engine=app.state.engine, router_app=app)
+    # Outermost: database failures anywhere (the gate's token check too) are 503 + Retry-After.
+    app.add_middleware(DatabaseUnavailableGuard)
+    # Outside even that: every request is counted for /metrics, refusals included.
+    app.add_middleware(MetricsMiddleware)
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    app.add_route("/metrics", metrics_endpoint(metrics_token), methods=["GET"], include_in_schema=False)
 
     # Both async: they must answer while every worker thread waits on the database or a fit.
     @app.get("/healthz", tags=["health"])

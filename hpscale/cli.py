@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,7 +144,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The workers build their Settings from the environment: hand the flags down that way.
     os.environ["HPSCALE_DATABASE_URL"] = settings.database_url
     os.environ["HPSCALE_NO_AUTH"] = "1" if args.no_auth else "0"
-    engine = _engine(args)
+    if args.metrics_token:
+        os.environ["HPSCALE_METRICS_TOKEN"] = args.metrics_token
+    # Every worker writes its metrics to files in one fresh directory, so that /metrics (in
+    # whichever worker answers) sums them all; set before any worker imports prometheus_client.
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="hpscale-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    engine = _engine(args, create=True)
     if settings.bootstrap_admin_token is not None:
         register_bootstrap_admin(engine, settings.bootstrap_admin_token.get_secret_value())
     engine.dispose()
@@ -163,6 +173,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limit_concurrency=settings.limit_concurrency,
         h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
     )
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -487,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--no-auth", action="store_true", help="every request is admin (loopback only)")
+    serve.add_argument(
+        "--metrics-token",
+        help="GET /metrics then needs 'Authorization: Bearer <this>' (default: open; or $HPSCALE_METRICS_TOKEN)",
+    )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     serve.set_defaults(func=cmd_serve)
 

@@ -33,9 +33,10 @@ from typing import Any
 from fitting.common import InsufficientData as EngineInsufficientData
 from fitting.recommend import StudyInfo
 from fitting.runs import RunTable
-from fitting.study_fit import StudyResult, fit_study
+from fitting.study_fit import StudyResult
 from service.cache import LRUCache, commit_cache
 from service.errors import FitInProgress, FitNotFound, InsufficientData
+from service.metrics import counted_fit
 from service.studies import get_study
 from store import queries
 from store.db import Engine, run_in_transaction, snapshot_connection
@@ -203,7 +204,7 @@ def _compute(engine: Engine, study: Study, fit_id: int, claimed_version: int, bo
                 _release(engine, fit_id)
                 return
             try:
-                result = fit_study(
+                result = counted_fit(  # fit_study, counted and timed for /metrics
                     table,
                     bootstrap=bootstrap,
                     seed=FIT_SEED,
@@ -430,6 +431,35 @@ def _served_state(engine: Engine, study_name: str) -> _ServedState:
     return _ServedState(study, record, current, runs_now)
 
 
+# Lookups in flight, per (database, study): concurrent requests of one event loop share one
+# (one thread hop and one query per poll round, however many requests wait on a first fit).
+_lookups: dict[tuple[str, str], asyncio.Future[_ServedState]] = {}
+
+
+async def _served_state_async(engine: Engine, study_name: str) -> _ServedState:
+    cache = commit_cache(engine)
+    key = (str(engine.url), study_name)
+    pending = _lookups.get(key)
+    if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+        return await asyncio.shield(pending)
+    future: asyncio.Future[_ServedState] = asyncio.get_running_loop().create_future()
+    _lookups[key] = future
+    try:
+        state = await cache.get_or_load_async(("served_fit", study_name), lambda: _served_state(engine, study_name))
+        future.set_result(state)
+        return state
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    except BaseException as error:
+        future.set_exception(error)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        raise
+    finally:
+        if _lookups.get(key) is future:
+            del _lookups[key]
+
+
 async def served_fit_async(
     engine: Engine,
     study_name: str,
@@ -450,11 +480,8 @@ async def served_fit_async(
     deadline = time.monotonic() + wait_seconds
     wanted_version: int | None = None
     delay = 0.05
-    cache = commit_cache(engine)
     while True:
-        state: _ServedState = await cache.get_or_load_async(
-            ("served_fit", study_name), lambda: _served_state(engine, study_name)
-        )
+        state = await _served_state_async(engine, study_name)
         study, newest = state.study, state.newest
         if state.current is not None and state.current["status"] == "failed":
             raise InsufficientData(state.current["error"] or "the study's runs do not support a fit")

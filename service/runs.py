@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from service import metrics
 from service.csv_io import csv_lines
 from service.errors import InvalidQuery, InvalidRuns, field_detail
 from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
@@ -116,7 +117,9 @@ def submit_runs(
         rows = [with_defaults(run, study) for run in runs]
         return queries.insert_runs(conn, study.id, rows, created_by, submission_id)
 
-    return run_in_transaction(engine, store)
+    result = run_in_transaction(engine, store)
+    metrics.RUNS_INGESTED.labels("http").inc(result.inserted)
+    return result
 
 
 # --- listing and export ------------------------------------------------------------------
@@ -223,6 +226,7 @@ def import_runs(
             engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by, submission_id)
         )
         inserted += result.inserted
+        metrics.RUNS_INGESTED.labels(source).inc(result.inserted)
         duplicates += result.duplicates
         if progress is not None:
             progress(start + len(batch), len(runs))

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     bootstrap_admin_token: SecretStr | None = None
     # The same read from a file (a Docker/Kubernetes secret), so it is in no environment.
     bootstrap_admin_token_file: Path | None = None
+    # When set, GET /metrics answers only `Authorization: Bearer <metrics_token>`.
+    metrics_token: SecretStr | None = None
 
     @model_validator(mode="before")
     @classmethod

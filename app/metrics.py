@@ -1,0 +1,69 @@
+"""`GET /metrics` and the middleware that counts every request (see `service.metrics`)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response
+from service import metrics
+
+
+class MetricsMiddleware:
+    """Count each HTTP request by method, route template and status, with its latency.
+
+    The route template comes from the router (`scope["route"]`) after it has matched, so a
+    study's name never becomes a label; a path no route matches is `unmatched`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except BaseException as error:
+            if metrics.is_database_error(error):
+                metrics.DATABASE_ERRORS.labels(type(error).__name__).inc()
+            raise
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            labels = (scope["method"], template, str(status))
+            metrics.REQUESTS.labels(*labels).inc()
+            metrics.REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+
+
+def metrics_endpoint(token: str | None) -> Any:
+    """The `/metrics` handler: open, or only for `Authorization: Bearer <--metrics-token>`."""
+
+    async def endpoint(request: Request) -> Response:
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(
+                    401,
+                    "unauthorized",
+                    "/metrics needs Authorization: Bearer <the server's --metrics-token>",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return endpoint
