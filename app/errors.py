@@ -144,3 +144,35 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "internal_error", "internal server error")
+
+
+class DatabaseUnavailableGuard:
+    """ASGI middleware, outermost: a database failure raised outside the routes (e.g. while a
+    middleware checks a token) is 503 + Retry-After too, not a 500 that drops the connection.
+
+    Inside the routes the exception handlers above answer first; this catches the rest, as
+    long as no response has started.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except UNAVAILABLE_ERRORS as exc:
+            if started:
+                raise
+            log.warning("database unavailable: %s", type(exc).__name__)
+            error = errors.DatabaseUnavailable(unavailable_reason(exc) + "; try again shortly")
+            await domain_error_response(error)(scope, receive, send)
