@@ -11,8 +11,10 @@ fetched with the current hash is cached for a year (`immutable`), and the pages
 themselves are `no-cache` (revalidated with their ETag) so a new release shows at once.
 
 Scripts: `common.js` (API client, DOM and number helpers: the global `HP`) and `charts.js`
-(SVG plots: `Charts`) are classic scripts; the views are ES modules (`study.js`, `index.js`,
-`landscape.js`, `runstates.js`) whose relative imports are versioned the same way. The
+(SVG plots: `Charts`) are classic scripts; everything else is an ES module (`study.js` loads
+and wires the study page; `studystate.js` its state; one module per view: `recommend.js`,
+`laws.js`, `landscape.js`, `diagnostics.js`, `runs.js`, `runstates.js`; `index.js` the
+overview), and their relative imports are versioned the same way. The
 dashboard computes no statistics: curves, bands and run states come from the API
 (`GET /v1/studies/{name}/fits/{id}/curves`, `.../run-states`). Style: prettier at 120 columns
 and eslint, configured in `.ci/js/` (`tests/test_dashboard_static.py`).

@@ -14,7 +14,8 @@ export default [
     rules: { "no-unused-vars": ["error", { varsIgnorePattern: "^(HP|Charts)$", caughtErrors: "none" }] },
   },
   {
-    files: ["app/static/study.js", "app/static/index.js", "app/static/landscape.js", "app/static/runstates.js"],
+    files: ["app/static/*.js"],
+    ignores: ["app/static/common.js", "app/static/charts.js"],
     languageOptions: { sourceType: "module", globals: modules },
     rules: { "no-unused-vars": ["error", { caughtErrors: "none" }] },
   },

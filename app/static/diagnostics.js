@@ -1,0 +1,182 @@
+/* The fit's diagnostics: laws, loss law, warnings, per-scale optima (ES module). */
+import { state, AXES } from "./studystate.js";
+import { scaleLabel } from "./landscape.js";
+
+const { el, clear, fmt, fmtInterval, fmtDate } = HP;
+
+export function renderDiagnostics() {
+  const body = clear(document.getElementById("diag-body"));
+  const fit = state.fit;
+  if (!fit) {
+    body.className = "muted";
+    body.textContent = "No fit yet.";
+    return;
+  }
+  body.className = "";
+  body.append(
+    el("p", {
+      class: "muted small",
+      text:
+        "Fit #" +
+        fit.id +
+        " · " +
+        (fit.n_runs ?? "?") +
+        " runs · " +
+        (fit.optima || []).length +
+        " scales · data version " +
+        fit.data_version +
+        (fit.bootstrap != null ? " · " + fit.bootstrap + " bootstrap resamples" : "") +
+        " · " +
+        fmtDate(fit.created_at),
+    }),
+  );
+
+  // laws
+  const tb = el("tbody");
+  for (const [axis, label] of AXES) {
+    const law = (fit.laws || {})[axis];
+    if (!law) {
+      const why = (fit.missing_laws || {})[axis] || "not fitted";
+      tb.append(
+        el(
+          "tr",
+          { "data-law": axis, class: "missing" },
+          el("td", { text: label }),
+          el("td", { colspan: 5, class: "muted", text: "no law — " + why }),
+        ),
+      );
+      continue;
+    }
+    tb.append(
+      el(
+        "tr",
+        { "data-law": axis },
+        el("td", { text: label }),
+        el("td", { text: law.form }),
+        el("td", { class: "num", text: fmt(law.coefficient) }),
+        el(
+          "td",
+          null,
+          law.variables.map(v =>
+            el("div", { class: "nowrap", text: v + ": " + fmtInterval(law.exponents[v], x => fmt(x, 3)) }),
+          ),
+        ),
+        el("td", { class: "num", text: fmt(law.r2, 3) }),
+        el("td", { class: "num", text: law.cv_error == null ? "—" : fmt(law.cv_error, 3) }),
+      ),
+    );
+  }
+  body.append(
+    el("h3", { text: "Laws" }),
+    el(
+      "div",
+      { class: "table-wrap" },
+      el(
+        "table",
+        { class: "data compact", id: "diag-laws" },
+        el(
+          "thead",
+          null,
+          el(
+            "tr",
+            null,
+            ["Hyperparameter", "Form", "Coefficient", "Exponents (90% interval)", "R²", "Backtest error*"].map(h =>
+              el("th", { text: h }),
+            ),
+          ),
+        ),
+        tb,
+      ),
+    ),
+    el("p", {
+      class: "muted small",
+      text: "* leave-one-scale-out error of the law in log units (0.1 ≈ 10% off at a held-out scale).",
+    }),
+  );
+
+  if (fit.loss_law) {
+    const ll = fit.loss_law;
+    body.append(
+      el("h3", { text: "Loss law" }),
+      el("p", null, el("code", { text: ll.form })),
+      el(
+        "div",
+        { class: "table-wrap" },
+        el(
+          "table",
+          { class: "data compact kv", id: "diag-loss-law" },
+          el(
+            "tbody",
+            null,
+            Object.entries(ll.params || {}).map(([k, v]) =>
+              el("tr", null, el("td", { text: k }), el("td", { class: "num", text: fmtInterval(v, x => fmt(x, 4)) })),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  const warnings = [...(fit.warnings || []), ...((fit.loss_law && fit.loss_law.warnings) || [])];
+  body.append(
+    el("h3", { text: "Warnings" }),
+    warnings.length
+      ? el(
+          "ul",
+          { class: "warnings", id: "diag-warnings" },
+          warnings.map(w => el("li", { text: w })),
+        )
+      : el("p", { class: "muted", text: "None." }),
+  );
+
+  // per-scale optima
+  const ob = el("tbody");
+  for (const o of fit.optima || []) {
+    const cell = iv =>
+      el("td", {
+        class: "num",
+        text: iv ? fmtInterval(iv) + (iv.status && iv.status !== "bracketed" ? " · " + iv.status : "") : "—",
+      });
+    ob.append(
+      el(
+        "tr",
+        null,
+        el("td", { text: scaleLabel(o.scale) }),
+        el("td", { class: "num", text: String(o.n_runs) }),
+        el("td", { class: "num", text: o.n_diverged == null ? "—" : String(o.n_diverged) }),
+        cell(o.learning_rate),
+        cell(o.batch_size),
+        cell(o.weight_decay),
+        el("td", { class: "num", text: fmt(o.loss, 4) }),
+        el("td", { class: "small", text: (o.flags || []).join(", ") }),
+      ),
+    );
+  }
+  body.append(
+    el(
+      "details",
+      { class: "optima" },
+      el("summary", { text: "Per-scale optima (" + (fit.optima || []).length + ")" }),
+      el(
+        "div",
+        { class: "table-wrap" },
+        el(
+          "table",
+          { class: "data compact" },
+          el(
+            "thead",
+            null,
+            el(
+              "tr",
+              null,
+              ["Scale", "Runs", "Diverged", "Learning rate", "Batch size [seq.]", "Weight decay", "Loss", "Flags"].map(
+                h => el("th", { text: h }),
+              ),
+            ),
+          ),
+          ob,
+        ),
+      ),
+    ),
+  );
+}
