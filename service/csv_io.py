@@ -68,8 +68,15 @@ def export_header(extra_keys: Iterable[str]) -> list[str]:
     return [*EXPORT_COLUMNS, *(f"extra.{key}" for key in sorted(extra_keys))]
 
 
-def csv_lines(runs: Iterable[Mapping[str, Any]], extra_keys: Iterable[str]) -> Iterator[str]:
-    """The CSV text of `runs`, line by line (header first), for streaming."""
+# Rows per streamed block: one block per thread hop of a StreamingResponse (a hop per line
+# made runs.csv 5x slower than the CLI export) while memory stays a few hundred KB.
+CSV_BLOCK_ROWS = 2000
+
+
+def csv_lines(
+    runs: Iterable[Mapping[str, Any]], extra_keys: Iterable[str], *, block_rows: int = CSV_BLOCK_ROWS
+) -> Iterator[str]:
+    """The CSV text of `runs` (header first) in blocks of whole lines, `block_rows` rows each."""
     header = export_header(extra_keys)
     keys = [column[len("extra.") :] for column in header[len(EXPORT_COLUMNS) :]]
     buffer = io.StringIO()
@@ -82,11 +89,15 @@ def csv_lines(runs: Iterable[Mapping[str, Any]], extra_keys: Iterable[str]) -> I
         return text
 
     writer.writerow(header)
-    yield flush()
+    pending = 0
     for run in runs:
         extra = run.get("extra") or {}
         writer.writerow([_format(run.get(c)) for c in EXPORT_COLUMNS] + [_format(extra.get(k)) for k in keys])
-        yield flush()
+        pending += 1
+        if pending >= block_rows:
+            yield flush()
+            pending = 0
+    yield flush()
 
 
 def _number(text: str) -> int | float | str:

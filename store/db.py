@@ -223,3 +223,20 @@ class ChangeProbe:
                 return int(row[0])
             finally:
                 cursor.close()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """Create database `name` on the PostgreSQL server of `server_url`; its URL (benchmarks)."""
+    admin = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return normalize_url(server_url).rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop database `name` from the PostgreSQL server of `server_url` (benchmarks)."""
+    admin = create_engine(normalize_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
