@@ -30,12 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import percentile_bounds, scale_variables
+from fitting.common import Z90, percentile_bounds, scale_variables
 from fitting.study_fit import StudyResult, target_variables
 
 X_VARIABLES = ("n_params", "tokens", "width", "depth", "compute")
 SCALE_VARIABLES = ("n_params", "tokens", "width", "depth")
-Z90 = 1.6448536269514722
 MAX_POINTS = 200
 # The x range of a curve: the proxies' range widened by this factor on each side (log).
 RANGE_WIDEN = 2.0
@@ -214,11 +213,12 @@ def scale_bowls(fit: StudyResult, points: int = 50) -> list[dict[str, Any]]:
             continue
         log_lr = math.log(lr.value.value)
         loss = o.loss * np.exp(0.5 * H[il, il] * z**2 + K[il] * z**3)
+        keep = _monotone_from_centre(loss)
         entry: dict[str, Any] = {
             "scale": o.scale.to_dict(),
             "floor": o.loss,
-            "learning_rate": np.exp(log_lr + z).tolist(),
-            "loss": loss.tolist(),
+            "learning_rate": np.exp(log_lr + z[keep]).tolist(),
+            "loss": loss[keep].tolist(),
             "optimum": {"learning_rate": lr.value.to_dict()},
             "contours": [],
         }
@@ -228,6 +228,19 @@ def scale_bowls(fit: StudyResult, points: int = 50) -> list[dict[str, Any]]:
             entry["contours"] = _contours(H, K, il, ib, log_lr, math.log(bs.value.value))
         out.append(entry)
     return out
+
+
+def _monotone_from_centre(loss: np.ndarray) -> slice:
+    """The points where the bowl rises away from its centre: past a local maximum the cubic term
+    turns the curve down again, which no longer describes the loss (the model is the bottom only)."""
+    mid = len(loss) // 2
+    lo = mid
+    while lo > 0 and loss[lo - 1] >= loss[lo]:
+        lo -= 1
+    hi = mid
+    while hi < len(loss) - 1 and loss[hi + 1] >= loss[hi]:
+        hi += 1
+    return slice(lo, hi + 1)
 
 
 def _contours(H: np.ndarray, K: np.ndarray, il: int, ib: int, log_lr: float, log_bs: float) -> list[dict[str, Any]]:
@@ -241,10 +254,11 @@ def _contours(H: np.ndarray, K: np.ndarray, il: int, ib: int, log_lr: float, log
             h = float(d @ H[np.ix_([il, ib], [il, ib])] @ d)
             k = float(K[il] * d[0] ** 3 + K[ib] * d[1] ** 3)
             r = _ray_radius(h, k, math.log1p(level)) if h > 0 else math.nan
-            if math.isfinite(r):
-                lrs.append(math.exp(log_lr + r * d[0]))
-                bss.append(math.exp(log_bs + r * d[1]))
-        out.append({"level": level, "learning_rate": lrs, "batch_size": bss})
+            # A ray along which the cubic never reaches the level leaves a gap (NaN → null in JSON):
+            # the contour is open there, and a plot must not join across it.
+            lrs.append(math.exp(log_lr + r * d[0]) if math.isfinite(r) else math.nan)
+            bss.append(math.exp(log_bs + r * d[1]) if math.isfinite(r) else math.nan)
+        out.append({"level": level, "closed": all(map(math.isfinite, lrs)), "learning_rate": lrs, "batch_size": bss})
     return out
 
 

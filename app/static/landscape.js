@@ -315,11 +315,26 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   const bowl = (bowls || []).find(b => scaleKey(b.scale) === key);
   let nContours = 0;
   for (const c of (bowl && bowl.contours) || []) {
-    if (c.learning_rate.length < 3) continue;
-    const d =
-      c.learning_rate
-        .map((x, i) => (i ? "L" : "M") + X(lx(x)).toFixed(1) + "," + Y(lx(c.batch_size[i])).toFixed(1))
-        .join("") + "Z";
+    // An open contour (rays where the fitted cubic never reaches the level are null) is drawn in
+    // pieces, starting after a gap so that no piece joins across one.
+    const n = c.learning_rate.length;
+    const ok = i => c.learning_rate[i] != null && c.batch_size[i] != null;
+    const gap = c.closed ? -1 : [...Array(n).keys()].find(i => !ok(i));
+    let d = "",
+      pen = false,
+      drawn = 0;
+    for (let k = 0; k < n; k++) {
+      const i = (Math.max(gap, 0) + k) % n;
+      if (!ok(i)) {
+        pen = false;
+        continue;
+      }
+      d += (pen ? "L" : "M") + X(lx(c.learning_rate[i])).toFixed(1) + "," + Y(lx(c.batch_size[i])).toFixed(1);
+      pen = true;
+      drawn++;
+    }
+    if (drawn < 3) continue;
+    if (c.closed) d += "Z";
     const p = s("path", {
       d,
       class: "contour",
