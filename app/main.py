@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import dashboard
+from app import dashboard, docs
 from app.cache import RepeatedGetCache
 from app.errors import DatabaseUnavailableGuard, error_response, install_error_handlers
 from app.metrics import MetricsMiddleware, metrics_endpoint
@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="1",
         summary="Hyperparameter transfer and scaling laws: store proxy sweeps, fit laws, recommend.",
         lifespan=lifespan,
+        # /docs and /redoc come from app/docs.py: packaged assets, no CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine or open_database(settings.database_url)
@@ -118,4 +121,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(fits.router)
     app.include_router(curves.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     return app
