@@ -9,14 +9,20 @@ is reported by its source id with nothing written.
 from __future__ import annotations
 
 import math
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, select
 
 from hpscale.cli import main
 from store.models import Run
 from tests.conftest import count_rows
+from tests.test_serve import free_port
 
 optuna = pytest.importorskip("optuna")
 
@@ -103,3 +109,101 @@ def test_mapping_errors_are_one_message_with_a_hint(database_url: str, engine: E
     assert count_rows(engine) == 0
     assert optuna_import(database_url, storage, "--map", "n_params=extra.size", "--map", "warmup=n_params") == 0
     assert math.isclose(runs_by_key(engine)["optuna:0:lr-sweep"].n_params, 100)
+
+
+# --- MLflow: a real tracking server, runs logged by the real client ----------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend, stopped after the module."""
+    pytest.importorskip("mlflow")
+    import shutil
+
+    executable = shutil.which("mlflow")
+    if executable is None:
+        pytest.skip("the mlflow command is not installed")
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(executable, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            *("--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--default-artifact-root", str(root / "art")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # it takes ~25 s to start on a loaded 2-core machine
+        while True:
+            assert process.poll() is None, "mlflow server exited"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def log_mlflow_runs(url: str, experiment: str, n: int = 110, *, bad: int | None = None) -> dict[int, str]:
+    """n runs logged with the real MLflow client: params as training code logs them, the loss
+    as a metric, every 12th run FAILED and every 25th KILLED. Returns {i: run id}."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    experiment_id = client.create_experiment(experiment)
+    ids = {}
+    for i in range(n):
+        run = client.create_run(experiment_id, run_name=f"proxy-{i}")
+        run_id = run.info.run_id
+        params = {"lr": str(-1.0 if i == bad else lr_of(i)), "batch_size": "128", "n_params": "1e8"}
+        params |= {"tokens": "2000000000", "d_model": "512", "optimizer": "adamw"}
+        now = int(time.time() * 1000)
+        metrics = [Metric("train_loss", 3.5, now, 0), Metric("val_loss", 3.0 + 0.01 * i, now, 1)]
+        client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        status = "FAILED" if i % 12 == 11 else "KILLED" if i % 25 == 24 else "FINISHED"
+        client.set_terminated(run_id, status)
+        ids[i] = run_id
+    return ids
+
+
+def mlflow_import(database_url: str, url: str, experiment: str) -> int:
+    args = ["import", "--from", "mlflow", "--tracking-uri", url, "--experiment", experiment, "--study", "tracked"]
+    return main([*args, "--create", "--database-url", database_url, "--quiet"])
+
+
+@pytest.mark.slow
+def test_mlflow_runs_round_trip_idempotently(database_url: str, engine: Engine, mlflow_server: str, capsys) -> None:
+    experiment = f"proxies-{uuid.uuid4().hex[:8]}"
+    ids = log_mlflow_runs(mlflow_server, experiment)
+    assert mlflow_import(database_url, mlflow_server, experiment) == 0
+    assert "imported 110 runs into 'tracked'" in capsys.readouterr().out
+    runs = runs_by_key(engine)
+    assert len(runs) == 110
+    run = runs[f"mlflow:{ids[3]}"]
+    assert run.status == "completed" and run.final_loss == pytest.approx(3.03)  # val_loss before train_loss
+    assert run.learning_rate == lr_of(3) and run.batch_size == 128 and run.width == 512 and run.tokens == 2e9
+    assert run.extra == {"optimizer": "adamw", "train_loss": 3.5}
+    assert runs[f"mlflow:{ids[11]}"].status == "failed" and runs[f"mlflow:{ids[24]}"].status == "failed"
+    assert mlflow_import(database_url, mlflow_server, experiment) == 0
+    assert "imported 0 runs" in capsys.readouterr().out and count_rows(engine) == 110
+
+
+@pytest.mark.slow
+def test_a_bad_mlflow_run_is_named_and_nothing_is_written(
+    database_url: str, engine: Engine, mlflow_server: str, capsys
+) -> None:
+    experiment = f"bad-{uuid.uuid4().hex[:8]}"
+    ids = log_mlflow_runs(mlflow_server, experiment, n=20, bad=5)
+    assert mlflow_import(database_url, mlflow_server, experiment) == 1
+    assert f"mlflow:{ids[5]}: learning_rate" in capsys.readouterr().err
+    assert count_rows(engine) == 0
+    assert mlflow_import(database_url, mlflow_server, "no-such-experiment") == 2
+    assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
