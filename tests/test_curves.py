@@ -116,6 +116,7 @@ def test_curve_arguments_are_checked(fit: StudyResult) -> None:
         curves.law_curve(fit.__class__(**{**fit.__dict__, "laws": {}}), "learning_rate", "n_params")
 
 
+@pytest.mark.slow  # a study of ~150 runs imported and fitted over HTTP
 def test_curves_endpoint(client: TestClient) -> None:
     assert client.post("/v1/studies", json={"name": "syn", "seq_len": 1024}).status_code == 201
     table = synthetic_sweep(2, keep=0.5)
