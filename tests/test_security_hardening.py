@@ -407,3 +407,28 @@ def test_default_body_cap_fits_the_largest_legitimate_batch() -> None:
     largest = per_run * MAX_BATCH_RUNS
     assert Settings().max_body_bytes == DEFAULT_MAX_BODY_BYTES
     assert largest < DEFAULT_MAX_BODY_BYTES < 1.5 * largest, (largest / 2**20, DEFAULT_MAX_BODY_BYTES / 2**20)
+
+
+# --- the lock file -----------------------------------------------------------------------
+
+
+def test_lock_file_pins_every_runtime_dependency_with_hashes() -> None:
+    """requirements.lock (what the Dockerfile installs with --require-hashes) covers pyproject's
+    dependencies and the postgres extra; regenerate it as README's Security section says."""
+    import re
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    lock = (repo / "requirements.lock").read_text()
+    pinned = {norm(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==\S+ \\$", lock, re.MULTILINE)}
+    missing = [req for req in wanted if norm(re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]) not in pinned]
+    assert not missing, f"requirements.lock lacks {missing}: regenerate it (README, Security)"
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n", 2)[2] if lock.startswith("#") else lock)
+    assert all("--hash=sha256:" in entry for entry in entries if "==" in entry)
+    assert "--require-hashes" in (repo / "Dockerfile").read_text()
