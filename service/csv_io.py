@@ -58,7 +58,7 @@ def _format(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
     if hasattr(value, "isoformat"):
-        return value.isoformat().replace("+00:00", "Z")
+        return str(value.isoformat()).replace("+00:00", "Z")
     if isinstance(value, str):
         return neutralise_formula(value)  # run_key, created_by, text extra values
     return str(value)
@@ -127,7 +127,7 @@ def _field_value(field: str, text: str) -> Any:
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
     """`["csv col=field", ...]` → {csv column: field}; the last `=` splits (fields have none)."""
-    mapping = {}
+    mapping: dict[str, str] = {}
     for pair in pairs:
         column, sep, field = pair.rpartition("=")
         if not sep or not column or not field:

@@ -72,7 +72,7 @@ class FitRecord:
 
     def to_contract(self) -> dict[str, Any]:
         """The contract's fit object; JSON has no NaN, so unknown numbers become null."""
-        return json_safe(
+        contract: dict[str, Any] = json_safe(
             {
                 "id": self.id,
                 "created_at": self.created_at,
@@ -83,6 +83,7 @@ class FitRecord:
                 **self.result.to_dict(),
             }
         )
+        return contract
 
 
 def json_safe(value: Any) -> Any:

@@ -13,9 +13,9 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, case, delete, false, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from store.models import ApiToken, AuditEntry, Fit, Run, Study, Submission, utcnow
@@ -133,7 +133,7 @@ def insert_runs(
             first_index_of_key[key] = position
             keyed_rows.append(row)
 
-    table = Run.__table__
+    table = cast(Table, Run.__table__)  # a mapped class's table (typed as the wider FromClause)
     inserted = 0
     id_of_key: dict[str, int] = {}
     if keyed_rows:
@@ -496,7 +496,7 @@ def finish_fit(
 
 
 def delete_fit(conn: Connection, fit_id: int) -> None:
-    conn.execute(Fit.__table__.delete().where(_FIT_COLUMNS.id == fit_id))
+    conn.execute(cast(Table, Fit.__table__).delete().where(_FIT_COLUMNS.id == fit_id))
 
 
 def pin_fit(conn: Connection, fit_id: int) -> None:
