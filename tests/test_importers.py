@@ -9,7 +9,9 @@ is reported by its source id with nothing written.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -207,3 +209,96 @@ def test_a_bad_mlflow_run_is_named_and_nothing_is_written(
     assert count_rows(engine) == 0
     assert mlflow_import(database_url, mlflow_server, "no-such-experiment") == 2
     assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
+
+
+# --- W&B: offline run directories written by the real wandb package, and a runs-table CSV ---
+
+WANDB_SCRIPT = """
+import math, sys
+import wandb
+n, crashed, nan = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    config = {"lr": 1e-4 * 2 ** (i % 8), "batch_size": 64 * (1 + i % 3), "seed": i,
+              "model": {"n_params": 1e8 * (1 + i % 4), "d_model": 512, "n_layers": 8}, "tokens": 2e9}
+    run = wandb.init(project="proxies", config=config, reinit="finish_previous")
+    for step in range(3):
+        run.log({"train/loss": 4.0 - 0.1 * step, "tokens_seen": (step + 1) * 1e8})
+    run.summary["val_loss"] = math.nan if i == nan else 3.0 + 0.01 * i
+    run.finish(exit_code=1 if i == crashed else 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def wandb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """105 offline runs written by the real wandb package (WANDB_MODE=offline: no network)."""
+    pytest.importorskip("wandb")
+    root = tmp_path_factory.mktemp("wandb")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"}
+    env |= {"WANDB_DISABLE_GIT": "true", "WANDB_CONSOLE": "off"}
+    result = subprocess.run(
+        [sys.executable, "-c", WANDB_SCRIPT, "105", "7", "9"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "wandb"
+
+
+def wandb_import(database_url: str, *paths: str | Path) -> int:
+    args = ["import", "--from", "wandb", *map(str, paths), "--study", "wb", "--create"]
+    return main([*args, "--database-url", database_url, "--quiet"])
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_round_trip_idempotently(database_url: str, engine: Engine, wandb_dir: Path, capsys) -> None:
+    directories = sorted(wandb_dir.glob("offline-run-*"))
+    assert len(directories) == 105
+    assert wandb_import(database_url, wandb_dir) == 0
+    assert "imported 105 runs into 'wb'" in capsys.readouterr().out
+    runs = runs_by_key(engine)
+    by_seed = {run.seed: run for run in runs.values()}
+    assert len(runs) == 105 and set(by_seed) == set(range(105))
+    run = by_seed[3]
+    assert run.status == "completed" and run.final_loss == pytest.approx(3.03)
+    assert run.learning_rate == lr_of(3) and run.batch_size == 64 and run.n_params == 4e8
+    assert run.width == 512 and run.depth == 8 and run.tokens == 2e9
+    assert run.extra["train/loss"] == pytest.approx(3.8) and run.extra["tokens_seen"] == 3e8
+    assert by_seed[7].status == "failed"  # exit code 1
+    assert by_seed[9].status == "diverged" and by_seed[9].final_loss is None  # NaN loss
+    assert all(key.startswith("wandb:") for key in runs)
+    # Some directories again, by name: nothing new.
+    assert wandb_import(database_url, *directories[:10]) == 0
+    assert "imported 0 runs" in capsys.readouterr().out and count_rows(engine) == 105
+
+
+def write_runs_table(path: Path, n: int = 120, *, bad: int | None = None) -> None:
+    """A W&B runs-table CSV export ("Export as CSV" of the runs table)."""
+    header = ["Name", "ID", "State", "Notes", "User", "Tags", "Created", "Runtime", "Sweep"]
+    header += ["learning_rate", "batch_size", "n_params", "tokens", "width", "warmup", "eval/loss"]
+    lines = [",".join(header)]
+    for i in range(n):
+        state = "running" if i == n - 1 else "crashed" if i % 20 == 19 else "finished"
+        lr = -1.0 if i == bad else lr_of(i)
+        loss = "" if state != "finished" else f"{3.0 + 0.01 * i}"
+        row = [f"proxy-{i}", f"id{i:04d}", state, "", "me", "", "2026-11-30T10:00:00", "3600", ""]
+        row += [repr(lr), "128", "1e8", "2e9", "512", "100", loss]
+        lines.append(",".join(row))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_wandb_runs_table_csv(database_url: str, engine: Engine, tmp_path: Path, capsys) -> None:
+    table = tmp_path / "wandb_export.csv"
+    write_runs_table(table)
+    assert wandb_import(database_url, table) == 0
+    runs = runs_by_key(engine)
+    assert len(runs) == 119  # the running one waits for a later import
+    assert runs["wandb:id0003"].final_loss == pytest.approx(3.03) and runs["wandb:id0003"].width == 512
+    assert runs["wandb:id0019"].status == "failed"
+    assert runs["wandb:id0003"].extra == {"warmup": 100}
+    assert wandb_import(database_url, table) == 0
+    assert count_rows(engine) == 119
+    bad = tmp_path / "bad.csv"
+    write_runs_table(bad, bad=4)
+    with engine.begin() as conn:
+        conn.execute(Run.__table__.delete())
+    assert wandb_import(database_url, bad) == 1
+    assert "wandb:id0004: learning_rate" in capsys.readouterr().err
+    assert count_rows(engine) == 0

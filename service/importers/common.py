@@ -93,6 +93,11 @@ def field_sources(names: Iterable[str], mapping: Mapping[str, str]) -> dict[str,
     for field, aliases in ALIASES.items():
         if field not in by_field:
             found = next((alias for alias in aliases if alias in present and alias not in mapping), None)
+            if found is None:  # a nested config's leaf: model.n_params, optimizer.lr
+                found = next(
+                    (n for alias in aliases for n in sorted(present) if n.endswith("." + alias) and n not in mapping),
+                    None,
+                )
             if found is not None:
                 by_field[field] = found
     return by_field
@@ -120,7 +125,8 @@ def to_run(
 ) -> dict[str, Any]:
     """One hpscale run dict: fields from their source names, the rest into `extra`.
 
-    A completed run whose loss is NaN/inf is `diverged` (trackers log what training saw)."""
+    A completed run whose loss is NaN/inf is `diverged` (trackers log what training saw;
+    W&B writes a NaN as null, so a loss that is there but null counts as NaN too)."""
     run: dict[str, Any] = {"run_key": run_key[:128], "status": status}
     used = set()
     for field, name in sources.items():
@@ -133,8 +139,9 @@ def to_run(
                 else:
                     run[field] = value
     loss = run.get("final_loss")
-    if isinstance(loss, float) and not math.isfinite(loss):
-        run.pop("final_loss")
+    loss_name = sources.get("final_loss")
+    if (isinstance(loss, float) and not math.isfinite(loss)) or (loss_name in values and values[loss_name] is None):
+        run.pop("final_loss", None)
         if status == "completed":
             run["status"] = "diverged"
     if run["status"] != "completed":

@@ -4,10 +4,12 @@ no `wandb` package needed to read them (they are YAML, JSON and CSV).
     hpscale import --from wandb wandb/offline-run-* --study S        # or: runs.csv
 
 An offline run directory (`wandb/offline-run-<time>-<id>`, written by `wandb` with
-WANDB_MODE=offline) holds `files/config.yaml` (the hyperparameters: each key's `value`)
-and `files/wandb-summary.json` (each metric's last value). A directory whose summary has a
-loss is `completed` (`diverged` if that loss is NaN/inf); one without (a crash before the
-end) is `failed`. In the runs-table CSV (the UI's "Export as CSV"), `State` gives the status
+WANDB_MODE=offline) holds the run's log `run-<id>.wandb` (what `wandb sync` uploads: config,
+history, summary and exit code as protobuf records, read with the `wandb` package's own
+message definitions); older `wandb` versions also wrote `files/config.yaml` (each key's
+`value`) and `files/wandb-summary.json` (each metric's last value), read when present. A run
+that exited with code 0 and has a loss is `completed` (`diverged` if that loss is NaN/inf);
+one that crashed or has no loss is `failed`. In the runs-table CSV (the UI's "Export as CSV"), `State` gives the status
 (finished → completed; crashed, failed, killed → failed; running rows are skipped) and
 every other column is a name. Names map to run fields by the common aliases (see
 `service.importers.common.ALIASES`); `--map` overrides. Run key: `wandb:<run id>` (the
@@ -19,7 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,81 @@ def run_directories(paths: Iterable[str | Path]) -> list[Path]:
 Record = tuple[str, dict[str, Any], str | None]  # source run id, its names, status (None: from the loss)
 
 
+_BLOCK = 32768  # the run log is a LevelDB-style log: 32 KiB blocks of 7-byte-headed chunks
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _log_chunks(path: Path) -> Iterator[bytes]:
+    """The records of a `run-<id>.wandb` log (file header ":W&B", key, version; then chunks of
+    crc32 (4 bytes), length (2, little-endian), type (1) and data, never across a block)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise InvalidArgument(f"{path}: not a W&B run log")
+    position, pending = 7, b""
+    while position + 7 <= len(data):
+        left = _BLOCK - position % _BLOCK
+        if left < 7:  # the block's zero-filled tail
+            position += left
+            continue
+        length = int.from_bytes(data[position + 4 : position + 6], "little")
+        kind = data[position + 6]
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+
+
+def _item_name(item: Any) -> str:
+    return item.key or ".".join(item.nested_key)
+
+
+def _from_run_log(path: Path) -> tuple[dict[str, Any], str]:
+    """Config and summary of a run from its binary log (what `wandb` offline writes since the
+    files/config.yaml and wandb-summary.json stopped being written offline), and its status:
+    an exit record with code 0 → "completed" (if it has a loss), otherwise "failed"."""
+    try:
+        from wandb.proto import wandb_internal_pb2
+    except ImportError:
+        raise InvalidArgument(
+            f"{path}: reading W&B run logs needs the wandb package: pip install 'hpscale[wandb]'"
+        ) from None
+    config: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    exit_code = None
+    for chunk in _log_chunks(path):
+        record = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
+        record.ParseFromString(chunk)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            config.update((_item_name(i), json.loads(i.value_json)) for i in record.run.config.update)
+        elif kind == "config":
+            config.update((_item_name(i), json.loads(i.value_json)) for i in record.config.update)
+        elif kind == "summary":
+            summary.update((_item_name(i), json.loads(i.value_json)) for i in record.summary.update)
+        elif kind == "history":
+            summary.update((_item_name(i), json.loads(i.value_json)) for i in record.history.item)
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return {**flatten(config), **flatten(summary)}, "completed" if exit_code == 0 else "failed"
+
+
 def _from_directories(directories: list[Path]) -> list[Record]:
     records: list[Record] = []
     for directory in directories:
         match = _RUN_DIR.match(directory.name)
         run_id = match["id"] if match else directory.name
         files = directory / "files"
+        logs = sorted(directory.glob("run-*.wandb"))
+        if not (files / "config.yaml").exists() and logs:
+            values, status = _from_run_log(logs[0])
+            records.append((run_id, values, status))
+            continue
         values = {**_config(files / "config.yaml"), **_summary(files / "wandb-summary.json")}
         records.append((run_id, values, None))  # status from the loss, below
     return records
@@ -110,7 +181,9 @@ def read_runs(
     loss_name = sources.get("final_loss")
     rows = []
     for run_id, values, given_status in records:
-        status = given_status or ("completed" if loss_name in values else "failed")
+        status = given_status or "completed"
+        if status == "completed" and (loss_name not in values or values[loss_name] == ""):
+            status = "failed"  # it ended without a loss (e.g. killed before the first eval)
         source_id = f"wandb:{run_id}"
         rows.append((source_id, to_run(values, sources, run_key=source_id, status=status)))
     return rows
