@@ -266,6 +266,69 @@ def _grid_coordinates(runs: RunTable, idx: np.ndarray) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((idx.size, 1))
 
 
+# Up to this many runs per scale the all-pairs distance matrix is small (≤ 32 MB); beyond
+# it the neighbours come from distances between distinct grid points, or in row chunks.
+_DENSE_NEIGHBOURS = 2000
+_NEIGHBOUR_CHUNK = 256
+
+
+def nearest_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
+    """(n, kk) positions of each row's kk nearest other rows of `Z` (Euclidean).
+
+    Ties are broken by position, as a stable argsort of the full distance matrix would;
+    callers use only the set of neighbours. Small inputs do exactly that; large ones never
+    hold the (n, n) matrix (12.5k runs per scale made it 3.7 GB): a sweep is a grid, so the
+    neighbours follow from distances between its distinct points, and inputs with many
+    distinct points are done in row chunks of (chunk, n).
+    """
+    n = Z.shape[0]
+    if n <= _DENSE_NEIGHBOURS:
+        D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(D, np.inf)
+        return np.argsort(D, axis=1, kind="stable")[:, :kk]
+    points, inverse, counts = np.unique(Z, axis=0, return_inverse=True, return_counts=True)
+    if points.shape[0] <= _DENSE_NEIGHBOURS:
+        return _grid_neighbours(points, inverse.ravel(), counts, kk)
+    out = np.empty((n, kk), dtype=np.intp)
+    for start in range(0, n, _NEIGHBOUR_CHUNK):
+        rows = np.arange(start, min(start + _NEIGHBOUR_CHUNK, n))
+        dist = np.sqrt(((Z[rows, None, :] - Z[None, :, :]) ** 2).sum(-1))
+        dist[np.arange(rows.size), rows] = np.inf
+        cut = np.partition(dist, kk - 1, axis=1)[:, kk - 1 : kk]  # each row's kk-th distance
+        tied = dist == cut
+        need = kk - (dist < cut).sum(axis=1, keepdims=True)
+        take = (dist < cut) | (tied & (np.cumsum(tied, axis=1) <= need))
+        out[rows] = np.nonzero(take)[1].reshape(rows.size, kk)
+    return out
+
+
+def _grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int) -> np.ndarray:
+    """`nearest_neighbours` of rows that sit on few distinct `points` (row i is points[inverse[i]])."""
+    n = inverse.size
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
+    DP = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+    out = np.empty((n, kk), dtype=np.intp)
+    for p, own in enumerate(members):
+        if own.size - 1 >= kk:
+            # Enough runs at the point itself (distance 0): the first kk others by position.
+            first = own[: kk + 1]
+            out[own[kk + 1 :]] = own[:kk]
+            for j, i in enumerate(first):
+                out[i] = np.delete(first, j)
+            continue
+        others = counts.copy()
+        others[p] -= 1
+        order = np.argsort(DP[p], kind="stable")
+        reached = np.cumsum(others[order])
+        t = DP[p][order[np.searchsorted(reached, kk)]]
+        inner = np.concatenate([members[q] for q in np.flatnonzero(DP[p] < t)])  # holds `own`
+        at_t = np.sort(np.concatenate([members[q] for q in np.flatnonzero(DP[p] == t)]))
+        tied = at_t[: kk - (inner.size - 1)]
+        for i in own:
+            out[i] = np.concatenate([inner[inner != i], tied])
+    return out
+
+
 def neighbour_predictions(
     runs: RunTable, sidx: np.ndarray, n_scales: int, k: int = OUTLIER_NEIGHBOURS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -287,10 +350,8 @@ def neighbour_predictions(
         if idx.size < _MIN_NEIGHBOURS + 1:
             continue
         Z = _grid_coordinates(runs, idx)
-        D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
-        np.fill_diagonal(D, np.inf)
         kk = min(k, idx.size - 1)
-        yn = y[idx][np.argsort(D, axis=1, kind="stable")[:, :kk]]
+        yn = y[idx][nearest_neighbours(Z, kk)]
         med = np.median(yn, axis=1)
         pred[idx] = med
         second[idx] = np.sort(yn, axis=1)[:, 1]
