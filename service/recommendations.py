@@ -196,20 +196,26 @@ def _loss_law(stored: FitRecord) -> LossLaw:
 
 
 def compute_optimal_allocation(
-    engine: Engine, study_name: str, compute: float, *, bootstrap: int, created_by: str | None
+    engine: Engine, study_name: str, compute: float, *, bootstrap: int, created_by: str | None, samples: bool = False
 ) -> dict[str, Any]:
-    """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
+    """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law.
+
+    The answer carries intervals; the loss law's raw bootstrap samples (most of its size,
+    ~20 KB) only with `samples`."""
     check_target({"compute": compute})
     stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
     law = _loss_law(stored)
     with _engine_refusals():
         allocation = compute_optimal(law, compute)
         loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
+    law_dict = law.to_dict()
+    if not samples:
+        law_dict.pop("bootstrap_samples", None)
     out: dict[str, Any] = json_safe(
         {
             **allocation.to_dict(),
             "predicted_loss": loss.to_dict(),
-            "loss_law": law.to_dict(),
+            "loss_law": law_dict,
             "fit_id": stored.id,
             "data_version": str(stored.data_version),
         }

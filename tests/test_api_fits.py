@@ -304,6 +304,10 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
     assert 6 * n_opt * d_opt == pytest.approx(5.76e23, rel=1e-6)
     assert 2e10 < n_opt < 2e11 and 5 < d_opt / n_opt < 60
     assert_interval(allocation["predicted_loss"])
+    # Intervals, not raw bootstrap samples (those only on request).
+    assert "bootstrap_samples" not in allocation["loss_law"] and len(response.content) < 5000
+    with_samples = client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": 5.76e23, "samples": True})
+    assert len(with_samples.json()["loss_law"]["bootstrap_samples"]["alpha"]) > 10
     # The learning rate was never swept here: no recommendation, and the 409 says why.
     response = client.get("/v1/studies/chinchilla/recommendation", params={"compute": 5.76e23})
     assert response.status_code == 409 and "learning rate" in response.json()["error"]["message"]

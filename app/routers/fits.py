@@ -120,8 +120,9 @@ def compute_optimal_allocation(
     engine: EngineDep,
     settings: SettingsDep,
     compute: Annotated[float, Query(allow_inf_nan=False, description="FLOP budget C = 6·N·D")],
+    samples: Annotated[bool, Query(description="include the loss law's raw bootstrap samples")] = False,
 ) -> dict[str, Any]:
     """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
     return recommendations.compute_optimal_allocation(
-        engine, name, compute, bootstrap=settings.bootstrap, created_by=principal.name
+        engine, name, compute, bootstrap=settings.bootstrap, created_by=principal.name, samples=samples
     )
