@@ -38,9 +38,9 @@ from service import tokens
 from service.database import Engine
 from service.errors import DomainError
 from service.settings import Settings
-from service.tokens import NO_AUTH_PRINCIPAL, Principal
+from service.tokens import NO_AUTH_PRINCIPAL
 
-PRINCIPAL_SCOPE_KEY = "hpscale.principal"
+PRINCIPAL_SCOPE_KEY = "hpscale.principal"  # read by app.deps.authenticate
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 # Failed authentications one client address may make per window before it gets 429s.
@@ -268,11 +268,6 @@ class SecurityGate:
             return domain_error_response(error)
         scope[PRINCIPAL_SCOPE_KEY] = principal
         return None
-
-
-def principal_of(request: Request) -> Principal | None:
-    """The principal `SecurityGate` resolved for this request, if it did."""
-    return request.scope.get(PRINCIPAL_SCOPE_KEY)
 
 
 class ThreadedJSONRequest(Request):
