@@ -120,6 +120,20 @@ def test_no_auth_app_serves_only_loopback_peers_and_hosts(
         assert count_rows(engine, __import__("store.models", fromlist=["Study"]).Study) == 0
 
 
+def test_no_auth_from_the_environment_as_uvicorn_builds_the_app(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`uvicorn app.main:create_app --factory --host 0.0.0.0` with HPSCALE_NO_AUTH=1: no CLI check ran."""
+    monkeypatch.setenv("HPSCALE_NO_AUTH", "1")
+    monkeypatch.setenv("HPSCALE_DATABASE_URL", database_url)
+    app = create_app()
+    with TestClient(app, base_url="http://hpscale.example.com", client=("192.0.2.1", 40000)) as remote:
+        assert_error(remote.get("/v1/studies"), 403, "forbidden")
+        assert_error(remote.post("/v1/studies", json={"name": "open"}), 403, "forbidden")
+    with TestClient(app, base_url="http://localhost:8000", client=("127.0.0.1", 40000)) as local:
+        assert local.get("/v1/studies").status_code == 200
+
+
 def test_host_name_strips_the_port() -> None:
     assert host_name("[::1]:8000") == "[::1]" and host_name("LocalHost:80") == "localhost"
     assert host_name("127.0.0.1") == "127.0.0.1"
