@@ -25,14 +25,16 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
+
 from fitting.common import InsufficientData as EngineInsufficientData
 from fitting.recommend import StudyInfo
-from fitting.runs import RunTable
+from fitting.runs import COMPLETED, RunTable
 from fitting.study_fit import StudyResult
 from service.cache import LRUCache, commit_cache
 from service.errors import FitInProgress, FitNotFound, InsufficientData
@@ -151,8 +153,50 @@ def _snapshot(engine: Engine, study_id: int) -> tuple[Study, RunTable]:
     """
     with snapshot_connection(engine) as conn:
         study = queries.get_study_by_id(conn, study_id)
-        records = queries.fit_inputs(conn, study_id)
-    return study, RunTable.from_records(records, default_seq_len=study.seq_len)
+        table = _run_table(queries.fit_input_chunks(conn, study_id), study.seq_len)
+    return study, table
+
+
+_FLOAT_DEFAULTS = {"seq_len": math.nan, "weight_decay": 0.0}
+
+
+def _run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | None) -> RunTable:
+    """`RunTable.from_records` of row tuples (`queries.FIT_INPUT_COLUMNS`), built chunk by chunk
+    into numpy columns: no per-run dict ever exists (a million of them took over a GB)."""
+    names = queries.FIT_INPUT_COLUMNS
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    defaults = {**_FLOAT_DEFAULTS, "seq_len": math.nan if default_seq_len is None else float(default_seq_len)}
+    statuses: dict[str, str] = {}  # one string object per distinct status
+    for rows in chunks:
+        for name, values in zip(names, zip(*rows)):
+            if name == "status":
+                column = [statuses.setdefault(v, v) if v else COMPLETED for v in values]
+                parts[name].append(np.array(column, dtype=object))
+            elif name == "run_key":
+                parts[name].append(np.array([None if v is None else str(v) for v in values], dtype=object))
+            else:
+                default = defaults.get(name, math.nan)
+                parts[name].append(np.array([default if v is None else float(v) for v in values], dtype=float))
+    columns = {
+        name: np.concatenate(chunks_)
+        if chunks_
+        else np.zeros(0, dtype=object if name in ("status", "run_key") else float)
+        for name, chunks_ in parts.items()
+    }
+    return RunTable(
+        n_params=columns["n_params"],
+        tokens=columns["tokens"],
+        width=columns["width"],
+        depth=columns["depth"],
+        seq_len=columns["seq_len"],
+        learning_rate=columns["learning_rate"],
+        batch_size=columns["batch_size"],
+        weight_decay=columns["weight_decay"],
+        final_loss=columns["final_loss"],
+        status=columns["status"],
+        run_id=columns["id"],
+        run_key=columns["run_key"],
+    )
 
 
 class _Heartbeat:

@@ -285,6 +285,41 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(stmt.order_by(c.id))]
 
 
+FIT_INPUT_COLUMNS = (
+    "id",
+    "run_key",
+    "n_params",
+    "tokens",
+    "width",
+    "depth",
+    "seq_len",
+    "learning_rate",
+    "batch_size",
+    "weight_decay",
+    "final_loss",
+    "status",
+)
+
+
+def fit_input_chunks(conn: Connection, study_id: int, *, chunk: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
+    """`fit_inputs` as plain row tuples (`FIT_INPUT_COLUMNS`), `chunk` rows at a time in id order.
+
+    Keyset pages on the caller's connection, so inside a snapshot transaction every page
+    sees the same data; no per-row dicts, so a million runs need tens of MB, not a GB.
+    """
+    c = Run.__table__.c
+    columns = [c[name] for name in FIT_INPUT_COLUMNS]
+    after = 0
+    while True:
+        stmt = select(*columns).where(c.study_id == study_id, c.excluded == false(), c.id > after)
+        rows = [tuple(row) for row in conn.execute(stmt.order_by(c.id).limit(chunk))]
+        if rows:
+            yield rows
+        if len(rows) < chunk:
+            return
+        after = rows[-1][0]
+
+
 # --- submissions, exclusion, undo, audit ------------------------------------------------
 
 

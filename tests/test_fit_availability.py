@@ -130,3 +130,28 @@ def test_readyz_is_ready_on_a_writable_database(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+def test_fit_inputs_read_in_chunks_equal_the_records(surface: TestClient, engine: Engine) -> None:
+    import numpy as np
+
+    from fitting.runs import RunTable
+    from service.fits import _run_table
+    from store.db import snapshot_connection
+
+    extra = [
+        {**surface.held_back[0], "status": "diverged", "final_loss": None},  # type: ignore[attr-defined]
+        {**surface.held_back[1], "weight_decay": 0.1, "seq_len": 4096, "run_key": None},  # type: ignore[attr-defined]
+    ]
+    assert surface.post("/v1/studies/surface/runs", json={"runs": extra}).status_code == 201
+    study_id, _ = study_state(surface)
+    with snapshot_connection(engine) as conn:
+        old = RunTable.from_records(queries.fit_inputs(conn, study_id), default_seq_len=2048)
+        new = _run_table(queries.fit_input_chunks(conn, study_id, chunk=7), 2048)
+    assert len(new) == len(old) > 7
+    for name in old.__dataclass_fields__:
+        a, b = getattr(old, name), getattr(new, name)
+        if a.dtype == object:
+            assert list(a) == list(b), name
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
