@@ -631,27 +631,7 @@ def law_for_axis(
     se_all = np.maximum(np.where(np.isfinite(se), se, fill), _beyond_good_runs(analysis, j))
     se2_all = se_all**2
     avg = fit_average(logx, rows, y_all[rows], se2_all[rows], priors, sets)
-
-    w_set = np.exp(np.array([_logsumexp(r) for r in avg.log_w]))
-    keep = [m for m in range(len(sets)) if w_set[m] >= MIN_MODEL_WEIGHT] or [int(np.argmax(w_set))]
-    union = tuple(v for v in SCALE_VARS if any(v in sets[m] for m in keep))
-    idx = {v: 1 + i for i, v in enumerate(union)}
-    components, models = [], []
-    for new, m in enumerate(sorted(keep, key=lambda m: -w_set[m])):
-        combo = sets[m]
-        pos = [0] + [idx[v] for v in combo]
-        for t in range(TAU_GRID.size):
-            wt = float(np.exp(avg.log_w[m, t]))
-            if wt < 1e-6:
-                continue
-            mean = np.zeros(1 + len(union))
-            cov = np.zeros((1 + len(union),) * 2)
-            mean[pos] = avg.means[m][t]
-            cov[np.ix_(pos, pos)] = avg.covs[m][t]
-            components.append(Component(wt, float(TAU_GRID[t]), mean, cov, new))
-        models.append(LawModel(combo, float(w_set[m]), float(avg.log_ev[m])))
-    total = sum(mo.weight for mo in models)
-    models = [LawModel(mo.variables, mo.weight / total, mo.log_evidence) for mo in models]
+    union, components, models = _mixture(avg, sets)
 
     forward, cv, calibration = (
         (None, None, 1.0) if forced is not None else backtest(logx, rows, y_all, se2_all, priors, MAX_VARIABLES, cache)
@@ -675,15 +655,50 @@ def law_for_axis(
             if np.all(np.isfinite(logx[v][rows]))
         },
     )
-    # R² of the averaged law's mean over the optima, weighted by their total variance.
-    pred = np.array([law.predict_log({v: math.exp(logx[v][r]) for v in union}, n=1)[0] for r in rows])
-    y = y_all[rows]
-    w = 1.0 / (se2_all[rows] + law.scatter**2)
+    object.__setattr__(law, "r2", _weighted_r2(law, logx, rows, y_all[rows], se2_all[rows]))
+    return law
+
+
+def _mixture(avg: _Average, sets: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], list[Component], list[LawModel]]:
+    """The average as a mixture over the union of its variables: (union, components, models).
+
+    Variable sets below MIN_MODEL_WEIGHT are dropped (the heaviest is always kept) and the
+    rest renormalised; each kept (set, τ) pair with weight ≥ 1e-6 becomes one component
+    whose coefficients on the set's absent variables are 0.
+    """
+    w_set = np.exp(np.array([_logsumexp(r) for r in avg.log_w]))
+    keep = [m for m in range(len(sets)) if w_set[m] >= MIN_MODEL_WEIGHT] or [int(np.argmax(w_set))]
+    union = tuple(v for v in SCALE_VARS if any(v in sets[m] for m in keep))
+    idx = {v: 1 + i for i, v in enumerate(union)}
+    components: list[Component] = []
+    models: list[LawModel] = []
+    for new, m in enumerate(sorted(keep, key=lambda m: -w_set[m])):
+        combo = sets[m]
+        pos = [0] + [idx[v] for v in combo]
+        for t in range(TAU_GRID.size):
+            wt = float(np.exp(avg.log_w[m, t]))
+            if wt < 1e-6:
+                continue
+            mean = np.zeros(1 + len(union))
+            cov = np.zeros((1 + len(union),) * 2)
+            mean[pos] = avg.means[m][t]
+            cov[np.ix_(pos, pos)] = avg.covs[m][t]
+            components.append(Component(wt, float(TAU_GRID[t]), mean, cov, new))
+        models.append(LawModel(combo, float(w_set[m]), float(avg.log_ev[m])))
+    total = sum(mo.weight for mo in models)
+    models = [LawModel(mo.variables, mo.weight / total, mo.log_evidence) for mo in models]
+    return union, components, models
+
+
+def _weighted_r2(
+    law: PowerLaw, logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray, se2: np.ndarray
+) -> float:
+    """R² of the averaged law's mean over the optima `y`, weighted by their total variance (se² + τ²)."""
+    pred = np.array([law.predict_log({v: math.exp(logx[v][r]) for v in law.variables}, n=1)[0] for r in rows])
+    w = 1.0 / (se2 + law.scatter**2)
     ybar = np.sum(w * y) / np.sum(w)
     ss_tot = float(np.sum(w * (y - ybar) ** 2))
-    r2 = 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
-    object.__setattr__(law, "r2", r2)
-    return law
+    return 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
 
 
 def _beyond_good_runs(analysis: SweepAnalysis, j: int) -> np.ndarray:

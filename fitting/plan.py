@@ -144,38 +144,10 @@ def suggest_runs(fit: StudyResult, target: Mapping[str, float], count: int = 5) 
     if not proxies:
         return []
     target = {k: float(v) for k, v in target.items() if v is not None and k in _SCALE_KEYS}
-    largest = max(flops(p) for p in proxies)
-    budget = largest * MAX_COST_OVER_LARGEST_PROXY
-    if "n_params" in target and "tokens" in target:
-        budget = max(budget, MAX_SHARE_OF_TARGET_COMPUTE * flops(target))
     existing = [_log_scale(p) for p in proxies]
-    candidates: list[dict[str, float]] = []
-    for c in _candidates(proxies, target):
-        rounded = _round_scale(c)
-        scale = {k: v for k, v in rounded.items() if v is not None and v > 0}
-        if "n_params" not in scale or "tokens" not in scale or flops(scale) > budget:
-            continue
-        logs = _log_scale(scale)
-        if any(_same_scale(logs, e) for e in existing) or any(_same_scale(logs, _log_scale(o)) for o in candidates):
-            continue  # already measured, or already a candidate
-        candidates.append(scale)
-
+    candidates = _affordable_candidates(proxies, target, existing)
     laws = dict(fit.laws)
-    full_target = {**target}
-    if "n_params" in full_target and "tokens" in full_target:
-        full_target["compute"] = flops(full_target)
-    state: dict[str, _LawState] = {}
-    for axis, law in laws.items():
-        if any(v not in full_target for v in law.variables):
-            continue
-        sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))
-        x_t = law.design(full_target)
-        state[axis] = _LawState(
-            sigma=sigma,
-            x_t=x_t,
-            noise=_observation_variance(fit, axis),
-            start=float(x_t @ sigma @ x_t) + law.scatter**2,
-        )
+    state = _law_states(fit, target)
 
     missing = [a for a in ("learning_rate", "batch_size", "weight_decay") if a in fit.missing]
     chosen: list[Suggestion] = []
@@ -213,6 +185,50 @@ def suggest_runs(fit: StudyResult, target: Mapping[str, float], count: int = 5) 
         existing.append(_log_scale(scale))
         chosen.append(_suggestion(fit, scale, proxies, marginal, cumulative, missing))
     return chosen
+
+
+def _affordable_candidates(
+    proxies: list[dict[str, float]], target: Mapping[str, float], existing: list[dict[str, float]]
+) -> list[dict[str, float]]:
+    """Rounded candidate scales within the cost budget, none already measured (`existing`) or listed twice.
+
+    The budget is MAX_COST_OVER_LARGEST_PROXY × the largest proxy's FLOPs, or
+    MAX_SHARE_OF_TARGET_COMPUTE of the target's when that is more.
+    """
+    budget = max(flops(p) for p in proxies) * MAX_COST_OVER_LARGEST_PROXY
+    if "n_params" in target and "tokens" in target:
+        budget = max(budget, MAX_SHARE_OF_TARGET_COMPUTE * flops(target))
+    candidates: list[dict[str, float]] = []
+    for c in _candidates(proxies, target):
+        rounded = _round_scale(c)
+        scale = {k: v for k, v in rounded.items() if v is not None and v > 0}
+        if "n_params" not in scale or "tokens" not in scale or flops(scale) > budget:
+            continue
+        logs = _log_scale(scale)
+        if any(_same_scale(logs, e) for e in existing) or any(_same_scale(logs, _log_scale(o)) for o in candidates):
+            continue  # already measured, or already a candidate
+        candidates.append(scale)
+    return candidates
+
+
+def _law_states(fit: StudyResult, target: Mapping[str, float]) -> dict[str, _LawState]:
+    """The starting covariance state of every law whose variables the target gives (compute from N, D)."""
+    full_target = {**target}
+    if "n_params" in full_target and "tokens" in full_target:
+        full_target["compute"] = flops(full_target)
+    state: dict[str, _LawState] = {}
+    for axis, law in fit.laws.items():
+        if any(v not in full_target for v in law.variables):
+            continue
+        sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))
+        x_t = law.design(full_target)
+        state[axis] = _LawState(
+            sigma=sigma,
+            x_t=x_t,
+            noise=_observation_variance(fit, axis),
+            start=float(x_t @ sigma @ x_t) + law.scatter**2,
+        )
+    return state
 
 
 def _suggestion(

@@ -320,8 +320,44 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     if ext.level != "interpolation":
         worst = max(ext.per_variable, key=lambda v: ext.per_variable[v])
         warnings.append(f"target is {ext.factor:.3g}× outside the proxies' {worst} range ({ext.level})")
-    shape = fit.shape
-    axes = shape.axes if shape else ()
+    draws = _law_draws(fit, t, warnings)
+    conditioned = False
+    if batch_size is not None:
+        draws, conditioned = _condition_on_batch(fit, draws, batch_size, warnings)
+
+    lr = _interval(draws["learning_rate"])
+    bs = None
+    if batch_size is not None and conditioned:
+        bs = Interval(float(batch_size), float(batch_size), float(batch_size))
+    elif "batch_size" in fit.laws:
+        bs = _interval(draws["batch_size"])
+    else:
+        warnings.append(
+            f"batch_size is null: no batch-size law ({fit.missing.get('batch_size', 'not fitted')}); "
+            "sweep batch size over ≥ 3 values at ≥ 2 scales to get one"
+        )
+    wd = None
+    if "weight_decay" in fit.laws:
+        wd = _interval(draws["weight_decay"], fit.shape.wd_offset if fit.shape else 0.0)
+        if wd.value == 0.0:
+            warnings.append("the weight-decay law predicts no decay at this target")
+    else:
+        warnings.append(
+            f"weight_decay is null: no weight-decay law ({fit.missing.get('weight_decay', 'not fitted')}); "
+            "sweep weight decay over ≥ 3 values at ≥ 2 scales to get one"
+        )
+    bt = bs.value * fit.seq_len if (bs is not None and fit.seq_len) else None
+    loss = _predicted_loss(fit, t, warnings)
+    return Prediction(
+        lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()}, tuple(warnings), conditioned
+    )
+
+
+def _law_draws(fit: StudyResult, t: Mapping[str, float], warnings: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+    """Per law: log h* at the posterior mean and predictive draws (law + scatter τ) at `t`.
+
+    Only the variable sets `t` gives every variable of are used; a warning names what was left out.
+    """
     draws: dict[str, tuple[float, np.ndarray]] = {}
     for a, law in fit.laws.items():
         w, share = law.usable_components(list(t))
@@ -334,66 +370,55 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
             )
         value, law_draws, scatter = law.predict_log(t, weights=w)
         draws[a] = (value, law_draws + scatter)
-    conditioned = False
-    if batch_size is not None:
-        if not batch_size > 0:
-            raise ValueError("batch_size must be > 0")
-        if shape is None or "batch_size" not in axes or "batch_size" not in fit.laws:
-            warnings.append(
-                "batch size was not swept within the proxy scales (or has no law): the learning rate "
-                "cannot be conditioned on it; returned the unconditional optimum"
-            )
-        else:
-            if not shape.cross_identified[
-                max(axes.index("learning_rate"), axes.index("batch_size")),
-                min(axes.index("learning_rate"), axes.index("batch_size")),
-            ]:
-                warnings.append(
-                    "the LR–batch interaction is not identified (no runs vary both): lr at the given "
-                    "batch size equals the unconditional optimum"
-                )
-            draws = _conditional(shape, draws, math.log(batch_size))
-            conditioned = True
+    return draws
 
-    def interval(a: str, offset: float = 0.0) -> Interval:
-        v, s = draws[a]
-        lo, hi = (float(b) for b in percentile_bounds(s))  # 1-D draws: scalar bounds
-        vals = [max(math.exp(x) - offset, 0.0) for x in (min(lo, v), v, max(hi, v))]
-        return Interval(vals[1], vals[0], vals[2])
 
-    lr = interval("learning_rate")
-    bs = None
-    if conditioned:
-        bs = Interval(float(batch_size), float(batch_size), float(batch_size))  # type: ignore[arg-type]
-    elif "batch_size" in fit.laws:
-        bs = interval("batch_size")
-    else:
+def _condition_on_batch(
+    fit: StudyResult, draws: dict[str, tuple[float, np.ndarray]], batch_size: float, warnings: list[str]
+) -> tuple[dict[str, tuple[float, np.ndarray]], bool]:
+    """The other optima's draws given bs = `batch_size` (minimising the bowl), and whether that was possible.
+
+    Without a swept batch size and its law the draws come back unchanged, with a warning.
+    """
+    if not batch_size > 0:
+        raise ValueError("batch_size must be > 0")
+    shape = fit.shape
+    axes = shape.axes if shape else ()
+    if shape is None or "batch_size" not in axes or "batch_size" not in fit.laws:
         warnings.append(
-            f"batch_size is null: no batch-size law ({fit.missing.get('batch_size', 'not fitted')}); "
-            "sweep batch size over ≥ 3 values at ≥ 2 scales to get one"
+            "batch size was not swept within the proxy scales (or has no law): the learning rate "
+            "cannot be conditioned on it; returned the unconditional optimum"
         )
-    wd = None
-    if "weight_decay" in fit.laws:
-        wd = interval("weight_decay", shape.wd_offset if shape else 0.0)
-        if wd.value == 0.0:
-            warnings.append("the weight-decay law predicts no decay at this target")
-    else:
+        return draws, False
+    if not shape.cross_identified[
+        max(axes.index("learning_rate"), axes.index("batch_size")),
+        min(axes.index("learning_rate"), axes.index("batch_size")),
+    ]:
         warnings.append(
-            f"weight_decay is null: no weight-decay law ({fit.missing.get('weight_decay', 'not fitted')}); "
-            "sweep weight decay over ≥ 3 values at ≥ 2 scales to get one"
+            "the LR–batch interaction is not identified (no runs vary both): lr at the given "
+            "batch size equals the unconditional optimum"
         )
-    bt = bs.value * fit.seq_len if (bs is not None and fit.seq_len) else None
-    loss = None
+    return _conditional(shape, draws, math.log(batch_size)), True
+
+
+def _interval(draw: tuple[float, np.ndarray], offset: float = 0.0) -> Interval:
+    """exp of (log value, log draws) as a 90% interval containing the value, minus `offset` (floored at 0)."""
+    v, s = draw
+    lo, hi = (float(b) for b in percentile_bounds(s))  # 1-D draws: scalar bounds
+    vals = [max(math.exp(x) - offset, 0.0) for x in (min(lo, v), v, max(hi, v))]
+    return Interval(vals[1], vals[0], vals[2])
+
+
+def _predicted_loss(fit: StudyResult, t: Mapping[str, float], warnings: list[str]) -> Interval | None:
+    """The loss law's predicted loss at `t`, or None with a warning saying why."""
     if fit.loss_law is None:
         why = fit.no_loss_law_reason()
         warnings.append(f"predicted_loss is null: no loss law ({'not fitted' if why is None else why})")
-    elif "n_params" in t and "tokens" in t:
-        loss = fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
-    else:
-        warnings.append("predicted_loss is null: the loss law needs the target's n_params and tokens")
-    return Prediction(
-        lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()}, tuple(warnings), conditioned
-    )
+        return None
+    if "n_params" in t and "tokens" in t:
+        return fit.loss_law.predict(t["n_params"], t["tokens"]).interval()
+    warnings.append("predicted_loss is null: the loss law needs the target's n_params and tokens")
+    return None
 
 
 def _evidence_warnings(fit: StudyResult) -> list[str]:
