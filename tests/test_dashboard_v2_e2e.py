@@ -11,6 +11,7 @@ Screenshots go to tests/artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -138,9 +139,12 @@ def test_study_page_band_heatmap_exclude(browser, server) -> None:
         f"/v1/studies/{name}/fits/{fit['id']}/curves", params={"law": "learning_rate", "x": x_var, "points": 60}
     )
     curve = api.json()["laws"]["learning_rate"]
-    # the drawn band is the API's curve: one vertex per point on each edge
-    band = box.locator("path.band").get_attribute("d")
-    assert band.count("L") + 1 == 2 * len(curve["x"])
+    # the drawn band is the API's curve: one vertex per point on each edge, and the numbers it was
+    # drawn from are the API's
+    band = box.locator("path.band")
+    assert band.get_attribute("d").count("L") + 1 == 2 * len(curve["x"])
+    drawn = json.loads(band.get_attribute("data-band"))
+    assert drawn == [[x, lo, hi] for x, lo, hi in zip(curve["x"], curve["low"], curve["high"])]
     # and its edges are the recommendation's interval at two x values
     for i in (5, 50):
         rec = client.get(
@@ -184,14 +188,14 @@ def test_study_page_band_heatmap_exclude(browser, server) -> None:
     row.locator("button.exclude").click()
     row.locator("input.reason").fill("bad node")
     row.locator(".exclude-form button[type=submit]").click()
-    expect(page.locator("#runs-page")).to_contain_text(f"Run {run_id} excluded", timeout=TIMEOUT_MS)
+    expect(page.locator("#runs-message")).to_contain_text(f"Run {run_id} excluded", timeout=TIMEOUT_MS)
     listed = client.get(f"/v1/studies/{name}/runs", params={"excluded": "true"}).json()["items"]
     assert [r["id"] for r in listed] == [int(run_id)] and listed[0]["excluded_reason"] == "bad node"
     refit = client.post(f"/v1/studies/{name}/fits", json={"bootstrap": 40}).json()
     assert refit["n_runs"] == n_before - 1
     expect(table.locator(f"tbody tr[data-run-id='{run_id}'] [data-state=excluded]")).to_have_count(1)
     table.locator(f"tbody tr[data-run-id='{run_id}'] button.include").click()
-    expect(page.locator("#runs-page")).to_contain_text(f"Run {run_id} included", timeout=TIMEOUT_MS)
+    expect(page.locator("#runs-message")).to_contain_text(f"Run {run_id} included", timeout=TIMEOUT_MS)
     assert client.post(f"/v1/studies/{name}/fits", json={"bootstrap": 40}).json()["n_runs"] == n_before
 
     # 390 px: everything stacks, no sideways scroll

@@ -343,6 +343,8 @@ const Charts = (() => {
               "fill-opacity": se.opacity || 0.16,
               stroke: "none",
               class: "band",
+              // the band in data units ([x, low, high] per point), so a test can compare it with the API
+              "data-band": se.band.length <= 500 ? JSON.stringify(se.band) : null,
             }),
             se.name,
           ),

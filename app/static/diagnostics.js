@@ -57,9 +57,23 @@ export function renderDiagnostics() {
         el(
           "td",
           null,
-          law.variables.map(v =>
-            el("div", { class: "nowrap", text: v + ": " + fmtInterval(law.exponents[v], x => fmt(x, 3)) }),
-          ),
+          law.variables.map(v => {
+            // Prior vs data: the published prior, how far the data moved the exponent (in prior
+            // sds) and the share of the posterior's precision that comes from the data.
+            const e = law.exponents[v];
+            const prior = e.prior
+              ? " · prior " +
+                fmt(e.prior.mean, 3) +
+                "±" +
+                fmt(e.prior.sd, 2) +
+                ", moved " +
+                fmt(e.shift, 2) +
+                " sd, " +
+                Math.round(100 * e.data_share) +
+                "% data"
+              : " · no published prior";
+            return el("div", { text: v + ": " + fmtInterval(e, x => fmt(x, 3)) + prior });
+          }),
         ),
         el("td", { class: "num", text: fmt(law.r2, 3) }),
         el("td", { class: "num", text: law.cv_error == null ? "—" : fmt(law.cv_error, 3) }),
@@ -80,9 +94,14 @@ export function renderDiagnostics() {
           el(
             "tr",
             null,
-            ["Hyperparameter", "Form", "Coefficient", "Exponents (90% interval)", "R²", "Backtest error*"].map(h =>
-              el("th", { text: h }),
-            ),
+            [
+              "Hyperparameter",
+              "Form",
+              "Coefficient",
+              "Exponents (90% interval) · prior vs data",
+              "R²",
+              "Backtest error*",
+            ].map(h => el("th", { text: h })),
           ),
         ),
         tb,

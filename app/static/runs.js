@@ -146,7 +146,7 @@ function actionButton(r) {
 }
 
 async function setExcluded(r, exclude, reason) {
-  const info = document.getElementById("runs-page");
+  const info = document.getElementById("runs-message");
   if (exclude && !reason) {
     info.textContent = "Give a reason to exclude run " + r.id + ".";
     return;
@@ -156,16 +156,18 @@ async function setExcluded(r, exclude, reason) {
       method: "POST",
       body: exclude ? { reason } : {},
     });
+    state.study = await api(base);
+    hooks.refreshStudy();
+    await loadRunsPage(false);
+    info.className = "small";
     info.textContent =
       "Run " +
       r.id +
       (exclude ? " excluded" : " included") +
       "; the next fit " +
       (exclude ? "leaves it out." : "uses it.");
-    state.study = await api(base);
-    hooks.refreshStudy();
-    await loadRunsPage(false);
   } catch (e) {
+    info.className = "small error-text";
     info.textContent = describeError(e);
   }
 }
