@@ -11,7 +11,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -198,7 +198,9 @@ def _progress(done: int, total: int, started: float, stream: TextIO = sys.stderr
     stream.flush()
 
 
-def _import_rows(args: argparse.Namespace) -> list[tuple[Any, dict[str, Any]]]:
+def _import_rows(
+    args: argparse.Namespace,
+) -> list[tuple[Any, dict[str, Any]]] | Callable[[], Iterator[tuple[Any, dict[str, Any]]]]:
     """(source id or CSV line, run) for every run of the source `--from` names."""
     from service.csv_io import parse_mapping, read_runs
 
@@ -207,8 +209,16 @@ def _import_rows(args: argparse.Namespace) -> list[tuple[Any, dict[str, Any]]]:
     if source == "csv":
         if len(args.paths) != 1:
             raise InvalidArgument("give one CSV file (or --from optuna|mlflow|wandb)")
-        with open(args.paths[0], newline="", encoding="utf-8") as handle:
-            return list(read_runs(handle, mapping))
+        path = args.paths[0]
+        with open(path, newline="", encoding="utf-8") as handle:  # fail early on an unreadable file
+            next(read_runs(handle, mapping), None)  # and on a bad header or --map
+
+        def stream() -> Iterator[tuple[Any, dict[str, Any]]]:
+            # Read twice by the import (validate, then write), never held in memory whole.
+            with open(path, newline="", encoding="utf-8") as handle:
+                yield from read_runs(handle, mapping)
+
+        return stream
     if source == "optuna":
         from service.importers import optuna as importer_optuna
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,11 @@ def check_extra_keys(conn: Connection, study: Study, runs: Sequence[RunIn]) -> N
 
     Keys the study already has are found by an indexed-by-study EXISTS that stops at the first
     run having them; only a submission bringing new keys counts the study's keys in full."""
-    submitted = {key for run in runs if run.extra for key in run.extra}
+    check_extra_key_set(conn, study, {key for run in runs if run.extra for key in run.extra})
+
+
+def check_extra_key_set(conn: Connection, study: Study, submitted: set[str]) -> None:
+    """`check_extra_keys` of the set of extra keys a submission uses."""
     if not submitted:
         return
     if len(submitted) <= 16:  # the usual few keys: one early-stopping EXISTS each
@@ -179,7 +183,7 @@ class ImportResult:
 def import_runs(
     engine: Engine,
     study_name: str,
-    rows: Sequence[tuple[int, Mapping[str, Any]]],
+    rows: Sequence[tuple[int, Mapping[str, Any]]] | Callable[[], Iterable[tuple[int, Mapping[str, Any]]]],
     *,
     create: StudyIn | None = None,
     batch_size: int = DEFAULT_IMPORT_BATCH,
@@ -193,21 +197,33 @@ def import_runs(
     `index` being the row's line number. `create`: make the study with these fields if it
     does not exist (otherwise an unknown study is StudyNotFound). Every run stored records
     one submission id (in the result): `hpscale import --undo ID` deletes them again.
+
+    `rows` may also be a function giving a fresh iterator on each call (a file read twice):
+    then a streaming validation pass keeps no run, and a streaming write pass validates
+    again and holds one batch at a time, so memory stays bounded at any file size. Should
+    the second pass meet a row the first accepted (the file changed meanwhile), the runs
+    it stored are deleted again and nothing is imported.
     """
     with read_connection(engine) as conn:
         existing = queries.get_study(conn, study_name)
     if existing is None and create is None:
         find_study(engine, study_name)  # raises StudyNotFound
-    runs: list[RunIn] = []
+    streamed = callable(rows)
+    kept: list[RunIn] = []
     details: list[dict[str, Any]] = []
-    for line, row in rows:
+    extra_keys: set[str] = set()
+    count = 0
+    for line, row in rows() if callable(rows) else rows:
         try:
             run = _RUN.validate_python(row)
         except ValidationError as error:
             details.extend({**d, "index": line} for d in validation_details(error.errors()))
             continue
         details.extend({**d, "index": line} for d in study_rule_details([run], existing, indexed=False))
-        runs.append(run)
+        extra_keys.update(run.extra or ())
+        count += 1
+        if not streamed:
+            kept.append(run)
     if details:
         raise InvalidRuns(f"{len(details)} problem(s) in the file; nothing was imported", details)
     if existing is None:
@@ -215,19 +231,44 @@ def import_runs(
         run_in_transaction(engine, lambda conn: queries.create_study(conn, create.model_dump(), created_by))
     with read_connection(engine) as conn:
         study = get_study(conn, study_name)
-        check_extra_keys(conn, study, runs)
+        check_extra_key_set(conn, study, extra_keys)
     submission_id = run_in_transaction(
         engine, lambda conn: queries.create_submission(conn, study.id, source, created_by)
     )
-    inserted = duplicates = 0
-    for start in range(0, len(runs), batch_size):
-        batch = [with_defaults(run, study) for run in runs[start : start + batch_size]]
+    inserted = duplicates = done = 0
+
+    def store(batch: list[dict[str, Any]]) -> None:
+        nonlocal inserted, duplicates, done
         result = run_in_transaction(
             engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by, submission_id)
         )
         inserted += result.inserted
         metrics.RUNS_INGESTED.labels(source).inc(result.inserted)
         duplicates += result.duplicates
+        done += len(batch)
         if progress is not None:
-            progress(start + len(batch), len(runs))
+            progress(done, count)
+
+    batch: list[dict[str, Any]] = []
+    try:
+        for run in _validated_again(rows) if callable(rows) else kept:
+            batch.append(with_defaults(run, study))
+            if len(batch) >= batch_size:
+                store(batch)
+                batch = []
+        if batch:
+            store(batch)
+    except InvalidRuns:
+        run_in_transaction(engine, lambda conn: queries.delete_submission_runs(conn, study.id, submission_id))
+        raise
     return ImportResult(study, inserted, duplicates, submission_id)
+
+
+def _validated_again(rows: Callable[[], Iterable[tuple[int, Mapping[str, Any]]]]) -> Iterator[RunIn]:
+    """The write pass of a streamed import: the rows validated again, one at a time."""
+    for line, row in rows():
+        try:
+            yield _RUN.validate_python(row)
+        except ValidationError as error:
+            details = [{**d, "index": line} for d in validation_details(error.errors())]
+            raise InvalidRuns("the file changed during the import; nothing was imported", details) from None
