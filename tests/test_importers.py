@@ -71,6 +71,7 @@ def optuna_import(database_url: str, storage: str, *extra: str) -> int:
     return main([*args, "--create", "--database-url", database_url, "--quiet", *extra])
 
 
+@pytest.mark.slow
 def test_optuna_trials_round_trip_idempotently(database_url: str, engine: Engine, tmp_path: Path, capsys) -> None:
     storage = make_optuna_study(tmp_path / "optuna.db")
     assert optuna_import(database_url, storage) == 0
@@ -90,6 +91,7 @@ def test_optuna_trials_round_trip_idempotently(database_url: str, engine: Engine
     assert "imported 0 runs" in capsys.readouterr().out and count_rows(engine) == 120
 
 
+@pytest.mark.slow
 def test_a_bad_optuna_trial_is_named_and_nothing_is_written(
     database_url: str, engine: Engine, tmp_path: Path, capsys
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
@@ -191,6 +192,7 @@ def test_pinned_answers_are_byte_identical_after_new_runs(client: TestClient, en
     assert client.get("/v1/studies/s/recommendation", params={**TARGET, "fit_id": 0}).status_code == 422
 
 
+@pytest.mark.slow  # 23 fits
 def test_old_fits_are_pruned_but_pinned_ones_stay(engine: Engine, client: TestClient) -> None:
     make_study(client)
     pinned = client.get("/v1/studies/s/recommendation", params=TARGET).json()["fit_id"]
