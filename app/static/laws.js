@@ -100,8 +100,18 @@ export function renderOptimum(axis, label, sym, scales) {
   const ref = cv ? cv.fixed : {};
   const refFromTarget = {};
   for (const v of others) if (state.target && state.target[v] > 0) refFromTarget[v] = true;
-  const adjust = vars =>
-    others.reduce((f, v) => f * (ref[v] > 0 ? Math.pow(ref[v] / vars[v], law.exponents[v].value) : 1), 1);
+  // Where the drawn curve passes at a point's x: the fixed variables, with compute = 6·N·D moving
+  // with N or D (and, along compute, D = C / 6N), as the API evaluates the curve.
+  const onCurve = vars => {
+    const t = Object.assign({}, ref, { [xVar]: vars[xVar] });
+    if (xVar === "compute") t.tokens = vars.compute / (6 * ref.n_params);
+    t.compute = 6 * t.n_params * t.tokens;
+    return t;
+  };
+  const adjust = vars => {
+    const t = onCurve(vars);
+    return others.reduce((f, v) => f * (t[v] > 0 ? Math.pow(t[v] / vars[v], law.exponents[v].value) : 1), 1);
+  };
   const points = [];
   for (const o of optima) {
     const vars = scaleVars(o.scale),
@@ -127,7 +137,10 @@ export function renderOptimum(axis, label, sym, scales) {
           ? "\nplotted ×" +
             fmt(f) +
             " (rescaled to the reference " +
-            others.map(v => v + "=" + human(ref[v])).join(", ") +
+            others
+              .filter(v => v in ref)
+              .map(v => v + "=" + human(ref[v]))
+              .join(", ") +
             ")"
           : "") +
         "\n" +
@@ -236,8 +249,10 @@ export function renderOptimum(axis, label, sym, scales) {
       (others.length
         ? " · other variables at " +
           others
+            .filter(v => v in ref)
             .map(v => v + " = " + human(ref[v]) + (refFromTarget[v] ? " (target)" : " (proxies' geometric mean)"))
-            .join(", ")
+            .join(", ") +
+          (others.includes("compute") && xVar !== "compute" ? "; compute = 6·N·D moves along the curve" : "")
         : "") +
       (moved.length ? " · Prior vs data: " + moved.join("; ") : "")
     : "No law for " + label.split(" [")[0] + (why ? ": " + why : "") + ". To get one: " + FIX[axis] + ".";
