@@ -164,3 +164,16 @@ def test_junk_and_oversized_query_parameters_do_not_pin_memory(server: tuple[str
     )
     assert statuses == {422, 200}
     assert after - before < 40
+
+
+def test_recommend_reads_its_token_from_a_file(
+    server: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, _ = server
+    good, bad = tmp_path / "token", tmp_path / "wrong"
+    good.write_text(TOKEN + "\n")
+    bad.write_text("hps_" + "w" * 43 + "\n")
+    args = ["recommend", "--study", "steplaw", "--n-params", "1e9", "--tokens", "2e10", "--url", base, "--json"]
+    assert cli([*args, "--token-file", str(good)]) == 0
+    assert '"learning_rate"' in capsys.readouterr().out
+    assert cli([*args, "--token-file", str(bad)]) != 0
