@@ -213,7 +213,7 @@ def scale_bowls(fit: StudyResult, points: int = 50) -> list[dict[str, Any]]:
             continue
         log_lr = math.log(lr.value.value)
         loss = o.loss * np.exp(0.5 * H[il, il] * z**2 + K[il] * z**3)
-        keep = _monotone_from_centre(loss)
+        keep = _monotone_from_centre(loss, int(np.argmin(np.abs(z))))
         entry: dict[str, Any] = {
             "scale": o.scale.to_dict(),
             "floor": o.loss,
@@ -230,10 +230,14 @@ def scale_bowls(fit: StudyResult, points: int = 50) -> list[dict[str, Any]]:
     return out
 
 
-def _monotone_from_centre(loss: np.ndarray) -> slice:
-    """The points where the bowl rises away from its centre: past a local maximum the cubic term
-    turns the curve down again, which no longer describes the loss (the model is the bottom only)."""
-    mid = len(loss) // 2
+def _monotone_from_centre(loss: np.ndarray, mid: int) -> slice:
+    """The points where the bowl rises away from its minimum (found from index `mid`, the grid point
+    nearest the optimum): past a local maximum the cubic term turns the curve down again, which no
+    longer describes the loss (the model is the bottom only)."""
+    while mid > 0 and loss[mid - 1] < loss[mid]:
+        mid -= 1
+    while mid < len(loss) - 1 and loss[mid + 1] < loss[mid]:
+        mid += 1
     lo = mid
     while lo > 0 and loss[lo - 1] >= loss[lo]:
         lo -= 1

@@ -67,7 +67,12 @@ function swatch(kind, color) {
   else if (kind === "law") add("line", { x1: 1, x2: 21, y1: 6, y2: 6, stroke: color, "stroke-width": 2 });
   else if (kind === "cross") add("path", { d: "M7,2L15,10M7,10L15,2", stroke: color, "stroke-width": 2 });
   else if (kind === "ring") add("circle", { cx: 11, cy: 6, r: 3.5, fill: "#fff", stroke: color, "stroke-width": 1.5 });
-  else add("circle", { cx: 11, cy: 6, r: kind === "star" ? 4.5 : 3.5, fill: color });
+  else if (kind === "star") {
+    add("path", {
+      d: "M11,0.5L12.6,4.6L17,4.8L13.6,7.5L14.8,11.6L11,9.2L7.2,11.6L8.4,7.5L5,4.8L9.4,4.6Z",
+      fill: color,
+    });
+  } else add("circle", { cx: 11, cy: 6, r: 3.5, fill: color });
   return svg;
 }
 
