@@ -183,6 +183,11 @@ def _check_plots(page, client: httpx.Client, rec: dict | None) -> None:
     assert sum(p.locator("[data-role=point]").count() for p in panels.all()) == len(runs)
     states = client.get("/v1/studies/steplaw/fits/latest/run-states").json()
     assert sum(states["counts"].values()) == len(runs)
+    # the runs drawn as diverged are the ones the fit counts as diverged (status, or left the basin)
+    n_diverged = sum(o["n_diverged"] for o in fit["optima"])
+    assert states["counts"]["diverged"] == n_diverged
+    marked = land.locator("g.series[data-name^='treated as diverged'] [data-role=point]").count()
+    assert marked == n_diverged
     # bowls and optimum intervals come from the API's curves: one per scale with a learning-rate optimum
     curves = client.get("/v1/studies/steplaw/fits/latest/curves", params={"points": 40}).json()
     assert sum(p.locator("path.law").count() for p in panels.all()) == len(curves["bowls"])
