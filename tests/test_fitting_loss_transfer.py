@@ -78,6 +78,7 @@ def test_chinchilla_matches_epoch(chinchilla, chinchilla_fit):
     assert _reference_objective(np.array(theta), log_n, log_d, log_l) == pytest.approx(fit.objective, rel=1e-9)
 
 
+@pytest.mark.slow  # ~2.5 s: 30 independent BFGS fits from random grid starts
 def test_top_starts_polish_is_not_beaten_by_other_grid_starts(chinchilla, chinchilla_fit):
     fit, _ = chinchilla_fit
     log_n, log_d, log_l = (np.log(x) for x in chinchilla)

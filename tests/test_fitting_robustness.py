@@ -10,6 +10,7 @@ import math
 import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -59,6 +60,7 @@ def table(runs: list[dict]) -> RunTable:
     return RunTable.from_records(records)
 
 
+@pytest.mark.slow  # ~3 s: 60 hypothesis examples, each a fit, a recommendation and a plan
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(run, min_size=0, max_size=80),

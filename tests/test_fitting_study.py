@@ -46,6 +46,7 @@ def test_steplaw_regret_full_grid(steplaw):
     assert mean_regret(mine) < ref
 
 
+@pytest.mark.slow  # ~2 s: leave-one-size-out fits over the Step Law grid
 def test_steplaw_regret_30_percent_of_runs(steplaw):
     mine, ref = [], []
     for seed in range(5):
@@ -57,6 +58,7 @@ def test_steplaw_regret_30_percent_of_runs(steplaw):
     assert np.mean(mine) <= 0.0012
 
 
+@pytest.mark.slow  # ~3 s: several synthetic studies fitted with bootstrap
 def test_synthetic_laws_recovered_with_calibrated_intervals():
     truth = {"learning_rate": TRUE_LR, "batch_size": TRUE_BS, "weight_decay": TRUE_WD}
     covered = total = exact = 0
