@@ -125,6 +125,8 @@ def delete_submission(
     return DeletedResult(deleted=undo.delete_submission(engine, name, submission_id, actor=principal.name))
 
 
-@router.get("/{name}/audit", response_model=AuditList, responses=ERRORS, summary="Exclusions and deletions, newest first")
+@router.get(
+    "/{name}/audit", response_model=AuditList, responses=ERRORS, summary="Exclusions and deletions, newest first"
+)
 def study_audit(name: str, _: Reader, engine: EngineDep) -> AuditList:
     return AuditList(items=[AuditOut(**vars(r)) for r in undo.audit_log(engine, name)])
