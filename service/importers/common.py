@@ -140,7 +140,9 @@ def to_run(
                     run[field] = value
     loss = run.get("final_loss")
     loss_name = sources.get("final_loss")
-    if (isinstance(loss, float) and not math.isfinite(loss)) or (loss_name in values and values[loss_name] is None):
+    if (isinstance(loss, float) and not math.isfinite(loss)) or (
+        loss_name is not None and loss_name in values and values[loss_name] is None
+    ):
         run.pop("final_loss", None)
         if status == "completed":
             run["status"] = "diverged"
