@@ -67,6 +67,23 @@ def is_loopback_peer(scope: Scope) -> bool:
     return address.is_loopback
 
 
+def client_key(scope: Scope) -> str:
+    """Whose failed authentications these are: the peer's IPv4 address, or its IPv6 /64 (one
+    host usually holds a whole /64, so counting single IPv6 addresses would be no limit)."""
+    client = scope.get("client")
+    if not client:
+        return "-"
+    try:
+        address = ipaddress.ip_address(client[0])
+    except ValueError:
+        return str(client[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -250,7 +267,7 @@ class SecurityGate:
                 "Authorization header must be 'Bearer <token>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        address = scope["client"][0] if scope.get("client") else "-"
+        address = client_key(scope)
         wait = self.failures.retry_after(address)
         if wait:
             return error_response(

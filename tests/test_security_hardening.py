@@ -186,6 +186,18 @@ def test_many_bad_tokens_from_one_address_get_429(database_url: str, engine: Eng
         assert other.get("/v1/studies").status_code == 401  # no token at all is not counted as a guess
 
 
+def test_failed_authentications_are_counted_per_ipv4_address_or_ipv6_64() -> None:
+    from app.security import client_key
+
+    def key(host: str) -> str:
+        return client_key({"client": (host, 1)})
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("198.51.100.9") != key("198.51.100.10")
+    assert key("::ffff:198.51.100.9") == key("198.51.100.9")
+
+
 # --- per-token concurrency on expensive endpoints --------------------------------------------
 
 
