@@ -90,3 +90,42 @@ def test_every_option_has_help() -> None:
 
     walk(build_parser(), "hpscale")
     assert missing == []
+
+
+@pytest.mark.slow
+def test_recommend_hints_and_says_things_once(database_url: str, engine: Engine, capsys, monkeypatch) -> None:
+    """Against a real `hpscale serve`: a missing token gets a hint naming --token-file and
+    $HPSCALE_TOKEN; a missing target variable is printed once, not twice."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from store import queries
+    from store.db import run_in_transaction
+    from tests.test_serve import free_port, wait_healthy
+    from tests.test_undo_pins import sweep
+
+    token = run_in_transaction(engine, lambda c: queries.create_token(c, "cli-admin", "admin"))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpscale.cli", "serve", "--port", str(port), "--database-url", database_url],
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{url}/v1/studies", json={"name": "s"}, headers=headers).status_code == 201
+        assert httpx.post(f"{url}/v1/studies/s/runs", json={"runs": sweep()}, headers=headers).status_code == 201
+        monkeypatch.delenv("HPSCALE_TOKEN", raising=False)
+        assert main(["recommend", "--study", "s", "--url", url, "--n-params", "1e9"]) == 1
+        err = capsys.readouterr().err
+        assert "missing bearer token" in err and "hint:" in err and "HPSCALE_TOKEN" in err
+        monkeypatch.setenv("HPSCALE_TOKEN", token)
+        assert main(["recommend", "--study", "s", "--url", url, "--tokens", "2e10"]) == 1
+        err = capsys.readouterr().err
+        assert "missing target" in err and err.count("n_params") == 1, err
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
