@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from service import metrics
-from service.csv_io import csv_lines
+from service.csv_io import csv_blocks
 from service.errors import InvalidQuery, InvalidRuns, field_detail
 from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
 from service.schemas import RunIn, StudyIn, summarize, validation_details
@@ -166,7 +166,7 @@ def export_csv(engine: Engine, study_name: str) -> tuple[Study, Iterator[str]]:
     with read_connection(engine) as conn:
         study = get_study(conn, study_name)
     extra_keys = queries.run_extra_keys(engine, study.id)
-    return study, csv_lines(queries.iter_runs(engine, study.id), extra_keys)
+    return study, csv_blocks(queries.iter_run_pages(engine, study.id), queries.EXPORT_ROW_COLUMNS, extra_keys)
 
 
 # --- import (the CLI) --------------------------------------------------------------------

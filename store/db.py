@@ -240,3 +240,8 @@ def drop_database(server_url: str, name: str) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def engine_url(engine: Engine) -> str:
+    """The URL `engine` was made from, password included (to open the same database in a child process)."""
+    return engine.url.render_as_string(hide_password=False)

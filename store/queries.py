@@ -245,6 +245,26 @@ def iter_runs(
         after_id = page[-1]["id"]
 
 
+EXPORT_ROW_COLUMNS: tuple[str, ...] = ("id", *RUN_FIELDS, "created_at", "created_by")
+
+
+def iter_run_pages(engine: Engine, study_id: int, *, chunk: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
+    """Every run of a study as pages of row tuples (`EXPORT_ROW_COLUMNS`), in id order, read in
+    keyset chunks (each in its own transaction): the export's fast path, no dict per run."""
+    c = Run.__table__.c
+    columns = [c[name] for name in EXPORT_ROW_COLUMNS]
+    after_id = 0
+    while True:
+        with engine.connect() as conn, conn.begin():
+            stmt = select(*columns).where(c.study_id == study_id, c.id > after_id).order_by(c.id).limit(chunk)
+            page = [tuple(row) for row in conn.execute(stmt)]
+        if page:
+            yield page
+        if len(page) < chunk:
+            return
+        after_id = page[-1][0]
+
+
 def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set[str]:
     """Every key used in the study's runs' `extra` (the CSV export's extra.* columns)."""
     c = Run.__table__.c

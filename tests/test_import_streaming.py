@@ -57,3 +57,24 @@ def test_rows_that_change_between_the_passes_store_nothing(engine: Engine) -> No
         import_runs(engine, "s", rows, create=StudyIn(name="s"), batch_size=10)
     assert raised.value.details[0]["index"] == 27
     assert reads == 2 and count_rows(engine) == 0
+
+
+def test_the_export_blocks_equal_the_line_by_line_export(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    from service.csv_io import csv_lines
+    from service.runs import export_csv
+    from store import queries
+
+    path = tmp_path / "runs.csv"
+    with path.open("w") as handle:
+        handle.write(HEADER.rstrip("\n") + ",weight_decay,seq_len,note,gpu\n")
+        for i in range(120):
+            note = ["=cmd()", "plain", "", "'quoted", "-1"][i % 5]
+            handle.write(
+                f"r{i},1e8,2e9,{1e-3 * (1 + i % 5)},64,{3 + i * 1e-4},{0.1 if i % 2 else ''},2048,{note},{i}\n"
+            )
+    args = ["import", str(path), "--study", "s", "--create", "--database-url", database_url, "--quiet"]
+    assert main(args) == 0
+    study, blocks = export_csv(engine, "s")
+    by_lines = "".join(csv_lines(queries.iter_runs(engine, study.id), queries.run_extra_keys(engine, study.id)))
+    assert "".join(blocks) == by_lines
+    assert by_lines.count("\n") == 121 and "'=cmd()" in by_lines
