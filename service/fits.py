@@ -517,6 +517,9 @@ class _ServedState:
     runs_now: int | None  # the study's run count, when the newest fit is stale
 
 
+_run_counts = LRUCache(256)
+
+
 def _served_state(engine: Engine, study_name: str) -> _ServedState:
     with snapshot_connection(engine) as conn:
         study = get_study(conn, study_name)
@@ -524,7 +527,14 @@ def _served_state(engine: Engine, study_name: str) -> _ServedState:
         current = newest if newest and newest["data_version"] == study.data_version else None
         current = current or queries.fit_of_version(conn, study.id, study.data_version)
         stale = newest is not None and newest["data_version"] != study.data_version
-        runs_now = queries.study_run_count(conn, study.id) if stale else None
+        runs_now = None
+        if stale:
+            # Counting 1M runs takes tens of ms; a data version's count never changes.
+            count_key = (str(engine.url), study.id, study.data_version)
+            runs_now = _run_counts.get(count_key)
+            if runs_now is None:
+                runs_now = queries.fit_input_count(conn, study.id)
+                _run_counts.put(count_key, runs_now)
     record = _stored(engine, newest, study) if newest is not None else None
     return _ServedState(study, record, current, runs_now)
 

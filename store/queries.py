@@ -305,6 +305,13 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(stmt.order_by(c.id))]
 
 
+def fit_input_count(conn: Connection, study_id: int) -> int:
+    """How many runs a fit of the study reads now (excluded runs are not counted)."""
+    c = Run.__table__.c
+    stmt = select(func.count()).select_from(Run).where(c.study_id == study_id, c.excluded == false())
+    return int(conn.execute(stmt).scalar_one())
+
+
 FIT_INPUT_COLUMNS = (
     "id",
     "run_key",
