@@ -129,9 +129,9 @@ async def recommendation_json(
         stored, served_warnings = served.record, served.warnings
     if stored.key not in _pinned:
         await to_thread.run_sync(lambda: pin_fit(engine, stored))
-    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute, served_warnings)
-    body = _recommendations.get(key)
-    if body is None:
+    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
+    cached = _recommendations.get(key)
+    if cached is None:
         with _engine_refusals():
             result = await to_thread.run_sync(
                 lambda: recommend(
@@ -143,12 +143,16 @@ async def recommendation_json(
                     compute=compute,
                 )
             )
-        document = {**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)}
-        # An answer from a fit of older data says so (contract 1.1: "fitted on N of M runs").
-        document["warnings"] = [*served_warnings, *document.get("warnings", [])]
-        body = json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False).encode()
-        _recommendations.put(key, body)
-    return body
+        document = json_safe({**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)})
+        cached = (document, json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
+        _recommendations.put(key, cached)
+    document, body = cached
+    if not served_warnings:
+        return body
+    # An answer from a fit of older data says so (contract 1.1: "fitted on N of M runs"); the
+    # answer itself is the fit's, cached whatever the count of runs since.
+    stale = {**document, "warnings": [*served_warnings, *document.get("warnings", [])]}
+    return json.dumps(stale, separators=(",", ":"), allow_nan=False).encode()
 
 
 def suggestions(
