@@ -165,7 +165,7 @@ def export_csv(engine: Engine, study_name: str) -> tuple[Study, Iterator[str]]:
     """The study and its runs as CSV text, line by line (the same for runs.csv and the CLI)."""
     with read_connection(engine) as conn:
         study = get_study(conn, study_name)
-    extra_keys = queries.run_extra_keys(engine, study.id)
+        extra_keys = queries.study_extra_keys(conn, study.id)  # counted in the database
     return study, csv_blocks(queries.iter_run_pages(engine, study.id), queries.EXPORT_ROW_COLUMNS, extra_keys)
 
 
