@@ -45,9 +45,7 @@ class MetricsMiddleware:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            labels = (scope["method"], template, str(status))
-            metrics.REQUESTS.labels(*labels).inc()
-            metrics.REQUEST_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+            metrics.record_request(scope["method"], template, status, time.perf_counter() - started)
 
 
 def metrics_endpoint(token: str | None) -> Any:

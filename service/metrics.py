@@ -59,6 +59,13 @@ DATABASE_ERRORS = Counter("hpscale_database_errors_total", "Database errors that
 _DATABASE_MODULES = frozenset({"sqlalchemy", "psycopg", "psycopg2", "sqlite3"})
 
 
+def record_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered request and its latency (what the HTTP middleware does per request)."""
+    labels = (method, route, str(status))
+    REQUESTS.labels(*labels).inc()
+    REQUEST_SECONDS.labels(*labels).observe(seconds)
+
+
 def is_database_error(error: BaseException) -> bool:
     """An exception of the database layer (driver or SQLAlchemy), by where its class lives."""
     return any(cls.__module__.split(".")[0] in _DATABASE_MODULES for cls in type(error).__mro__)
