@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -115,11 +116,14 @@ def test_metrics_add_up_across_two_workers(two_workers: tuple[str, str, Path]) -
         assert http.post("/v1/studies/m2/runs", json={"runs": sweep()}).status_code == 201
         assert http.post("/v1/studies/m2/fits").status_code == 201
     n = 60
-    for _ in range(n):
-        # A new connection each time, so that both workers take requests.
+
+    def visit(_: int) -> tuple[int, int]:
+        # A new connection each time, several at once, so that both workers take requests.
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
-            assert http.get("/v1/studies/m2").status_code == 200
-            assert http.get("/v1/studies/nope").status_code == 404
+            return http.get("/v1/studies/m2").status_code, http.get("/v1/studies/nope").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(visit, range(n))) == {(200, 404)}
     pids = {path.name.rsplit("_", 1)[-1] for path in metrics_dir.glob("counter_*.db")}
     assert len(pids) >= 2, f"one worker took every request: {sorted(pids)}"
     # Every scrape (whichever worker answers it) sees all workers' counts.
