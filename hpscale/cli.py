@@ -150,8 +150,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # whichever worker answers) sums them all; set before any worker imports prometheus_client.
     metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="hpscale-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        try:
+            metrics_dir = tempfile.mkdtemp(prefix="hpscale-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        except OSError as error:  # e.g. a read-only root file system
+            if args.workers > 1:
+                print(
+                    f"error: no directory for the workers' metrics ({error}); "
+                    "set PROMETHEUS_MULTIPROC_DIR to a writable, empty directory",
+                    file=sys.stderr,
+                )
+                return 2
+            # One process: its own registry is the whole truth.
     engine = _engine(args, create=True)
     if settings.bootstrap_admin_token is not None:
         register_bootstrap_admin(engine, settings.bootstrap_admin_token.get_secret_value())
