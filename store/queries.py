@@ -305,11 +305,14 @@ def fit_inputs(conn: Connection, study_id: int) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in conn.execute(stmt.order_by(c.id))]
 
 
-def fit_input_count(conn: Connection, study_id: int) -> int:
-    """How many runs a fit of the study reads now (excluded runs are not counted)."""
+def fit_input_count(conn: Connection, study_id: int, after_id: int = 0) -> tuple[int, int]:
+    """How many runs a fit of the study reads now (excluded runs are not counted) with ids
+    above `after_id`, and the highest such id (`after_id` if none): a range of the
+    (study_id, id) index, so counting only the runs added since a full count is cheap."""
     c = Run.__table__.c
-    stmt = select(func.count()).select_from(Run).where(c.study_id == study_id, c.excluded == false())
-    return int(conn.execute(stmt).scalar_one())
+    stmt = select(func.count(), func.max(c.id)).where(c.study_id == study_id, c.id > after_id, c.excluded == false())
+    count, last = conn.execute(stmt).one()
+    return int(count), int(last if last is not None else after_id)
 
 
 FIT_INPUT_COLUMNS = (
