@@ -22,6 +22,7 @@ from app.metrics import MetricsMiddleware, metrics_endpoint
 from app.routers import curves, fits, runs, studies
 from app.security import SecurityGate
 from service.database import Engine, open_database, readiness_async
+from service.fits import stop_background_refits
 from service.settings import Settings
 
 CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if engine is None:
+            # This app owns its resources (a server, not an embedding test): its refit child too.
+            stop_background_refits()
             app.state.engine.dispose()
 
     app = FastAPI(

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -453,6 +454,18 @@ def _refit_in_child(url: str, study_id: int, bootstrap: int, created_by: str | N
     _refit_once(engine, study_id, bootstrap, created_by)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the refit child: exit within a second of the server process that started it
+    (its fit's lease then runs out and another process takes the fit over)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="hpscale-parent-watch", daemon=True).start()
+
+
 class _RefitChild:
     """The refit child process of this server process: started on first use, replaced if it died."""
 
@@ -460,10 +473,25 @@ class _RefitChild:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
+    def stop(self) -> None:
+        """Kill the child now (server shutdown): a running fit is not waited for; its claim's
+        lease runs out and whichever process asks next fits again."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            for process in list(getattr(pool, "_processes", {}).values()):  # no public handle
+                process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def run(self, engine: Engine, study_id: int, bootstrap: int, created_by: str | None) -> None:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_exit_with_parent,
+                    initargs=(os.getpid(),),
+                )
             pool = self._pool
         try:
             pool.submit(_refit_in_child, engine_url(engine), study_id, bootstrap, created_by).result()
@@ -475,6 +503,7 @@ class _RefitChild:
 
 
 _refit_child = _RefitChild()
+stop_background_refits = _refit_child.stop
 
 
 def _refit_elsewhere(engine: Engine, study_id: int, bootstrap: int, created_by: str | None) -> None:
