@@ -340,9 +340,15 @@ def test_repeated_recommendations_never_outlive_a_commit(
         "run_key": "late-run",
     }
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
+    # At once from the previous fit, now saying that a refit is running (issue 11) ...
     after = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader).json()
-    assert after["data_version"] != first.json()["data_version"]
-    assert after["data_version"] == steplaw.get("/v1/studies/steplaw").json()["data_version"]
+    assert after["fit_id"] == first.json()["fit_id"]
+    assert any("a refit is running" in w for w in after["warnings"])
+    # ... and, asked for a fit of the current runs, from that one.
+    params = {**TARGET_7B, "fresh": "true"}
+    fresh = steplaw.get("/v1/studies/steplaw/recommendation", params=params, headers=reader).json()
+    assert fresh["data_version"] != first.json()["data_version"]
+    assert fresh["data_version"] == steplaw.get("/v1/studies/steplaw").json()["data_version"]
     run_in_transaction(engine, lambda conn: queries.revoke_token(conn, "test-read"))
     revoked = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader)
     assert revoked.status_code == 401
