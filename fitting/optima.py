@@ -524,6 +524,10 @@ def interactions(U: np.ndarray, usable: np.ndarray, sidx: np.ndarray, n_scales: 
 
 
 # Stage 6: the joint bowl, and outliers against it ------------------------------------
+# A band with more runs than this is fitted on its replicates pooled per grid cell.
+POOL_REPLICATES_ABOVE = 20_000
+
+
 def fit_scale_bowls(
     U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray, cross: np.ndarray
 ) -> tuple[BowlData, BowlSolution | None, np.ndarray, list[str]]:
@@ -534,7 +538,10 @@ def fit_scale_bowls(
     """
     S, d = active.shape
     rows = np.flatnonzero(in_band)
-    data = BowlData(u=U[rows], y=y[rows], scale=sidx[rows], active=active, cross=cross, n_scales=S)
+    if rows.size > POOL_REPLICATES_ABOVE:
+        data = pooled_replicates(U[rows], y[rows], sidx[rows], active, cross)
+    else:
+        data = BowlData(u=U[rows], y=y[rows], scale=sidx[rows], active=active, cross=cross, n_scales=S)
     designs, col_of = _one_hot(active)
     beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
     n_quad = np.unique(data.scale).size + int(active.sum()) + d + int(np.count_nonzero(np.tril(cross, -1)))
@@ -553,12 +560,29 @@ def fit_scale_bowls(
     return data, fit, col_of, warnings
 
 
+def pooled_replicates(
+    u: np.ndarray, y: np.ndarray, scale: np.ndarray, active: np.ndarray, cross: np.ndarray
+) -> BowlData:
+    """The band's runs with replicates (same scale, same hyperparameters within _TOL) pooled into
+    one row each: mean log loss, weight = number of runs. Least squares on these rows equals
+    least squares on the runs up to a constant, at a cost set by the grid, not the run count."""
+    key = np.column_stack([scale, np.round(u / _TOL)])
+    _, first, g, n = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    g = g.ravel()
+    mean_y = np.bincount(g, weights=y) / n
+    return BowlData(u[first], mean_y, scale[first], active, cross, active.shape[0], weight=n.astype(float))
+
+
 def bowl_outliers(runs: RunTable, fit: BowlSolution, data: BowlData, rows: np.ndarray) -> tuple[Outlier, ...]:
     """Band runs whose loss is further from the fitted bowl than OUTLIER_Z·σ and OUTLIER_MIN_DEV.
 
     σ is the fit's robust residual scale, floored at LOSS_NOISE; only scales with more band
     runs than _MIN_NEIGHBOURS are judged (with fewer, the bowl is forced through each run).
+    With replicates pooled (a very large study) rows are grid cells, not runs: a single
+    run is then judged against its neighbours only (`find_outliers`).
     """
+    if data.weight is not None:
+        return ()
     sigma = max(fit.noise, LOSS_NOISE)
     th = max(OUTLIER_Z * sigma, math.log1p(OUTLIER_MIN_DEV))
     counts = np.bincount(data.scale, minlength=data.n_scales)
@@ -634,7 +658,11 @@ def bootstrap_centres(
         if not js or bootstrap <= 0 or rs.size < 2:
             continue
         cols = np.array([s] + [S + offs[j] + col_of[s, j] for j in js])
-        counts = rng.multinomial(rs.size, np.full(rs.size, 1.0 / rs.size), size=bootstrap).astype(float)
+        if data.weight is None:
+            counts = rng.multinomial(rs.size, np.full(rs.size, 1.0 / rs.size), size=bootstrap).astype(float)
+        else:  # pooled replicates: resample runs, each pooled row scaled by the share of its runs drawn
+            n_c = data.weight[rs]
+            counts = rng.multinomial(int(n_c.sum()), n_c / n_c.sum(), size=bootstrap) / n_c
         samp = linear_bootstrap(
             fit.jac[np.ix_(rs, cols)], fit.weights[rs], fit.resid[rs], fit.params[cols], np.arange(rs.size), counts
         )

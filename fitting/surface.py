@@ -43,6 +43,10 @@ class BowlData:
     active: np.ndarray  # (S, d) axis swept (≥ 2 distinct values) at the scale
     cross: np.ndarray  # (d, d) bool, lower-triangular pairs whose interaction is identified
     n_scales: int
+    # Runs behind each row when replicates (same scale and hyperparameters) were pooled into
+    # their mean log loss; None: one run per row. A row's residual counts √weight times, so
+    # least squares on the pooled rows equals least squares on the runs up to a constant.
+    weight: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,11 @@ def residuals_and_jacobian(
         lcols[:, c] = m[:, k] * z[:, j] * (chol[j, j] if j == k else 1.0)
     cols.append(lcols)
     cols.append(z**3)
-    return r, np.concatenate(cols, axis=1)
+    J = np.concatenate(cols, axis=1)
+    if data.weight is not None:
+        root = np.sqrt(data.weight)
+        return r * root, J * root[:, None]
+    return r, J
 
 
 def pack(

@@ -276,3 +276,22 @@ def test_divergence_caps_the_learning_rate():
     o = a.optima[0].optimum["learning_rate"]
     assert o.status == "capped" and o.value.value <= 1.6e-2
     assert any("capped by a diverged run" in f for f in a.optima[0].flags)
+
+
+def test_pooled_replicates_fit_the_same_bowl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A very large band is fitted on replicates pooled per grid cell: same centres, same noise scale."""
+    recs = [r for seed in range(12) for r in bowl(noise=0.002, seed=seed, lrs=FINE_LR, bss=FINE_BS)]
+    recs += [
+        r for seed in range(12) for r in bowl(n_params=4e8, noise=0.002, seed=100 + seed, lrs=FINE_LR, bss=FINE_BS)
+    ]
+    runs = RunTable.from_records(recs)
+    by_run = analyse_sweeps(runs, bootstrap=100)
+    monkeypatch.setattr(optima, "POOL_REPLICATES_ABOVE", 10)
+    pooled = analyse_sweeps(runs, bootstrap=100)
+    assert pooled.data is not None and pooled.data.weight is not None
+    assert pooled.data.y.size < by_run.data.y.size / 5 and pooled.data.weight.sum() == by_run.data.y.size
+    # The robust loss acts on cells instead of runs: the centres agree within their standard error.
+    assert np.all(np.abs(pooled.centre - by_run.centre) < 2 * by_run.centre_se)
+    ratio = pooled.centre_se / by_run.centre_se
+    assert np.all((ratio > 0.33) & (ratio < 3)), ratio
+    assert pooled.noise.sigma == pytest.approx(by_run.noise.sigma, rel=0.5)
