@@ -142,7 +142,8 @@ def csv_blocks(
         yield tail
 
 
-def _number(text: str) -> int | float | str:
+def number_or_text(text: str) -> int | float | str:
+    """`text` as an int, else as a float, else as it is (a CSV cell, an MLflow param)."""
     try:
         return int(text)
     except ValueError:
@@ -161,7 +162,7 @@ def _field_value(field: str, text: str) -> Any:
             return json.loads(text)
         except json.JSONDecodeError:
             return text  # validation reports it as the wrong type, naming the field
-    value = _number(text)
+    value = number_or_text(text)
     if field in _INT_FIELDS and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -235,7 +236,7 @@ def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) ->
                 run_or_extra = extra if field.startswith("extra.") else run
                 run_or_extra[field.removeprefix("extra.")] = text
             elif field.startswith("extra."):
-                extra[field[len("extra.") :]] = _number(text)
+                extra[field[len("extra.") :]] = number_or_text(text)
             else:
                 run[field] = _field_value(field, text)
         if extra:

@@ -13,6 +13,8 @@
  *   spec.empty: text to show when there is nothing to plot.
  * The container gets data-series-count (data series), data-point-count (their points),
  * data-law-count, data-band-count, data-target-count and data-rendered="1".
+ * Charts.axisLabels(width, height, margins, xLabel, yLabel): a plot's two axis labels (SVG text),
+ * for the hand-drawn heatmap (landscape.js).
  */
 "use strict";
 
@@ -297,24 +299,7 @@ const Charts = (() => {
     for (const v of yMajor) axes.append(s("text", { x: m.l - 6, y: Y.f(v) + 4, "text-anchor": "end" }, fy(v)));
     axes.append(s("rect", { x: m.l, y: m.t, width: width - m.l - m.r, height: height - m.t - m.b, class: "frame" }));
     axes.append(
-      s(
-        "text",
-        { x: (m.l + width - m.r) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" },
-        spec.x.label + (X.log ? " (log)" : ""),
-      ),
-    );
-    axes.append(
-      s(
-        "text",
-        {
-          x: 0,
-          y: 0,
-          transform: `translate(13,${(m.t + height - m.b) / 2}) rotate(-90)`,
-          "text-anchor": "middle",
-          class: "axis-label",
-        },
-        spec.y.label + (Y.log ? " (log)" : ""),
-      ),
+      ...axisLabels(width, height, m, spec.x.label + (X.log ? " (log)" : ""), spec.y.label + (Y.log ? " (log)" : "")),
     );
     svg.append(grid);
 
@@ -456,6 +441,25 @@ const Charts = (() => {
     container.dataset.rendered = "1";
   }
 
+  /** The x label under a plot of `width` × `height` with margins `m` ({l, r, t, b}) and the y
+   * label turned along its left edge: two SVG text nodes. */
+  function axisLabels(width, height, m, xLabel, yLabel) {
+    return [
+      s("text", { x: (m.l + width - m.r) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" }, xLabel),
+      s(
+        "text",
+        {
+          x: 0,
+          y: 0,
+          transform: `translate(13,${(m.t + height - m.b) / 2}) rotate(-90)`,
+          "text-anchor": "middle",
+          class: "axis-label",
+        },
+        yLabel,
+      ),
+    ];
+  }
+
   function thin(ticks, maxCount) {
     if (ticks.length <= maxCount) return ticks;
     const step = Math.ceil(ticks.length / maxCount);
@@ -486,5 +490,5 @@ const Charts = (() => {
     }
   }
 
-  return { plot, palette, rampColor };
+  return { plot, palette, rampColor, axisLabels };
 })();

@@ -87,6 +87,17 @@ const HP = (() => {
     return node;
   }
 
+  /** A scrolling table: `attrs` of the <table>, one header cell per `head` entry (its text, or
+   * the th's attrs such as {class: "num", text}), then `body` (its <tbody>). */
+  function dataTable(attrs, head, body) {
+    const th = h => el("th", typeof h === "string" ? { text: h } : h);
+    return el(
+      "div",
+      { class: "table-wrap" },
+      el("table", attrs, el("thead", null, el("tr", null, head.map(th))), body),
+    );
+  }
+
   function clear(node) {
     while (node.firstChild) node.removeChild(node.firstChild);
     return node;
@@ -184,6 +195,7 @@ const HP = (() => {
     api,
     ApiError,
     el,
+    dataTable,
     clear,
     fmt,
     human,

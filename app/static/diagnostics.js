@@ -2,7 +2,7 @@
 import { state, AXES } from "./studystate.js";
 import { scaleLabel } from "./landscape.js";
 
-const { el, clear, fmt, fmtInterval, fmtDate } = HP;
+const { el, dataTable, clear, fmt, fmtInterval, fmtDate } = HP;
 
 export function renderDiagnostics() {
   const body = clear(document.getElementById("diag-body"));
@@ -82,30 +82,10 @@ export function renderDiagnostics() {
   }
   body.append(
     el("h3", { text: "Laws" }),
-    el(
-      "div",
-      { class: "table-wrap" },
-      el(
-        "table",
-        { class: "data compact", id: "diag-laws" },
-        el(
-          "thead",
-          null,
-          el(
-            "tr",
-            null,
-            [
-              "Hyperparameter",
-              "Form",
-              "Coefficient",
-              "Exponents (90% interval) · prior vs data",
-              "R²",
-              "Backtest error*",
-            ].map(h => el("th", { text: h })),
-          ),
-        ),
-        tb,
-      ),
+    dataTable(
+      { class: "data compact", id: "diag-laws" },
+      ["Hyperparameter", "Form", "Coefficient", "Exponents (90% interval) · prior vs data", "R²", "Backtest error*"],
+      tb,
     ),
     el("p", {
       class: "muted small",
@@ -176,25 +156,10 @@ export function renderDiagnostics() {
       "details",
       { class: "optima" },
       el("summary", { text: "Per-scale optima (" + (fit.optima || []).length + ")" }),
-      el(
-        "div",
-        { class: "table-wrap" },
-        el(
-          "table",
-          { class: "data compact" },
-          el(
-            "thead",
-            null,
-            el(
-              "tr",
-              null,
-              ["Scale", "Runs", "Diverged", "Learning rate", "Batch size [seq.]", "Weight decay", "Loss", "Flags"].map(
-                h => el("th", { text: h }),
-              ),
-            ),
-          ),
-          ob,
-        ),
+      dataTable(
+        { class: "data compact" },
+        ["Scale", "Runs", "Diverged", "Learning rate", "Batch size [seq.]", "Weight decay", "Loss", "Flags"],
+        ob,
       ),
     ),
   );

@@ -376,26 +376,7 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     if (!thinned(bss, Math.floor(height / 22)).includes(v)) continue;
     svg.append(s("text", { x: m.l - 5, y: Y((ey[j] + ey[j + 1]) / 2) + 4, "text-anchor": "end" }, fmt(v)));
   }
-  svg.append(
-    s(
-      "text",
-      { x: (m.l + width - m.r) / 2, y: height - 8, "text-anchor": "middle", class: "axis-label" },
-      "peak learning rate (log)",
-    ),
-  );
-  svg.append(
-    s(
-      "text",
-      {
-        x: 0,
-        y: 0,
-        transform: `translate(13,${(m.t + height - m.b) / 2}) rotate(-90)`,
-        "text-anchor": "middle",
-        class: "axis-label",
-      },
-      "batch size [sequences] (log)",
-    ),
-  );
+  svg.append(...Charts.axisLabels(width, height, m, "peak learning rate (log)", "batch size [sequences] (log)"));
   box.append(
     svg,
     el("p", {

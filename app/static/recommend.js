@@ -1,7 +1,7 @@
 /* The recommendation form and its answer (ES module). */
 import { base, state, hooks } from "./studystate.js";
 
-const { api, el, clear, fmt, human, describeError } = HP;
+const { api, el, dataTable, clear, fmt, human, describeError } = HP;
 
 const REC_FIELDS = ["n_params", "tokens", "width", "depth", "batch_size", "batch_multiple", "compute"];
 const INT_FIELDS = new Set(["width", "depth", "batch_size", "batch_multiple"]);
@@ -144,27 +144,16 @@ export function renderRecommendation(r) {
     }
     out.append(
       el("h3", { text: "Baselines" }),
-      el(
-        "div",
-        { class: "table-wrap" },
-        el(
-          "table",
-          { class: "data compact", id: "rec-baselines" },
-          el(
-            "thead",
-            null,
-            el(
-              "tr",
-              null,
-              el("th", { text: "Source" }),
-              el("th", { class: "num", text: "Learning rate" }),
-              el("th", { class: "num", text: "Batch [seq.]" }),
-              el("th", { class: "num", text: "Batch [tokens]" }),
-              el("th", { text: "Notes" }),
-            ),
-          ),
-          tb,
-        ),
+      dataTable(
+        { class: "data compact", id: "rec-baselines" },
+        [
+          "Source",
+          { class: "num", text: "Learning rate" },
+          { class: "num", text: "Batch [seq.]" },
+          { class: "num", text: "Batch [tokens]" },
+          "Notes",
+        ],
+        tb,
       ),
     );
   }

@@ -11,10 +11,10 @@ per run), and two names mapped onto one field are refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from service.csv_io import REQUIRED_FIELDS
+from service.csv_io import REQUIRED_FIELDS, number_or_text
 from service.errors import InvalidArgument
 from service.limits import MAX_EXTRA_KEYS
 from store.queries import RUN_FIELDS
@@ -60,15 +60,8 @@ def scalar(value: Any) -> float | int | str | None:
         return str(value).lower()
     if isinstance(value, (int, float)):
         return value
-    text = str(value).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text[:1024]
+    number = number_or_text(str(value).strip())
+    return number[:1024] if isinstance(number, str) else number
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "", depth: int = 3) -> dict[str, Any]:
@@ -161,3 +154,27 @@ def to_run(
     if loss_curve:
         run["loss_curve"] = [list(point) for point in loss_curve]
     return run
+
+
+def map_runs(
+    runs: Iterable[tuple[str, str, Mapping[str, Any]]],
+    mapping: Mapping[str, str],
+    what: str,
+    default_sources: Callable[[set[str]], Mapping[str, str]] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """(source id, run) for each (source id, status, names → values) of a source's runs.
+
+    Each field's source name is found over the names all the runs use (`field_sources`);
+    `default_sources(names)` gives the source of fields that `mapping` does not name (an
+    Optuna trial's value is its loss). A required field that no run provides is one error,
+    `what` naming the kind of name the source has."""
+    runs = list(runs)
+    names = {name for _, _, values in runs for name in values}
+    sources = field_sources(names, mapping)
+    if default_sources is not None:
+        mapped = set(mapping.values())
+        sources.update({f: name for f, name in default_sources(names).items() if f not in mapped})
+    check_required(sources, names, what)
+    return [
+        (source_id, to_run(values, sources, run_key=source_id, status=status)) for source_id, status, values in runs
+    ]

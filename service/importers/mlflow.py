@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidArgument
-from service.importers.common import check_mapping, check_required, field_sources, to_run
+from service.importers.common import check_mapping, map_runs
 
 _STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed"}
 _PAGE = 1000
@@ -50,12 +50,8 @@ def read_runs(
     mapping = dict(mapping or {})
     check_mapping(mapping)
     runs = [r for r in _runs(tracking_uri, experiment) if r.info.status in _STATUS]
-    per_run = [(r, {**r.data.metrics, **r.data.params}) for r in runs]
-    names = {name for _, values in per_run for name in values}
-    sources = field_sources(names, mapping)
-    check_required(sources, names, "MLflow param or metric")
-    rows = []
-    for run, values in per_run:
-        source_id = f"mlflow:{run.info.run_id}"
-        rows.append((source_id, to_run(values, sources, run_key=source_id, status=_STATUS[run.info.status])))
-    return rows
+    return map_runs(
+        ((f"mlflow:{r.info.run_id}", _STATUS[r.info.status], {**r.data.metrics, **r.data.params}) for r in runs),
+        mapping,
+        "MLflow param or metric",
+    )

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidArgument
-from service.importers.common import check_mapping, check_required, field_sources, flatten, to_run
+from service.importers.common import check_mapping, flatten, map_runs
 
 _STATUS = {"COMPLETE": "completed", "PRUNED": "failed", "FAIL": "failed"}
 
@@ -54,14 +54,10 @@ def read_runs(
     check_mapping(mapping)
     study = _load(storage, study_name)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _STATUS]
-    per_trial = [(t, trial_values(t)) for t in trials]
-    names = {name for _, values in per_trial for name in values}
-    sources = field_sources(names, mapping)
-    if "final_loss" not in mapping.values():
-        sources["final_loss"] = "value" if "value" in names else "value_0"
-    check_required(sources, names, "Optuna trial param or user attribute")
-    rows = []
-    for trial, values in per_trial:
-        source_id = f"optuna:{trial.number}:{study_name}"
-        rows.append((source_id, to_run(values, sources, run_key=source_id, status=_STATUS[trial.state.name])))
-    return rows
+    return map_runs(
+        ((f"optuna:{t.number}:{study_name}", _STATUS[t.state.name], trial_values(t)) for t in trials),
+        mapping,
+        "Optuna trial param or user attribute",
+        # the trial's value is its loss unless --map names another field's source for it
+        default_sources=lambda names: {"final_loss": "value" if "value" in names else "value_0"},
+    )
