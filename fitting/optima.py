@@ -687,6 +687,19 @@ def divergence_caps(learning_rate: np.ndarray, diverged: np.ndarray, sidx: np.nd
     return cap
 
 
+def _caps_learning_rate(runs: RunTable, cl: RunClasses, sidx: np.ndarray, n_scales: int) -> np.ndarray:
+    """Runs that bound the learning rate from above: diverged ones, and runs that left the basin at a
+    learning rate above their scale's best run (a too-small learning rate only trains slowly)."""
+    best_lr = np.full(n_scales, np.inf)
+    loss = np.where(cl.usable, runs.final_loss, np.inf)
+    for s in range(n_scales):
+        m = np.flatnonzero(sidx == s)
+        if m.size and np.isfinite(loss[m]).any():
+            best_lr[s] = runs.learning_rate[m[np.argmin(loss[m])]]
+    caps: np.ndarray = (runs.status == DIVERGED) | (cl.left & (runs.learning_rate > best_lr[sidx]))
+    return caps
+
+
 # Stage 9: per-scale optima -----------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class _Evidence:
@@ -830,7 +843,7 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         centre, centre_se, boot = bootstrap_centres(
             fit, data, st["col_of"], noise.sigma, bootstrap, np.random.default_rng(seed)
         )
-    log_lr_cap = divergence_caps(runs.learning_rate, cl.diverged, sidx, S)
+    log_lr_cap = divergence_caps(runs.learning_rate, _caps_learning_rate(runs, cl, sidx, S), sidx, S)
     ev = _Evidence(
         runs,
         sidx,

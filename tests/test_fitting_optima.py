@@ -267,15 +267,26 @@ def test_many_runs_give_a_tight_interval_without_the_flag():
 
 
 def test_divergence_caps_the_learning_rate():
+    # A run diverged at a learning rate below where the completed runs' bowl bottoms out.
     recs = bowl(lrs=[4e-3 * 2.0**k for k in range(-3, 2)], centre=(math.log(1e-2), math.log(256.0)))
-    recs.append({**recs[0], "learning_rate": 1.6e-2, "final_loss": None, "status": "diverged"})
+    recs.append({**recs[0], "learning_rate": 7e-3, "final_loss": None, "status": "diverged"})
     runs = RunTable.from_records(recs)
     cap = divergence_caps(runs.learning_rate, runs.status == "diverged", np.zeros(len(runs), int), 1)
-    assert cap[0] == pytest.approx(math.log(1.6e-2))
+    assert cap[0] == pytest.approx(math.log(7e-3))
     a = analyse_sweeps(runs, bootstrap=20)
     o = a.optima[0].optimum["learning_rate"]
-    assert o.status == "capped" and o.value.value <= 1.6e-2
+    assert o.status == "capped" and o.value.value <= 7e-3
     assert any("capped by a diverged run" in f for f in a.optima[0].flags)
+
+
+def test_a_too_small_learning_rate_does_not_cap_the_optimum():
+    """Runs far up the low-lr wall leave the basin (> 20% above the best) but never bound lr from above."""
+    recs = bowl(lrs=[1e-2 * 2.0**k for k in range(-9, 2)], centre=(math.log(1e-2), math.log(256.0)))
+    a = analyse_sweeps(RunTable.from_records(recs), bootstrap=20)
+    assert a.optima[0].n_diverged > 0  # the lowest learning rates left the basin
+    o = a.optima[0].optimum["learning_rate"]
+    assert o.status == "bracketed" and o.value.contains(1e-2)
+    assert not any("capped" in f for f in a.optima[0].flags)
 
 
 def test_pooled_replicates_fit_the_same_bowl(monkeypatch: pytest.MonkeyPatch) -> None:
