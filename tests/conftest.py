@@ -46,6 +46,13 @@ STEPLAW_MAP = [
 ]
 
 
+def steplaw_import_argv(database_url: str, study: str = "steplaw") -> list[str]:
+    """`hpscale import` arguments loading the Step Law sweep as `study` (seq_len 2048), as the README does."""
+    args = ["import", str(STEPLAW_CSV), "--study", study, "--create", "--seq-len", "2048"]
+    args += ["--database-url", database_url, "--quiet"]
+    return args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from fitting import baselines as published
 from hpscale.cli import main
 from store.models import Fit
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer, count_rows
+from tests.conftest import STEPLAW_CSV, bearer, count_rows, steplaw_import_argv
 
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 
@@ -20,19 +20,7 @@ TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 @pytest.fixture
 def steplaw(client: TestClient, database_url: str) -> TestClient:
     """The client, with the Step Law sweep imported as study 'steplaw' (seq_len 2048)."""
-    args = [
-        "import",
-        str(STEPLAW_CSV),
-        "--study",
-        "steplaw",
-        "--create",
-        "--seq-len",
-        "2048",
-        "--database-url",
-        database_url,
-        "--quiet",
-    ]
-    assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
+    assert main(steplaw_import_argv(database_url)) == 0
     return client
 
 

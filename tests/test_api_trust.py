@@ -7,16 +7,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from hpscale.cli import main
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, bearer
+from tests.conftest import bearer, steplaw_import_argv
 
 TARGET_7B = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 
 
 @pytest.fixture
 def steplaw(client: TestClient, database_url: str) -> TestClient:
-    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048"]
-    args += ["--database-url", database_url, "--quiet"]
-    assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
+    assert main(steplaw_import_argv(database_url)) == 0
     return client
 
 

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -29,8 +28,8 @@ from sqlalchemy import select
 from hpscale.cli import main
 from store.db import make_engine, run_in_transaction
 from store.models import Fit, Study
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
-from tests.test_serve import free_port, wait_healthy
+from tests.conftest import steplaw_import_argv
+from tests.test_serve import free_port, serve_argv, wait_healthy
 from tests.test_service_limits import loss_law_sweep
 
 pytestmark = pytest.mark.slow
@@ -44,19 +43,7 @@ def server(database_url: str, **settings: str) -> Iterator[tuple[str, subprocess
     port = free_port()
     env = {**os.environ, **{f"HPSCALE_{k.upper()}": v for k, v in settings.items()}}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpscale.cli",
-            "serve",
-            "--no-auth",
-            "--port",
-            str(port),
-            "--database-url",
-            database_url,
-            "--log-level",
-            "warning",
-        ],
+        serve_argv(database_url, port, "--no-auth"),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
@@ -164,9 +151,7 @@ def is_fit_child(pid: int) -> bool:
 
 @pytest.mark.parametrize("victim", ["server and its fit child", "fit child"])
 def test_a_sigkilled_fitting_process_heals_within_30_s(database_url: str, victim: str) -> None:
-    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048"]
-    args += ["--database-url", database_url, "--quiet"]
-    assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
+    assert main(steplaw_import_argv(database_url)) == 0
     engine = make_engine(database_url)
     target = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
     # A fits slowly (many resamples) and is killed mid-fit; the next request is answered

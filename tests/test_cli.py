@@ -12,29 +12,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from hpscale.cli import is_loopback, main
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, count_rows
-
-
-def _map_args() -> list[str]:
-    return [arg for pair in STEPLAW_MAP for arg in ("--map", pair)]
+from tests.conftest import STEPLAW_CSV, count_rows, steplaw_import_argv
 
 
 def import_steplaw(database_url: str, study: str = "steplaw") -> int:
-    return main(
-        [
-            "import",
-            str(STEPLAW_CSV),
-            "--study",
-            study,
-            "--create",
-            "--seq-len",
-            "2048",
-            "--database-url",
-            database_url,
-            "--quiet",
-            *_map_args(),
-        ]
-    )
+    return main(steplaw_import_argv(database_url, study))
 
 
 @pytest.mark.slow

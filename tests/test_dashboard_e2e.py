@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
-from tests.test_serve import free_port, wait_healthy
+from tests.conftest import STEPLAW_CSV, steplaw_import_argv
+from tests.test_serve import free_port, serve_argv, wait_healthy
 
 pytestmark = pytest.mark.slow  # starts servers or a browser
 
@@ -84,22 +84,7 @@ def steplaw_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not STEPLAW_CSV.exists():
         pytest.fail(f"shared Step Law data missing: {STEPLAW_CSV}")
     url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'hpscale.db'}"
-    args = [
-        sys.executable,
-        "-m",
-        "hpscale.cli",
-        "import",
-        str(STEPLAW_CSV),
-        "--study",
-        "steplaw",
-        "--create",
-        "--seq-len",
-        "2048",
-        "--database-url",
-        url,
-    ]
-    for m in STEPLAW_MAP:
-        args += ["--map", m]
+    args = [sys.executable, "-m", "hpscale.cli", *steplaw_import_argv(url)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return url
@@ -111,18 +96,7 @@ def _serve(url: str, *, no_auth: bool, token: str | None = None) -> tuple[subpro
     env.pop("HPSCALE_NO_AUTH", None)
     if token:
         env["HPSCALE_BOOTSTRAP_ADMIN_TOKEN"] = token
-    cmd = [
-        sys.executable,
-        "-m",
-        "hpscale.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--database-url",
-        url,
-        "--log-level",
-        "warning",
-    ]
+    cmd = serve_argv(url, port)
     if no_auth:
         cmd.append("--no-auth")
     process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)

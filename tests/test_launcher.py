@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,8 +17,8 @@ from hpscale.client import Client, HpscaleError, content_run_key
 from store import queries
 from store.db import run_in_transaction
 from store.models import Fit, Run
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP, count_rows
-from tests.test_serve import free_port, wait_healthy
+from tests.conftest import count_rows, steplaw_import_argv
+from tests.test_serve import free_port, serve_argv, wait_healthy
 
 pytestmark = pytest.mark.slow  # starts servers or a browser
 
@@ -29,39 +28,14 @@ TARGET = {"n_params": 7e9, "tokens": 1.4e12, "width": 4096, "depth": 32}
 @pytest.fixture
 def server(database_url: str, engine: Engine) -> Iterator[tuple[str, dict[str, str]]]:
     """A 2-worker server on the test database holding the Step Law study, and tokens by scope."""
-    args = [
-        "import",
-        str(STEPLAW_CSV),
-        "--study",
-        "steplaw",
-        "--create",
-        "--seq-len",
-        "2048",
-        "--database-url",
-        database_url,
-        "--quiet",
-    ]
-    assert main(args + [a for pair in STEPLAW_MAP for a in ("--map", pair)]) == 0
+    assert main(steplaw_import_argv(database_url)) == 0
     tokens = {
         s: run_in_transaction(engine, lambda c, s=s: queries.create_token(c, f"launcher-{s}", s))
         for s in ("read", "write", "admin")
     }
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpscale.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--database-url",
-            database_url,
-            "--log-level",
-            "warning",
-        ],
+        serve_argv(database_url, port, workers=2),
         env={**os.environ, "HPSCALE_BOOTSTRAP": "40"},
         stderr=subprocess.PIPE,
         text=True,

@@ -19,7 +19,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from store import queries
 from store.db import make_engine, run_in_transaction
 from store.models import Run
 from tests.conftest import make_run
-from tests.test_serve import free_port, wait_healthy
+from tests.test_serve import free_port, serve_argv, wait_healthy
 
 pytestmark = pytest.mark.slow  # starts servers or a browser
 
@@ -156,20 +155,7 @@ TOKEN = "hps_concurrency-test-admin-token-0123456789-ABCDEFGHIJK"
 def start_server(database_url: str, workers: int = 1, port: int | None = None) -> tuple[subprocess.Popen, str]:
     port = port or free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpscale.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--database-url",
-            database_url,
-            "--log-level",
-            "warning",
-        ],
+        serve_argv(database_url, port, workers=workers),
         env={**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": TOKEN},
         stderr=subprocess.PIPE,
         text=True,

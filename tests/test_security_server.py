@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from hpscale.cli import main as cli
-from tests.conftest import STEPLAW_CSV, STEPLAW_MAP
+from tests.conftest import steplaw_import_argv
 from tests.test_serve import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -43,9 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     """`hpscale serve` on a free loopback port, with the Step Law sweep as study 'steplaw'."""
     url = f"sqlite:///{tmp_path_factory.mktemp('server') / 'hpscale.db'}"
     assert cli(["db", "upgrade", "--database-url", url]) == 0
-    args = ["import", str(STEPLAW_CSV), "--study", "steplaw", "--create", "--seq-len", "2048"]
-    args += ["--database-url", url, "--quiet", *(a for pair in STEPLAW_MAP for a in ("--map", pair))]
-    assert cli(args) == 0
+    assert cli(steplaw_import_argv(url)) == 0
     port = free_port()
     env = {**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": TOKEN, "HPSCALE_BOOTSTRAP": "20"}
     env.pop("HPSCALE_NO_AUTH", None)

@@ -16,6 +16,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def serve_argv(database_url: str, port: int, *flags: str, workers: int = 1) -> list[str]:
+    """`hpscale serve` on 127.0.0.1:`port` with `flags` (e.g. "--no-auth"), as a subprocess argv."""
+    return [
+        sys.executable,
+        "-m",
+        "hpscale.cli",
+        "serve",
+        *flags,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--database-url",
+        database_url,
+        "--log-level",
+        "warning",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,20 +63,7 @@ def test_serve_upgrades_and_serves_with_bootstrap_token(database_url: str, worke
     token = "hps_bootstrap-secret-for-tests-0123456789-ABCDEFGHIJKLMNOP"
     env = {**os.environ, "HPSCALE_BOOTSTRAP_ADMIN_TOKEN": token}
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpscale.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--database-url",
-            database_url,
-            "--log-level",
-            "warning",
-        ],
+        serve_argv(database_url, port, workers=workers),
         env=env,
         stderr=subprocess.PIPE,
         text=True,
