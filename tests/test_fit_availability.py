@@ -155,3 +155,36 @@ def test_fit_inputs_read_in_chunks_equal_the_records(surface: TestClient, engine
             assert list(a) == list(b), name
         else:
             np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_failed_final_write_releases_the_claim_and_the_next_request_fits(
+    surface: TestClient, engine: Engine, database_url: str
+) -> None:
+    """The database fails exactly at the fit's final write (PostgreSQL raises disk_full from a
+    trigger, the error a full disk gives): 503 + Retry-After, no 'running' row left behind,
+    and the next request fits at once instead of waiting for a dead claim."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the disk_full trigger is PostgreSQL's; the SQLite read-only case is tested above")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION hpscale_test_disk_full() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; "
+            "END $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER hpscale_test_disk_full BEFORE UPDATE ON fits FOR EACH ROW "
+            "WHEN (NEW.status = 'done') EXECUTE FUNCTION hpscale_test_disk_full()"
+        )
+    try:
+        response = surface.post("/v1/studies/surface/fits", json={"bootstrap": 20})
+        assert_error(response, 503, "unavailable")
+        assert response.headers["retry-after"]
+        with engine.connect() as conn:
+            statuses = [row[0] for row in conn.exec_driver_sql("SELECT status FROM fits")]
+        assert "running" not in statuses
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER hpscale_test_disk_full ON fits")
+            conn.exec_driver_sql("DROP FUNCTION hpscale_test_disk_full()")
+    again = surface.post("/v1/studies/surface/fits", json={"bootstrap": 20})
+    assert again.status_code == 201, again.text
