@@ -45,6 +45,10 @@ CONTOUR_LEVELS = (0.0025, 0.01, 0.03)
 CONTOUR_RAYS = 72
 
 
+class CurveRequestError(ValueError):
+    """A curve that cannot be drawn as asked (unknown x, point count, a variable no proxy has)."""
+
+
 def proxies_centre(fit: StudyResult) -> dict[str, float]:
     """Geometric mean of each scale variable over the fit's per-scale optima (absent ones left out)."""
     out: dict[str, float] = {}
@@ -60,7 +64,7 @@ def _x_range(fit: StudyResult, x_var: str) -> tuple[float, float]:
     vals = np.array([o.scale.variables()[x_var] for o in fit.optima], float)
     vals = vals[np.isfinite(vals) & (vals > 0)]
     if not vals.size:
-        raise ValueError(f"no proxy scale has {x_var}")
+        raise CurveRequestError(f"no proxy scale has {x_var}")
     return float(vals.min()) / RANGE_WIDEN, float(vals.max()) * RANGE_WIDEN
 
 
@@ -134,12 +138,12 @@ def law_curve(
     if axis not in fit.laws:
         raise KeyError(axis)
     if x_var not in X_VARIABLES:
-        raise ValueError(f"x must be one of {', '.join(X_VARIABLES)}")
+        raise CurveRequestError(f"x must be one of {', '.join(X_VARIABLES)}")
     if not 2 <= points <= MAX_POINTS:
-        raise ValueError(f"points must be between 2 and {MAX_POINTS}")
+        raise CurveRequestError(f"points must be between 2 and {MAX_POINTS}")
     ref = {**proxies_centre(fit), **{k: float(v) for k, v in (fixed or {}).items() if v is not None}}
     if x_var == "compute" and "n_params" not in ref:
-        raise ValueError("a curve along compute needs n_params")
+        raise CurveRequestError("a curve along compute needs n_params")
     lo, hi = _x_range(fit, x_var)
     if x_range is not None:  # widened to include the asked range (e.g. a target beyond the proxies)
         lo, hi = min(lo, x_range[0]), max(hi, x_range[1])

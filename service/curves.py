@@ -57,7 +57,7 @@ def fit_curves(
             out_laws[axis] = curves.law_curve(fit, axis, x, points, given, x_range)
         except MissingTarget as e:
             raise InvalidTarget(str(e), [field_detail(e.variable, str(e))]) from e
-        except ValueError as e:
+        except curves.CurveRequestError as e:
             raise InsufficientData(f"no curve along {x}: {e}") from e
     out: dict[str, Any] = json_safe(
         {
