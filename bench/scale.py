@@ -212,11 +212,18 @@ def measure(database_url: str, n_runs: int, workdir: Path, workers: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        default=["sqlite", "postgresql"],
+        help="databases to measure (postgresql only when HPSCALE_TEST_POSTGRES_URL is set)",
+    )
     args = parser.parse_args()
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
     workdir = Path(tempfile.mkdtemp(prefix="hpscale-scale-"))
-    backends = [("sqlite", None)]
-    if os.environ.get("HPSCALE_TEST_POSTGRES_URL"):
+    backends: list[tuple[str, str | None]] = [("sqlite", None)] if "sqlite" in args.backends else []
+    if os.environ.get("HPSCALE_TEST_POSTGRES_URL") and "postgresql" in args.backends:
         backends.append(("postgresql", os.environ["HPSCALE_TEST_POSTGRES_URL"]))
     try:
         for name, base in backends:
