@@ -343,23 +343,17 @@ def cmd_tokens_revoke(args: argparse.Namespace) -> int:
 # --- runs, studies, audit ------------------------------------------------------------
 
 
-def cmd_runs_exclude(args: argparse.Namespace) -> int:
+def cmd_runs_set_excluded(args: argparse.Namespace) -> int:
+    """`runs exclude` and `runs include`: the subcommand's `excluded` default says which."""
     from service.undo import set_excluded
 
     engine = _engine(args)
     for run_id in args.run_ids:
-        set_excluded(engine, args.study, run_id, excluded=True, reason=args.reason, actor="cli")
-        print(f"excluded run {run_id} of '{args.study}': no fit uses it until `hpscale runs include`")
-    return 0
-
-
-def cmd_runs_include(args: argparse.Namespace) -> int:
-    from service.undo import set_excluded
-
-    engine = _engine(args)
-    for run_id in args.run_ids:
-        set_excluded(engine, args.study, run_id, excluded=False, reason=args.reason, actor="cli")
-        print(f"included run {run_id} of '{args.study}' again")
+        set_excluded(engine, args.study, run_id, excluded=args.excluded, reason=args.reason, actor="cli")
+        if args.excluded:
+            print(f"excluded run {run_id} of '{args.study}': no fit uses it until `hpscale runs include`")
+        else:
+            print(f"included run {run_id} of '{args.study}' again")
     return 0
 
 
@@ -580,12 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
     exclude.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="run ids (the `id` of a listed run)")
     exclude.add_argument("--study", required=True, help="the study the runs belong to")
     exclude.add_argument("--reason", required=True, help="why (shown with the run, kept in the audit log)")
-    exclude.set_defaults(func=cmd_runs_exclude)
+    exclude.set_defaults(func=cmd_runs_set_excluded, excluded=True)
     include = runs_sub.add_parser("include", parents=[common], help="let fits use excluded runs again")
     include.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="run ids")
     include.add_argument("--study", required=True, help="the study the runs belong to")
     include.add_argument("--reason", help="why (kept in the audit log)")
-    include.set_defaults(func=cmd_runs_include)
+    include.set_defaults(func=cmd_runs_set_excluded, excluded=False)
 
     studies = sub.add_parser("studies", help="manage studies")
     studies_sub = studies.add_subparsers(dest="studies_command", required=True)

@@ -24,6 +24,20 @@ def steplaw(client: TestClient, database_url: str) -> TestClient:
     return client
 
 
+def one_more_run(run_key: str) -> dict[str, object]:
+    """A plausible extra run at the smallest Step Law scale (changes the study's data version)."""
+    return {
+        "n_params": 2.1e8,
+        "tokens": 4e9,
+        "width": 960,
+        "depth": 7,
+        "learning_rate": 1e-3,
+        "batch_size": 128,
+        "final_loss": 3.0,
+        "run_key": run_key,
+    }
+
+
 def assert_interval(interval: dict) -> None:
     assert interval["low"] <= interval["value"] <= interval["high"], interval
     assert all(math.isfinite(interval[k]) for k in ("low", "value", "high"))
@@ -63,16 +77,7 @@ def test_fit_is_reused_until_the_data_change(steplaw: TestClient, engine: Engine
     first = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     again = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     assert again["id"] == first["id"] and count_rows(engine, Fit) == 1
-    run = {
-        "n_params": 2.1e8,
-        "tokens": 4e9,
-        "width": 960,
-        "depth": 7,
-        "learning_rate": 1e-3,
-        "batch_size": 128,
-        "final_loss": 3.0,
-        "run_key": "extra-run",
-    }
+    run = one_more_run("extra-run")
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
     third = steplaw.post("/v1/studies/steplaw/fits", json={"bootstrap": 20}).json()
     assert third["id"] != first["id"] and third["data_version"] != first["data_version"]
@@ -317,16 +322,7 @@ def test_repeated_recommendations_never_outlive_a_commit(
     assert first.status_code == again.status_code == 200 and first.content == again.content
     stranger = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=bearer("hps_nope"))
     assert stranger.status_code == 401
-    run = {
-        "n_params": 2.1e8,
-        "tokens": 4e9,
-        "width": 960,
-        "depth": 7,
-        "learning_rate": 1e-3,
-        "batch_size": 128,
-        "final_loss": 3.0,
-        "run_key": "late-run",
-    }
+    run = one_more_run("late-run")
     assert steplaw.post("/v1/studies/steplaw/runs", json=run).status_code == 201
     # At once from the previous fit, now saying that a refit is running (issue 11) ...
     after = steplaw.get("/v1/studies/steplaw/recommendation", params=TARGET_7B, headers=reader).json()
