@@ -13,6 +13,11 @@ import os
 # were 10-25x slower with them). Set before numpy is first imported; subprocesses inherit it.
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
+import tempfile
+
+# A tracked run that cannot be submitted is saved under ./hpscale-unsent by default: never
+# into the working tree from a test (subprocesses inherit this too).
+os.environ.setdefault("HPSCALE_SPOOL_DIR", tempfile.mkdtemp(prefix="hpscale-unsent-"))
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

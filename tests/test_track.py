@@ -1,16 +1,15 @@
-"""The training-loop hook (`Client.track`) and the HF / Lightning callbacks built on it, and the
-client's exclusion/undo/pinning calls, against the real app (in-process transport)."""
+"""The training-loop hook (`Client.track`), a requeued job's retry, the dry-run check, and the
+client's exclusion/undo/pinning calls, against the real app (in-process transport). The HF and
+Lightning callbacks built on `track` are tested with the real libraries in test_integrations.py."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
-from hpscale.callbacks import HpscaleLightningCallback, HpscaleTrainerCallback
 from hpscale.client import Client, HpscaleError
 from tests.conftest import api_client
 from tests.test_undo_pins import TARGET, make_study
@@ -80,26 +79,6 @@ def test_an_unreachable_server_warns_with_the_run_instead_of_raising() -> None:
         run.final_loss = 3.0
     hp.close()
     assert run.result is None and run.error is not None
-
-
-def test_hf_and_lightning_callbacks_submit_once(hp: Client) -> None:
-    hf = HpscaleTrainerCallback(hp, "s", run_key="hf", tokens_per_step=1e6, **SCALE)
-    args = control = SimpleNamespace()
-    for step in (10, 20):
-        hf.on_log(args, SimpleNamespace(global_step=step, num_input_tokens_seen=0), control, logs={"loss": 3.5})
-    hf.on_evaluate(args, SimpleNamespace(global_step=20), control, metrics={"eval_loss": 3.4})
-    hf.on_train_end(args, SimpleNamespace(global_step=20), control)
-    hf.on_train_end(args, SimpleNamespace(global_step=20), control)  # a second end submits nothing more
-
-    lit = HpscaleLightningCallback(hp, "s", run_key="lit", tokens_per_step=1e6, **SCALE)
-    trainer = SimpleNamespace(global_step=5, callback_metrics={"train_loss": 3.9})
-    lit.on_train_batch_end(trainer, None, None, None, 0)
-    lit.on_exception(trainer, None, ValueError("loss exploded"))
-    runs = by_key(hp)
-    assert runs["hf"]["status"] == "completed" and runs["hf"]["final_loss"] == 3.4
-    assert runs["hf"]["loss_curve"] == [[1e7, 3.5], [2e7, 3.5]]
-    assert runs["lit"]["status"] == "failed" and runs["lit"]["loss_curve"] == [[5e6, 3.9]]
-    assert len(runs) == 2
 
 
 def test_client_exclusion_undo_and_pinning(client: TestClient) -> None:
