@@ -245,14 +245,17 @@ class _Tracker:
         self.train_loss: float | None = None
         self.last_step = 0
         self.tokens_seen: float | None = None
+        self.reachable = True
         if check and self.zero:
             self._check()
 
     # -- checks before training --
 
     def _check(self, runs: Iterable[Mapping[str, Any]] = ()) -> None:
+        if not self.reachable:
+            return  # said once already; the run is saved at the end if it still cannot be sent
         try:
-            self.client.check(self.study, runs, deadline=min(self.client.submit_deadline, 30.0))
+            self.client.check(self.study, runs, deadline=min(self.client.submit_deadline, 10.0))
         except HpscaleError as error:
             if error.status_code >= 500 or self.check == "warn":
                 warnings.warn(f"hpscale: study {self.study!r}: {error}; training goes on", stacklevel=3)
@@ -266,6 +269,7 @@ class _Tracker:
                 error.details,
             ) from None
         except httpx.HTTPError as error:
+            self.reachable = False
             warnings.warn(
                 f"hpscale: cannot reach {self.client.url} ({error}); training goes on and the run is saved "
                 f"locally if it still cannot be sent at the end",

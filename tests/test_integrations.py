@@ -223,6 +223,20 @@ def test_hf_a_missing_study_or_bad_token_stops_before_training(hp, tmp_path: Pat
             HpscaleTrainerCallback(client, "no-such-study", check="warn")
 
 
+def test_hf_a_server_that_is_down_never_stops_training_and_the_run_is_saved(tmp_path: Path) -> None:
+    down = Client(f"http://127.0.0.1:{free_port()}", TOKEN, retries=1, submit_deadline=2, spool_dir=tmp_path / "unsent")
+    with pytest.warns(UserWarning, match="cannot reach"):
+        callback = HpscaleTrainerCallback(down, "proxies", run_key="offline")
+    trainer = hf_trainer(tmp_path, callback)
+    with pytest.warns(UserWarning, match="hpscale submit"):
+        callback.train(trainer)
+    assert trainer.state.global_step == 30
+    saved = json.loads((tmp_path / "unsent" / "proxies--offline.json").read_text())
+    assert saved["study"] == "proxies" and saved["runs"][0]["status"] == "completed"
+    assert saved["runs"][0]["batch_size"] == 4 and saved["runs"][0]["final_loss"] > 0
+    down.close()
+
+
 def test_a_requeued_hf_job_stores_its_completed_retry(hp, tmp_path: Path) -> None:
     client, study = hp
     first = HpscaleTrainerCallback(client, study, run_key="slurm-4242")
