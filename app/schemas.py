@@ -6,8 +6,9 @@ What clients submit (studies, runs) is validated by `service.schemas`, shared wi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.studies import Study, StudySummary
 
@@ -89,6 +90,16 @@ class SubmitResult(BaseModel):
     duplicates: int
     ids: list[int]
     submission_id: int
+    replaced: Annotated[
+        int, Field(description="stored `failed` runs replaced by a completed/diverged retry under their run_key")
+    ] = 0
+
+
+class DryRunResult(BaseModel):
+    """`?dry_run=true`: the submission passed every check a real one meets; nothing was stored."""
+
+    dry_run: bool = True
+    valid: int
 
 
 class ExcludeRequest(BaseModel):

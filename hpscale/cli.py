@@ -539,10 +539,8 @@ AUTH_HINTS = {
 }
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    import json
-
-    from hpscale.client import Client, HpscaleError
+def _server(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The server URL and bearer token of a client command (flags, then HPSCALE_URL/HPSCALE_TOKEN)."""
     from service.settings import ClientSettings
 
     client_settings = ClientSettings()
@@ -550,6 +548,67 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     token = args.token or (client_settings.token.get_secret_value() if client_settings.token else None)
     if args.token_file is not None:
         token = args.token_file.read_text(encoding="utf-8").strip()
+    return url, token
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Post runs saved as JSON (a tracked run that could not reach the server saves itself so)."""
+    import json
+
+    from hpscale.client import Client, HpscaleError
+
+    url, token = _server(args)
+    batches: list[tuple[str, list[dict]]] = []
+    for path in args.paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            print(f"error: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+        if isinstance(data, list):
+            data = {"runs": data}
+        elif isinstance(data, dict) and "runs" not in data:
+            data = {"runs": [data]}
+        study = args.study or (data.get("study") if isinstance(data, dict) else None)
+        if not isinstance(study, str) or not isinstance(data.get("runs"), list):
+            print(
+                f"error: {path}: give --study (the file names none) and a run, a list of runs or {{'runs': [...]}}",
+                file=sys.stderr,
+            )
+            return 2
+        batches.append((study, data["runs"]))
+    try:
+        with Client(url, token) as client:
+            for (study, runs), path in zip(batches, args.paths):
+                result = client.submit(study, runs)
+                print(
+                    f"{path}: {study}: {result['inserted']} stored, {result.get('replaced', 0)} replaced a failed "
+                    f"attempt, {result['duplicates']} already there"
+                )
+    except HpscaleError as error:
+        return _client_error(error)
+    except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeout: say what and where
+        print(f"error: cannot reach {url}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _client_error(error: Any) -> int:
+    print(f"error: {error.message}", file=sys.stderr)
+    for detail in error.details:
+        if str(detail.get("message")) not in error.message:  # said once, not twice
+            print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
+    if error.status_code in AUTH_HINTS:
+        print(f"hint: {AUTH_HINTS[error.status_code]}", file=sys.stderr)
+    return 1
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    from hpscale.client import Client, HpscaleError
+
+    url, token = _server(args)
     target = {
         "n_params": args.n_params,
         "tokens": args.tokens,
@@ -565,13 +624,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         with Client(url, token) as client:
             rec = client.recommend(args.study, **target)
     except HpscaleError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        for detail in error.details:
-            if str(detail.get("message")) not in error.message:  # said once, not twice
-                print(f"  {detail.get('field')}: {detail.get('message')}", file=sys.stderr)
-        if error.status_code in AUTH_HINTS:
-            print(f"hint: {AUTH_HINTS[error.status_code]}", file=sys.stderr)
-        return 1
+        return _client_error(error)
     except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeout: say what and where
         print(f"error: cannot reach {url}: {error}", file=sys.stderr)
         return 1
@@ -688,7 +741,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", "-o", help="file (default: standard output)")
     exp.set_defaults(func=cmd_export)
 
-    rec = sub.add_parser("recommend", help="ask a running server for hyperparameters at a target")
+    # the server a client command talks to
+    server = argparse.ArgumentParser(add_help=False)
+    server.add_argument("--url", help="server (default: $HPSCALE_URL or http://127.0.0.1:8000)")
+    server.add_argument(
+        "--token-file", type=Path, help="read the bearer token from this file (default: $HPSCALE_TOKEN)"
+    )
+    server.add_argument(
+        "--token", help="bearer token; discouraged: other users see it in `ps`; use $HPSCALE_TOKEN or --token-file"
+    )
+    rec = sub.add_parser("recommend", parents=[server], help="ask a running server for hyperparameters at a target")
     rec.add_argument("--study", required=True, help="the study whose laws answer")
     rec.add_argument("--n-params", type=float, help="target total parameters")
     rec.add_argument("--tokens", type=float, help="target training tokens")
@@ -703,13 +765,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="answer from this fit (the fit_id printed by an earlier answer): the same answer again",
     )
-    rec.add_argument("--url", help="server (default: $HPSCALE_URL or http://127.0.0.1:8000)")
-    rec.add_argument("--token-file", type=Path, help="read the bearer token from this file (default: $HPSCALE_TOKEN)")
-    rec.add_argument(
-        "--token", help="bearer token; discouraged: other users see it in `ps`; use $HPSCALE_TOKEN or --token-file"
-    )
     rec.add_argument("--json", action="store_true", help="print the raw JSON answer")
     rec.set_defaults(func=cmd_recommend)
+
+    subm = sub.add_parser(
+        "submit",
+        parents=[server],
+        help="post runs saved as JSON to a running server (e.g. a tracked run saved in ./hpscale-unsent/)",
+    )
+    subm.add_argument("paths", nargs="+", type=Path, metavar="FILE", help='JSON: {"study", "runs": [...]}, or runs')
+    subm.add_argument("--study", help='the study (default: the file\'s own "study")')
+    subm.set_defaults(func=cmd_submit)
 
     tokens = sub.add_parser("tokens", help="API tokens")
     tok_sub = tokens.add_subparsers(dest="tokens_command", required=True)

@@ -15,14 +15,17 @@ raises `HpscaleError` carrying the server's error body.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import os
 import random
 import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +35,8 @@ import httpx
 # on purpose: the client imports nothing server-side, so it installs and runs without the server.
 MAX_BATCH = 10_000
 _RETRY_STATUS = {429, 502, 503, 504}
+# What the end of a tracked run may spend submitting it, all tries included (seconds).
+DEFAULT_SUBMIT_DEADLINE = 30.0
 
 
 class HpscaleError(Exception):
@@ -77,10 +82,21 @@ class Client:
         timeout: float = 120.0,
         retries: int = 4,
         transport: httpx.BaseTransport | None = None,
+        submit_deadline: float | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        """`submit_deadline`: seconds, all tries included, that the end of a tracked run may
+        spend submitting it (default 30, or HPSCALE_SUBMIT_DEADLINE) before it gives up and
+        saves the run to `spool_dir` (default ./hpscale-unsent, or HPSCALE_SPOOL_DIR)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.timeout = timeout
         self.retries = retries
+        if submit_deadline is None:
+            submit_deadline = float(os.environ.get("HPSCALE_SUBMIT_DEADLINE") or DEFAULT_SUBMIT_DEADLINE)
+        self.submit_deadline = submit_deadline
+        self.spool_dir = Path(spool_dir or os.environ.get("HPSCALE_SPOOL_DIR") or "hpscale-unsent")
 
     def close(self) -> None:
         self._http.close()
@@ -91,22 +107,35 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, *, deadline: float | None = None, **kwargs: Any) -> Any:
+        """One call, retried on transient failures; `deadline` (seconds) bounds all tries
+        together, each try's timeout included, so a server that accepts connections but never
+        answers cannot hold the caller longer than that."""
         delay = 0.25
+        end = None if deadline is None else time.monotonic() + deadline
         for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise httpx.TimeoutException(f"no answer within the {deadline:g} s deadline")
+                kwargs["timeout"] = min(self.timeout, left)
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError:
-                if attempt == self.retries:
+                if last or (end is not None and time.monotonic() >= end):
                     raise
             else:
-                if response.status_code not in _RETRY_STATUS or attempt == self.retries:
+                if response.status_code not in _RETRY_STATUS or last:
                     if response.is_error:
                         raise HpscaleError.from_response(response)
                     if response.headers.get("content-type", "").startswith("application/json"):
                         return response.json()
                     return response.text
-            time.sleep(delay * (1 + random.random()))
+            pause = delay * (1 + random.random())
+            if end is not None:
+                pause = min(pause, max(0.0, end - time.monotonic()))
+            time.sleep(pause)
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
 
@@ -127,18 +156,34 @@ class Client:
     def study(self, name: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/studies/{_segment(name)}")
 
+    def check(self, study: str, runs: Iterable[Mapping[str, Any]] = (), *, deadline: float | None = 30.0) -> None:
+        """Raise `HpscaleError` now if submitting `runs` to `study` later would be refused:
+        the study exists, the token is accepted and may write, and each run passes the
+        server's own validation (`POST .../runs?dry_run=true`: nothing is stored)."""
+        self._request("GET", f"/v1/studies/{_segment(study)}", deadline=deadline)
+        batch = list(runs)
+        if batch:
+            self._request(
+                "POST",
+                f"/v1/studies/{_segment(study)}/runs",
+                params={"dry_run": "true"},
+                json={"runs": batch},
+                deadline=deadline,
+            )
+
     def submit(self, study: str, runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Store runs (in batches of ≤10,000, each atomic); safe to call again after a failure.
 
         The answer's `submission_ids` (one per batch) undo it: `delete_submission`."""
         keyed = [dict(run) if run.get("run_key") else {**run, "run_key": content_run_key(run)} for run in runs]
-        total: dict[str, Any] = {"inserted": 0, "duplicates": 0, "ids": [], "submission_ids": []}
+        total: dict[str, Any] = {"inserted": 0, "duplicates": 0, "replaced": 0, "ids": [], "submission_ids": []}
         for start in range(0, len(keyed), MAX_BATCH):
             result = self._request(
                 "POST", f"/v1/studies/{_segment(study)}/runs", json={"runs": keyed[start : start + MAX_BATCH]}
             )
             total["inserted"] += result["inserted"]
             total["duplicates"] += result["duplicates"]
+            total["replaced"] += result.get("replaced", 0)
             total["ids"].extend(result["ids"])
             total["submission_ids"].append(result.get("submission_id"))
         return total
@@ -206,13 +251,17 @@ class Client:
         On leaving the block the run is submitted: `completed` with `final_loss` (or the
         curve's last loss), `diverged` if a loss was NaN/inf, `failed` if the block raised
         (the exception still propagates) or no loss was given. Fields that are not run
-        fields go into `extra`. `run_key` defaults to a fresh id, so retries of the
-        submission never store the run twice; pass your job id to make reruns idempotent.
+        fields go into `extra`, but a near-miss of a run field (`learnig_rate`) is a
+        TypeError at once. `run_key` defaults to a fresh id, so retries of the submission
+        never store the run twice; pass your job id to make a requeued job's retry
+        replace its failed first attempt (the server keeps a completed run, never two).
+        The submission is bounded by the client's `submit_deadline`; past it the run is
+        saved to a JSON file for `hpscale submit`.
         """
         return TrackedRun(self, study, run_key=run_key, **fields)
 
 
-_RUN_FIELDS = frozenset(
+RUN_FIELDS = frozenset(
     {"n_params", "tokens", "width", "depth", "seq_len", "learning_rate", "batch_size", "weight_decay", "seed"}
 )
 
@@ -224,6 +273,28 @@ def _finite(value: Any) -> bool:
         return False
 
 
+def near_miss(name: str) -> str | None:
+    """The run field `name` is probably a misspelling of, if any (`learnig_rate`)."""
+    if name in RUN_FIELDS:
+        return None
+    close = difflib.get_close_matches(name, sorted(RUN_FIELDS | {"final_loss", "run_key"}), n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def split_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run fields, extra) of keyword arguments; a near-miss of a run field is a TypeError."""
+    for name in fields:
+        if (meant := near_miss(name)) is not None:
+            raise TypeError(
+                f"hpscale: unknown field {name!r} (did you mean {meant!r}?); names that are not run fields go "
+                f"into extra, so a misspelt one would be lost: pass extra fields under names unlike run fields"
+            )
+    return (
+        {k: v for k, v in fields.items() if k in RUN_FIELDS},
+        {k: v for k, v in fields.items() if k not in RUN_FIELDS},
+    )
+
+
 class TrackedRun:
     """One training run being tracked by `Client.track` (see there)."""
 
@@ -231,14 +302,18 @@ class TrackedRun:
         self.client = client
         self.study = study
         self.run_key = run_key or f"track-{uuid.uuid4().hex}"
-        self.fields = {k: v for k, v in fields.items() if k in _RUN_FIELDS}
-        self.extra: dict[str, Any] = {k: v for k, v in fields.items() if k not in _RUN_FIELDS}
+        self.fields, self.extra = split_fields(fields)
         self.final_loss: float | None = None
         self.loss_curve: list[list[float]] = []
+        # "tokens" (the contract's unit) or "steps" when tokens per step are unknown; a
+        # curve in steps says so in extra["loss_curve_x"].
+        self.curve_unit = "tokens"
         self.diverged = False
         self.status: str | None = None
         self.result: dict[str, Any] | None = None  # the server's answer once submitted
         self.error: Exception | None = None  # why the submission failed, if it did
+        self.saved_to: Path | None = None  # where the run was saved when it could not be submitted
+        self.submitted = False
 
     def log(self, tokens: float, loss: float) -> None:
         """One point of the loss curve (tokens seen, loss); a NaN/inf loss marks divergence."""
@@ -264,25 +339,49 @@ class TrackedRun:
             run["final_loss"] = float(loss)  # type: ignore[arg-type]
         if self.loss_curve:
             run["loss_curve"] = self.loss_curve
+            if self.curve_unit != "tokens":
+                self.extra["loss_curve_x"] = self.curve_unit
         extra = {k: v for k, v in self.extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         if extra:
             run["extra"] = extra
         return run
 
     def submit(self) -> dict[str, Any] | None:
-        """Submit now (done for you on leaving the `with` block). A failure to reach the server
-        does not mask the training's own outcome: it warns, with the run's JSON to resubmit."""
+        """Submit now (done for you on leaving the `with` block; a second call does nothing).
+
+        A failure to reach the server within the client's `submit_deadline` does not mask
+        the training's own outcome: the run is saved as JSON under the client's `spool_dir`
+        and a warning says how to resubmit it (`hpscale submit FILE`)."""
+        if self.submitted:
+            return self.result
+        self.submitted = True
         run = self.run()
         try:
-            self.result = self.client._request("POST", f"/v1/studies/{self.study}/runs", json=run)
+            self.result = self.client._request(
+                "POST", f"/v1/studies/{_segment(self.study)}/runs", json=run, deadline=self.client.submit_deadline
+            )
         except (HpscaleError, httpx.HTTPError) as error:
             self.error = error
+            self.saved_to = self._save(run)
+            where = f"saved to {self.saved_to}" if self.saved_to else f"run = {json.dumps(run)}"
             warnings.warn(
-                f"hpscale: run {self.run_key} was not submitted ({error}); resubmit it with "
-                f"Client.submit({self.study!r}, [run]) where run = {json.dumps(run)}",
+                f"hpscale: run {self.run_key} was not submitted to study {self.study!r} ({error}); {where}; "
+                f"resubmit it with `HPSCALE_TOKEN=... hpscale submit {self.saved_to or 'RUN.json'} "
+                f"--url {self.client.url}` (or Client.submit)",
                 stacklevel=3,
             )
         return self.result
+
+    def _save(self, run: dict[str, Any]) -> Path | None:
+        """The run as `{"study", "runs"}` JSON under the spool directory (None if unwritable)."""
+        try:
+            self.client.spool_dir.mkdir(parents=True, exist_ok=True)
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.study}--{self.run_key}")
+            path = self.client.spool_dir / f"{name[:200]}.json"
+            path.write_text(json.dumps({"study": self.study, "runs": [run]}, indent=1))
+            return path
+        except OSError:
+            return None
 
     def __enter__(self) -> TrackedRun:
         return self

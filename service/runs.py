@@ -34,6 +34,7 @@ __all__ = [
     "RunFilters",
     "RunPage",
     "check_study_rules",
+    "check_submission",
     "decode_cursor",
     "encode_cursor",
     "export_csv",
@@ -105,6 +106,16 @@ def with_defaults(run: RunIn, study: Study) -> dict[str, Any]:
     return row
 
 
+def check_submission(engine: Engine, study_name: str, runs: Sequence[RunIn], *, indexed: bool) -> int:
+    """A dry run of `submit_runs`: every check it makes (the study, its rules, its extra keys),
+    nothing stored; how many runs passed. A training hook calls it before the first step."""
+    with read_connection(engine) as conn:
+        study = get_study(conn, study_name)
+        check_study_rules(runs, study, indexed=indexed)
+        check_extra_keys(conn, study, runs)
+    return len(runs)
+
+
 def submit_runs(
     engine: Engine, study_name: str, runs: Sequence[RunIn], *, indexed: bool, created_by: str | None
 ) -> InsertResult:
@@ -119,11 +130,30 @@ def submit_runs(
         check_extra_keys(conn, study, runs)
         submission_id = queries.create_submission(conn, study.id, "http", created_by)
         rows = [with_defaults(run, study) for run in runs]
-        return queries.insert_runs(conn, study.id, rows, created_by, submission_id)
+        result = queries.insert_runs(conn, study.id, rows, created_by, submission_id)
+        audit_replaced(conn, study, result, created_by)
+        return result
 
     result = run_in_transaction(engine, store)
     metrics.RUNS_INGESTED.labels("http").inc(result.inserted)
     return result
+
+
+def audit_replaced(conn: Connection, study: Study, result: InsertResult, actor: str | None) -> None:
+    """One audit record per stored `failed` run a retry replaced (in the insert's transaction):
+    the fits' data changed without a new run, so who and why must stay traceable."""
+    for replaced in result.replaced_runs:
+        error = f"; its error: {replaced.old_error}" if replaced.old_error else ""
+        queries.add_audit(
+            conn,
+            actor=actor,
+            action="superseded",
+            study=study.name,
+            run_id=replaced.run_id,
+            submission_id=result.submission_id,
+            reason=f"a retry under run_key {replaced.run_key!r} replaced the failed attempt stored by submission "
+            f"{replaced.old_submission_id}{error}"[:1000],
+        )
 
 
 # --- listing and export ------------------------------------------------------------------
@@ -241,9 +271,13 @@ def import_runs(
 
     def store(batch: list[dict[str, Any]]) -> None:
         nonlocal inserted, duplicates, done
-        result = run_in_transaction(
-            engine, lambda conn: queries.insert_runs(conn, study.id, batch, created_by, submission_id)
-        )
+
+        def insert(conn: Connection) -> InsertResult:
+            result = queries.insert_runs(conn, study.id, batch, created_by, submission_id)
+            audit_replaced(conn, study, result, created_by)
+            return result
+
+        result = run_in_transaction(engine, insert)
         inserted += result.inserted
         metrics.RUNS_INGESTED.labels(source).inc(result.inserted)
         duplicates += result.duplicates

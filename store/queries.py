@@ -94,6 +94,24 @@ class InsertResult:
     duplicates: int
     ids: list[int]
     submission_id: int | None = None
+    # Stored `failed` runs a retry under the same run_key replaced (see insert_runs).
+    replaced: int = 0
+    replaced_runs: tuple[Replaced, ...] = ()
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A stored `failed` run a retry replaced: its id and key, and what the failed attempt was."""
+
+    run_id: int
+    run_key: str
+    old_submission_id: int | None
+    old_error: str | None
+
+
+# A retry may replace a stored run only if that run failed and the retry reached an outcome.
+SUPERSEDABLE_STATUS = "failed"
+SUPERSEDING_STATUSES = frozenset({"completed", "diverged"})
 
 
 def _dialect_insert(conn: Connection, model: type) -> Any:
@@ -107,11 +125,14 @@ def insert_runs(
     created_by: str | None,
     submission_id: int | None = None,
 ) -> InsertResult:
-    """Store `runs` (already validated) once each; a `run_key` already in the study is a duplicate.
+    """Store `runs` (already validated) once each; a `run_key` already in the study is a duplicate,
+    except that a stored `failed` run is replaced by a `completed` or `diverged` one under its key
+    (a requeued job's retry: same id, `replaced` in the result; the caller audits it).
 
     Conflicts are resolved by the unique (study_id, run_key) constraint with
     ON CONFLICT DO NOTHING, never by check-then-insert, so concurrent writers with
-    overlapping keys store each run exactly once.
+    overlapping keys store each run exactly once; a replacement is an UPDATE guarded by
+    `status = 'failed'`, so of two racing retries one replaces and the other is a duplicate.
     """
     now = utcnow()
     ids: list[int | None] = [None] * len(runs)
@@ -136,6 +157,7 @@ def insert_runs(
     table = cast(Table, Run.__table__)  # a mapped class's table (typed as the wider FromClause)
     inserted = 0
     id_of_key: dict[str, int] = {}
+    replaced: list[Replaced] = []
     if keyed_rows:
         if conn.dialect.name == "postgresql":
             # A transaction that meets a key another one inserted but has not committed
@@ -163,14 +185,18 @@ def insert_runs(
             id_of_key[key] = new_id
         inserted += len(id_of_key)
         missing = [key for key in first_index_of_key if key not in id_of_key]
+        failed_keys: list[str] = []
         for start in range(0, len(missing), _KEY_CHUNK):
             chunk = missing[start : start + _KEY_CHUNK]
-            id_of_key.update(
-                (key, existing_id)
-                for existing_id, key in conn.execute(
-                    select(table.c.id, table.c.run_key).where(table.c.study_id == study_id, table.c.run_key.in_(chunk))
+            for existing_id, key, status in conn.execute(
+                select(table.c.id, table.c.run_key, table.c.status).where(
+                    table.c.study_id == study_id, table.c.run_key.in_(chunk)
                 )
-            )
+            ):
+                id_of_key[key] = existing_id
+                if status == SUPERSEDABLE_STATUS:
+                    failed_keys.append(key)
+        replaced = _supersede_failed(conn, study_id, failed_keys, runs, first_index_of_key, created_by, submission_id)
         for key, position in first_index_of_key.items():
             ids[position] = id_of_key[key]
         for position, key in repeats:
@@ -181,14 +207,52 @@ def insert_runs(
             ids[position] = new_id
         inserted += len(unkeyed_rows)
 
-    if inserted:
+    if inserted or replaced:
         bump_data_version(conn, study_id)
     return InsertResult(
         inserted=inserted,
-        duplicates=len(runs) - inserted,
+        duplicates=len(runs) - inserted - len(replaced),
         ids=[int(i) for i in ids],  # type: ignore[arg-type]
         submission_id=submission_id,
+        replaced=len(replaced),
+        replaced_runs=tuple(replaced),
     )
+
+
+def _supersede_failed(
+    conn: Connection,
+    study_id: int,
+    failed_keys: Sequence[str],
+    runs: Sequence[Mapping[str, Any]],
+    first_index_of_key: Mapping[str, int],
+    created_by: str | None,
+    submission_id: int | None,
+) -> list[Replaced]:
+    """Replace the stored `failed` runs under `failed_keys` whose incoming run (the first of
+    its key in the batch) completed or diverged. Rare (requeued jobs), so one guarded UPDATE
+    per run, in key order (one lock order for concurrent batches)."""
+    replaced: list[Replaced] = []
+    table = cast(Table, Run.__table__)
+    for key in sorted(failed_keys):
+        run = runs[first_index_of_key[key]]
+        if run.get("status", "completed") not in SUPERSEDING_STATUSES:
+            continue
+        old = conn.execute(
+            select(table.c.submission_id, table.c.extra).where(table.c.study_id == study_id, table.c.run_key == key)
+        ).first()
+        values = {name: run.get(name) for name in RUN_FIELDS if name != "run_key"}
+        values.update(created_at=utcnow(), created_by=created_by, submission_id=submission_id)
+        stmt = (
+            update(table)
+            .where(table.c.study_id == study_id, table.c.run_key == key, table.c.status == SUPERSEDABLE_STATUS)
+            .values(**values)
+            .returning(table.c.id)
+        )
+        run_id = conn.execute(stmt).scalar_one_or_none()
+        if run_id is not None and old is not None:
+            error = (old.extra or {}).get("error")
+            replaced.append(Replaced(int(run_id), key, old.submission_id, None if error is None else str(error)))
+    return replaced
 
 
 def bump_data_version(conn: Connection, study_id: int) -> None:

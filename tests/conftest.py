@@ -13,10 +13,17 @@ import os
 # were 10-25x slower with them). Set before numpy is first imported; subprocesses inherit it.
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
+import tempfile
+
+# A tracked run that cannot be submitted is saved under ./hpscale-unsent by default: never
+# into the working tree from a test (subprocesses inherit this too).
+os.environ.setdefault("HPSCALE_SPOOL_DIR", tempfile.mkdtemp(prefix="hpscale-unsent-"))
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, func, select, text
@@ -155,3 +162,28 @@ def make_run(i: int = 0, **overrides: object) -> dict[str, object]:
     }
     run.update(overrides)
     return run
+
+
+class InProcessTransport(httpx.BaseTransport):
+    """An `httpx` transport into a `TestClient`'s app, for `hpscale.client.Client`.
+
+    Starlette's TestClient is built on `httpx2` when that is installed (transformers'
+    huggingface_hub brings it), and its own transport then answers httpx2 responses, which
+    `httpx.Client` refuses; this adapter copies the request and the answer across."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.client.request(
+            request.method, str(request.url), headers=list(request.headers.multi_items()), content=request.read()
+        )
+        return httpx.Response(answer.status_code, headers=list(answer.headers.multi_items()), content=answer.content)
+
+
+def api_client(client: TestClient, token: str | None = None, **options: Any) -> Any:
+    """`hpscale.client.Client` talking to the test app in-process (the admin token by default)."""
+    from hpscale.client import Client
+
+    token = token or client.headers["Authorization"].split()[1]
+    return Client("http://testserver", token, transport=InProcessTransport(client), **options)

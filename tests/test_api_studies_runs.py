@@ -192,7 +192,13 @@ def test_retries_are_idempotent_by_run_key(client: TestClient, engine: Engine) -
     version = client.get("/v1/studies/idem").json()["data_version"]
     again = client.post("/v1/studies/idem/runs", json={"runs": [make_run(i) for i in range(10)]}).json()
     # Each submission gets its own id (contract 1.1), even one that stores nothing.
-    assert again == {"inserted": 0, "duplicates": 10, "ids": first["ids"], "submission_id": first["submission_id"] + 1}
+    assert again == {
+        "inserted": 0,
+        "duplicates": 10,
+        "replaced": 0,  # contract 1.2: only a stored `failed` run is replaced by a retry
+        "ids": first["ids"],
+        "submission_id": first["submission_id"] + 1,
+    }
     assert client.get("/v1/studies/idem").json()["data_version"] == version  # nothing changed
     mixed = client.post(
         "/v1/studies/idem/runs", json={"runs": [make_run(5), make_run(10), make_run(10), make_run(11, run_key=None)]}

@@ -81,6 +81,13 @@ def test_client_imports_nothing_server_side() -> None:
     assert not [m for m in modules if m.split(".")[0] in (*SERVER_PACKAGES, "hpscale", "pydantic")], modules
 
 
+def test_callbacks_import_only_the_client_and_the_frameworks() -> None:
+    """Training jobs import hpscale/callbacks.py: nothing of the server may come with it."""
+    modules = imported_modules(ROOT / "hpscale" / "callbacks.py")
+    ours = [m for m in modules if m.split(".")[0] in (*SERVER_PACKAGES, "hpscale", "pydantic")]
+    assert ours == ["hpscale.client"], modules
+
+
 def domain_exceptions() -> list[type[errors.DomainError]]:
     return [
         cls

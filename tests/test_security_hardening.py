@@ -23,12 +23,12 @@ from sqlalchemy import Engine
 from app.main import create_app
 from app.security import MAX_EXPENSIVE_PER_TOKEN, MAX_FAILED_AUTH, SecurityGate, host_name
 from hpscale.cli import main as cli
-from hpscale.client import Client, HpscaleError
+from hpscale.client import HpscaleError
 from service.cache import commit_cache
 from service.limits import MAX_STUDY_EXTRA_KEYS
 from service.settings import Settings
 from store.db import make_engine
-from tests.conftest import assert_error, bearer, count_rows, make_run
+from tests.conftest import api_client, assert_error, bearer, count_rows, make_run
 from tests.test_api_fits import steplaw  # noqa: F401 - the Step Law study fixture
 
 LOOPBACK = {"base_url": "http://127.0.0.1:8000", "client": ("127.0.0.1", 50000)}
@@ -370,7 +370,7 @@ def test_a_study_holds_at_most_the_cap_of_distinct_extra_keys(
 
 def test_client_quotes_study_names(client: TestClient, tokens: dict[str, str]) -> None:
     # the app in-process, through the real client and httpx
-    api = Client("http://testserver", tokens["admin"], transport=client._transport, retries=0)
+    api = api_client(client, tokens["admin"], retries=0)
     for name in ("../../healthz", "..", ".", "../studies", "x/../../../healthz", "a?b=1", "a#b"):
         with pytest.raises(HpscaleError) as refused:
             api.study(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import UNKNOWN_QUERY_CHECK, Admin, EngineDep, Reader, Writer
@@ -13,6 +13,7 @@ from app.schemas import (
     AuditList,
     AuditOut,
     DeletedResult,
+    DryRunResult,
     ExcludeRequest,
     IncludeRequest,
     RunOut,
@@ -31,19 +32,33 @@ router = APIRouter(prefix="/v1/studies", tags=["runs"], dependencies=UNKNOWN_QUE
 @router.post(
     "/{name}/runs",
     status_code=201,
-    response_model=SubmitResult,
-    responses=ERRORS,
+    response_model=SubmitResult | DryRunResult,
+    responses={**ERRORS, 200: {"model": DryRunResult, "description": "dry_run=true: valid; nothing was stored"}},
     summary="Submit one run, or a batch {'runs': [...]} of at most 10,000 (atomic)",
 )
 def submit_runs(
-    name: str, body: Annotated[RunSubmission, Body()], principal: Writer, engine: EngineDep
-) -> SubmitResult:
+    name: str,
+    body: Annotated[RunSubmission, Body()],
+    principal: Writer,
+    engine: EngineDep,
+    response: Response,
+    dry_run: Annotated[
+        bool, Query(description="check everything a submission is checked for (scope, study, fields) but store nothing")
+    ] = False,
+) -> SubmitResult | DryRunResult:
     batch = isinstance(body, RunBatch)
     submitted = body.runs if isinstance(body, RunBatch) else [body]
+    if dry_run:
+        response.status_code = 200
+        return DryRunResult(valid=runs.check_submission(engine, name, submitted, indexed=batch))
     result = runs.submit_runs(engine, name, submitted, indexed=batch, created_by=principal.name)
     assert result.submission_id is not None
     return SubmitResult(
-        inserted=result.inserted, duplicates=result.duplicates, ids=result.ids, submission_id=result.submission_id
+        inserted=result.inserted,
+        duplicates=result.duplicates,
+        ids=result.ids,
+        submission_id=result.submission_id,
+        replaced=result.replaced,
     )
 
 
