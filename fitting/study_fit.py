@@ -524,9 +524,23 @@ def law_warnings(law: PowerLaw, *, calibration: bool = True) -> list[str]:
             f"({p.mean:+.2f} ± {p.sd:.2f}, {p.source}): they give {rep.data_mean:+.2f} ± {rep.data_sd:.2f} "
             f"({abs(rep.conflict):.1f} sd apart); the law follows the data"
         )
-    if any(law.priors[v].published for v in law.variables if v in law.priors) and law.n_scales < 4:
+    cov = law.coef_cov
+    lean = [
+        f"{v} ({law.ranges[v][1] / law.ranges[v][0]:.3g}× in the proxies)"
+        for j, v in enumerate(law.variables, start=1)
+        if v in law.priors and law.priors[v].published and v in law.ranges and cov[j, j] > 0.5 * law.priors[v].sd ** 2
+    ]
+    if lean:
         out.append(
-            f"{name} law rests on {law.n_scales} scales: its exponents are mostly the published priors'; "
+            f"{name} law: its exponent in {', '.join(lean)} is mostly the published prior — the proxies span too "
+            "little of it to tell; proxies further apart would let the data decide"
+        )
+    measured = law.n_scales - law.n_bounds
+    if measured < 4:
+        which = "published" if any(p.published for p in law.priors.values()) else "default (weakly informative)"
+        bounds = f" ({law.n_bounds} of them only bounds)" if law.n_bounds else ""
+        out.append(
+            f"{name} law rests on {law.n_scales} scales{bounds}: its exponents are mostly the {which} priors'; "
             "proxies at more sizes and token budgets would let the data decide"
         )
     if math.isfinite(law.r2) and law.r2 < 0:

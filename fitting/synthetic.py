@@ -345,7 +345,36 @@ def random_study(
     `grid_step` (log spacing on every swept axis) and `grid_points` (lr, bs, wd counts),
     `guess_error` (log sd of the grid centre around the truth).
     """
-    truth = _draw(rng := _rng(seed, kind), seed, kind)
+    rng = _rng(seed, kind)
+    truth = _draw(rng, seed, kind)
+    return sample_runs(
+        truth,
+        rng,
+        noise=noise,
+        keep=keep,
+        outliers=outliers,
+        grid_step=grid_step,
+        grid_points=grid_points,
+        guess_error=guess_error,
+    )
+
+
+def sample_runs(
+    truth: SyntheticTruth,
+    rng: np.random.Generator,
+    *,
+    noise: float | None = None,
+    keep: float | None = None,
+    outliers: bool = True,
+    grid_step: float | None = None,
+    grid_points: tuple[int, int, int] | None = None,
+    guess_error: float | None = None,
+) -> tuple[RunTable, SyntheticTruth]:
+    """The sweeps of every proxy scale of `truth` (its kind's grids), with noise and outliers drawn from `rng`.
+
+    Tests build a truth of their own (`dataclasses.replace(random_truth(...), laws=...)`) and sample it here.
+    """
+    kind = truth.kind
     sigma = truth.noise if noise is None else float(noise)
     frac = (rng.uniform(0.5, 0.85) if kind == "sp" else 1.0) if keep is None else float(keep)
     recs = []
@@ -421,4 +450,5 @@ __all__ = [
     "n_params_of",
     "random_study",
     "random_truth",
+    "sample_runs",
 ]
