@@ -53,16 +53,16 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.engine_worker import AXES, run_jobs  # noqa: E402
-from bench.timing import best_of  # noqa: E402
-from fitting.backtest import RegretSurface, steplaw_procedure, steplaw_published  # noqa: E402
-from fitting.datasets import MARIN_FILE, STEPLAW_SEQ_LEN, data_dir, load_marin, load_steplaw  # noqa: E402
-from fitting.optima import Scale, group_scales  # noqa: E402
-from fitting.runs import RunTable  # noqa: E402
-from fitting.study_fit import fit_study, predict  # noqa: E402
-from fitting.synthetic import KINDS, SyntheticTruth, lr_only_study, random_study  # noqa: E402
+from bench.engine_worker import AXES, run_jobs
+from bench.timing import best_of
+from fitting.backtest import RegretSurface, steplaw_procedure, steplaw_published
+from fitting.datasets import MARIN_FILE, STEPLAW_SEQ_LEN, data_dir, load_marin, load_steplaw
+from fitting.optima import Scale, group_scales
+from fitting.runs import RunTable
+from fitting.study_fit import fit_study, predict
+from fitting.synthetic import KINDS, lr_only_study, random_study
 
 COVERAGE_BAND = (0.80, 0.97)
 FIT_TIME_TARGET = 2.0
@@ -126,9 +126,15 @@ def _best_runs(train: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
 def reuse_largest(train: RunTable, targets: Sequence[Target]) -> list[dict[str, float | None]]:
     """The best run of the largest training scale (by n_params, then tokens), reused everywhere."""
     scales, best = _best_runs(train)
-    order = sorted((s for s in range(len(scales)) if best[s] >= 0), key=lambda s: (scales[s].n_params, scales[s].tokens))
+    order = sorted(
+        (s for s in range(len(scales)) if best[s] >= 0), key=lambda s: (scales[s].n_params, scales[s].tokens)
+    )
     i = best[order[-1]]
-    hp = {"learning_rate": train.learning_rate[i], "batch_size": train.batch_size[i], "weight_decay": train.weight_decay[i]}
+    hp = {
+        "learning_rate": train.learning_rate[i],
+        "batch_size": train.batch_size[i],
+        "weight_decay": train.weight_decay[i],
+    }
     return [dict(hp) for _ in targets]
 
 
@@ -138,7 +144,9 @@ def refit_optima(train: RunTable, targets: Sequence[Target]) -> list[dict[str, f
     keep = [s for s in range(len(scales)) if best[s] >= 0]
     cols = ["n_params", "tokens"]
     X = np.column_stack([[1.0] * len(keep)] + [[math.log(getattr(scales[s], c)) for s in keep] for c in cols])
-    coefs = {a: np.linalg.lstsq(X, np.log(np.maximum(getattr(train, a)[best[keep]], 1e-12)), rcond=None)[0] for a in AXES}
+    coefs = {
+        a: np.linalg.lstsq(X, np.log(np.maximum(getattr(train, a)[best[keep]], 1e-12)), rcond=None)[0] for a in AXES
+    }
     out = []
     for t in targets:
         x = np.array([1.0] + [math.log(t.scale[c]) for c in cols])
@@ -261,6 +269,11 @@ class Score:
     def mean(self) -> float:
         return float(np.mean(self.regrets)) if self.regrets else math.nan
 
+    @property
+    def se(self) -> float:
+        """Standard error of the mean regret over the targets: the figure's own noise."""
+        return float(np.std(self.regrets, ddof=1) / math.sqrt(len(self.regrets))) if len(self.regrets) > 1 else math.nan
+
 
 def score(splits: Sequence[Split], outcomes: Sequence[Outcome]) -> Score:
     regrets, failed, n = [], 0, 0
@@ -286,15 +299,15 @@ def score(splits: Sequence[Split], outcomes: Sequence[Outcome]) -> Score:
 
 def print_table(title: str, rows: list[tuple[str, Score]], coverage: bool = True) -> None:
     print(f"\n{title}")
-    head = f"  {'method':<50} {'mean':>8} {'median':>8} {'max':>8} {'n':>4} {'failed':>6}"
+    head = f"  {'method':<50} {'mean':>8} {'± se':>7} {'median':>8} {'max':>8} {'n':>4} {'failed':>6}"
     if coverage:
         head += "  90% interval holds the optimum (median width ×) for lr / bs / wd"
     print(head)
     for name, sc in rows:
         r = np.array(sc.regrets) if sc.regrets else np.array([np.nan])
         line = (
-            f"  {name:<50} {_pct(sc.mean):>8} {_pct(float(np.median(r))):>8} {_pct(float(np.max(r))):>8} "
-            f"{sc.n:>4} {sc.failed:>6}"
+            f"  {name:<50} {_pct(sc.mean):>8} {_pct(sc.se, 3):>7} {_pct(float(np.median(r))):>8} "
+            f"{_pct(float(np.max(r))):>8} {sc.n:>4} {sc.failed:>6}"
         )
         if coverage and any(sc.hits[a] for a in AXES):
             line += "  " + " / ".join(
@@ -325,7 +338,24 @@ def compare(
     for name, fn in baselines:
         rows.append((name, score(splits, baseline_outcomes(fn, splits))))
     print_table(title, rows)
-    return dict(rows)
+    out = dict(rows)
+    mine = next((sc for name, sc in rows if name.startswith("hpscale (this checkout)")), None)
+    if mine is not None:
+        parts = [f"{_pct(mine.mean)} ± {_pct(mine.se)}"]
+        parts += [
+            f"{n.removeprefix('hpscale engine at ')} {_pct(sc.mean)}"
+            for n, sc in rows
+            if n.startswith("hpscale engine")
+        ]
+        best = min(
+            ((n, sc) for n, sc in rows if not n.lstrip().startswith(("hpscale", "same"))), key=lambda r: r[1].mean
+        )
+        parts.append(f"best baseline {_pct(best[1].mean)} ({best[0].split(',')[0]})")
+        cov = [f"{a[:2]} {np.mean(mine.hits[a]):.0%}" for a in AXES if mine.hits[a]]
+        SUMMARY.append(
+            (title.split(":")[0][:60], " | ".join(parts) + (f" | 90% holds: {' '.join(cov)}" if cov else ""))
+        )
+    return out
 
 
 # --- a. real files ---------------------------------------------------------------------------
@@ -337,7 +367,10 @@ def _steplaw_target(runs: RunTable, sidx: np.ndarray, s: int, sc: Scale) -> Targ
     surf = RegretSurface.from_runs(runs.learning_rate[m], runs.batch_size[m], runs.final_loss[m])
     # The measured optimum: the range of the runs within 0.25% of the setting's best loss (Step Law's band).
     near = m & (runs.final_loss <= 1.0025 * runs.final_loss[m].min())
-    truth = {a: (float(getattr(runs, a)[near].min()), float(getattr(runs, a)[near].max())) for a in ("learning_rate", "batch_size")}
+    truth = {
+        a: (float(getattr(runs, a)[near].min()), float(getattr(runs, a)[near].max()))
+        for a in ("learning_rate", "batch_size")
+    }
     scale = {k: float(getattr(sc, k)) for k in SCALE_KEYS}
     return Target(scale, lambda st, surf=surf: surf.regret(float(st["learning_rate"]), float(st["batch_size"])), truth)
 
@@ -393,17 +426,7 @@ def part_a(engines: Sequence[str], bootstrap: int) -> None:
         ("published Step Law formula (in-sample: fitted on this file)", steplaw_formula),
     ]
     for title, splits in steplaw_splits(runs):
-        res = compare(title, splits, engines, baselines, bootstrap, "in-sample (published priors incl. Step Law)")
-        cur = res.get("hpscale (this checkout) — leave-source-out")
-        ref = res.get("Step Law procedure, refitted on the training runs")
-        if cur is not None and ref is not None:
-            ok = cur.failed == 0 and cur.mean <= ref.mean
-            SUMMARY.append(
-                (
-                    f"Step Law {title.split(' ')[0]} leave-source-out",
-                    f"{_pct(cur.mean)} vs Step Law procedure {_pct(ref.mean)}: {'at or below' if ok else 'ABOVE'}",
-                )
-            )
+        compare(title, splits, engines, baselines, bootstrap, "in-sample (published priors incl. Step Law)")
     part_a_marin(engines, bootstrap)
 
 
@@ -511,17 +534,7 @@ def part_b(engines: Sequence[str], seeds: Sequence[int], bootstrap: int, label: 
     for kind in KINDS:
         for factor in (4.0, 16.0):
             splits = synthetic_splits(kind, seeds, (factor,))
-            res = compare(f"kind {kind}, {factor:g}×: {len(splits)} studies", splits, engines, baselines, bootstrap)
-            cur = res.get("hpscale (this checkout)")
-            if cur is not None:
-                cov = " ".join(f"{a[:2]} {np.mean(cur.hits[a]):.0%}" for a in AXES if cur.hits[a])
-                reuse = res["reuse the largest proxy's best run"].mean
-                SUMMARY.append(
-                    (
-                        f"synthetic {kind} {factor:g}× ({label})",
-                        f"coverage {cov}; regret {_pct(cur.mean)} (reuse {_pct(reuse)}); failed {cur.failed}/{cur.n}",
-                    )
-                )
+            compare(f"{kind} {factor:g}×, seeds {label}: {len(splits)} studies", splits, engines, baselines, bootstrap)
 
 
 # --- d. robustness and time ---------------------------------------------------------------------
@@ -546,18 +559,22 @@ def part_d(bootstrap: int, repeat: int) -> None:
         f"  one absurd run (loss 0.5 at N={n_min:.3g}): 7B lr {moves['learning_rate']:+.2%}, batch "
         f"{moves['batch_size']:+.2%}; named in the recommendation's warnings: {'yes' if named else 'no'}"
     )
-    SUMMARY.append(("one absurd run: 7B lr / batch change", f"{moves['learning_rate']:+.2%} / {moves['batch_size']:+.2%}"))
+    SUMMARY.append(
+        ("one absurd run: 7B lr / batch change", f"{moves['learning_rate']:+.2%} / {moves['batch_size']:+.2%}")
+    )
     hws = []
     for seed in range(5):
         r3, truth = lr_only_study(seed)
-        sc = truth.proxy_scales()[0]
+        truth.proxy_scales()[0]
         fit = fit_study(r3, bootstrap=bootstrap, seed=seed, loss_law=False)
         o = fit.optima[0].optimum["learning_rate"].value
         hws.append((o.high - o.low) / (2 * o.value))
     print(f"  three runs at one scale: lr interval half-width min ±{min(hws):.1%} (want > ±5%)")
     full = best_of(lambda: fit_study(runs, bootstrap=1000), repeat)
     base = best_of(lambda: steplaw_procedure(runs), 10)
-    print(f"  fit_study(bootstrap=1000) of the Step Law study, one core: {full:.3f} s (Step Law procedure {base * 1e3:.1f} ms)")
+    print(
+        f"  fit_study(bootstrap=1000) of the Step Law study, one core: {full:.3f} s (Step Law procedure {base * 1e3:.1f} ms)"
+    )
     SUMMARY.append(("Step Law fit time, one core", f"{full:.2f} s (target < {FIT_TIME_TARGET:g} s)"))
 
 
@@ -566,14 +583,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="10 synthetic seeds per kind, current engine only")
     ap.add_argument("--seeds", type=int, default=None, help="synthetic seeds per kind (default 20, quick 10)")
     ap.add_argument("--held-out", action="store_true", help="also seeds 1000…: never looked at while developing")
-    ap.add_argument("--engines", default=None, help="comma-separated: current and git revisions (default current,1382cba,b0b223e)")
+    ap.add_argument(
+        "--engines", default=None, help="comma-separated: current and git revisions (default current,1382cba,b0b223e)"
+    )
     ap.add_argument("--parts", default="abd", help="which parts to run (default abd)")
     ap.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples per fit (default 100)")
     args = ap.parse_args()
     engines = (args.engines or ("current" if args.quick else "current,1382cba,b0b223e")).split(",")
     n = args.seeds or (10 if args.quick else 20)
     t0 = time.perf_counter()
-    rev = subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    rev = subprocess.run(
+        ["git", "-C", str(_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout
     print(f"bench/accuracy.py: engines {', '.join(engines)}; checkout {rev.strip()}; bootstrap {args.bootstrap}")
     if "a" in args.parts:
         part_a(engines, args.bootstrap)
@@ -585,7 +606,7 @@ def main() -> None:
         part_d(args.bootstrap, 1 if args.quick else 3)
     print("\n== summary ==")
     for what, val in SUMMARY:
-        print(f"  {what:<58} {val}")
+        print(f"  {what:<60} {val}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 AXES = ("learning_rate", "batch_size", "weight_decay")
 

@@ -151,6 +151,13 @@ class ExponentReport:
     data_mean: float
     data_sd: float
     conflict: float  # (data_mean − prior mean) / √(prior sd² + data sd²); NaN without a published prior
+    centre_sd: float = math.nan  # posterior sd under the prior's centre component (what the data left of its spread)
+
+    def data_share(self, prior_sd: float) -> float:
+        """Share of the posterior precision that is the data's: 1 when the tail won, else 1 − (centre sd / prior sd)²."""
+        if self.tail_share > CONFLICT_SHARE or math.isnan(self.centre_sd):
+            return 1.0
+        return max(0.0, 1.0 - (self.centre_sd / prior_sd) ** 2)
 
     def to_dict(self) -> dict[str, float | None]:
         return {
@@ -251,7 +258,13 @@ class PowerLaw:
         sd = float(math.sqrt(max(float(w @ (var_ + (means - m) ** 2)), 0.0)))
         p = self.priors.get(var, DEFAULT)
         conflict = (m - p.mean) / math.sqrt(p.sd**2 + sd**2) if p.published else math.nan
-        return ExponentReport(share, m, sd, conflict)
+        centre_sd = math.nan
+        if (~tail).any():
+            wc = self._weights[~tail] / self._weights[~tail].sum()
+            mc = np.array([c.mean[1 + j] for c in self.components])[~tail]
+            vc = np.array([c.cov[1 + j, 1 + j] for c in self.components])[~tail]
+            centre_sd = float(math.sqrt(max(float(wc @ (vc + (mc - wc @ mc) ** 2)), 0.0))) * self.calibration
+        return ExponentReport(share, m, sd, conflict, centre_sd)
 
     def conflicts(self) -> list[tuple[str, ExponentReport]]:
         """Exponents whose published prior lost to the data (the heavy tail carries most weight)."""
@@ -304,8 +317,7 @@ class PowerLaw:
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         exps: dict[str, dict[str, Any]] = {}
-        cov = self.coef_cov
-        for j, v in enumerate(self.variables, start=1):
+        for v in self.variables:
             e: dict[str, Any] = self.exponent(v).to_dict()
             p = self.priors.get(v, DEFAULT)
             rep = self.report(v)
@@ -315,7 +327,7 @@ class PowerLaw:
                 # How far the data moved it, in prior standard deviations, and the share of
                 # the posterior's precision that comes from the data (0: prior only).
                 e["shift"] = (e["value"] - p.mean) / p.sd
-                e["data_share"] = max(0.0, 1.0 - float(cov[j, j]) / p.sd**2)
+                e["data_share"] = rep.data_share(p.sd)
                 e["conflict"] = rep.to_dict()
                 e["followed"] = "data" if rep.tail_share > CONFLICT_SHARE else "published prior"
             else:
@@ -595,9 +607,7 @@ def _design(
     return np.column_stack([np.ones(rows.size)] + [logx[v][rows] - centre[v] for v in variables])
 
 
-def fit_average(
-    logx: Mapping[str, np.ndarray], rows: np.ndarray, obs: LawObservations, spec: LawSpec
-) -> _Average:
+def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, obs: LawObservations, spec: LawSpec) -> _Average:
     """Posterior of every combination of the exponents' prior components × τ on `rows`, weighted by evidence × prior."""
     variables = spec.variables
     centre = {v: float(np.mean(logx[v][rows])) for v in variables}
@@ -670,7 +680,11 @@ def backtest(
     cv = None
     measured = rows[obs.measured[rows]]
     if rows.size >= MIN_SCALES + 1 and measured.size >= 2:
-        folds = measured if measured.size <= MAX_CV_FOLDS else measured[np.linspace(0, measured.size - 1, MAX_CV_FOLDS).astype(int)]
+        folds = (
+            measured
+            if measured.size <= MAX_CV_FOLDS
+            else measured[np.linspace(0, measured.size - 1, MAX_CV_FOLDS).astype(int)]
+        )
         cv_errs = []
         for r in folds:
             train = rows[rows != r]
@@ -692,7 +706,9 @@ def observations(analysis: SweepAnalysis, j: int) -> LawObservations:
     hi = analysis.bounds[:, j, 1].copy()
     cens = ~np.isnan(lo) | ~np.isnan(hi)
     # Only a bowl centre inside its sweep is a measurement; one beyond it is a bound or nothing.
-    bracketed = np.array([o.optimum.get(axis) is not None and o.optimum[axis].status == "bracketed" for o in analysis.optima])
+    bracketed = np.array(
+        [o.optimum.get(axis) is not None and o.optimum[axis].status == "bracketed" for o in analysis.optima]
+    )
     y[cens | ~bracketed] = np.nan
     se[cens] = analysis.bound_softness[cens, j]
     meas = np.isfinite(y)

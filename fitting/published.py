@@ -123,13 +123,41 @@ DEFAULT = ExponentPrior(
 )
 
 # RULES.md §7, one entry per row: (axis, variable, centre, spread, words, source ids).
-_STEP_LAW_N = ("learning_rate", "n_params", -0.71, 0.35, "Step Law N^-0.713 at fixed D; DeepSeek", ("steplaw", "deepseek"))
+_STEP_LAW_N = (
+    "learning_rate",
+    "n_params",
+    -0.71,
+    0.35,
+    "Step Law N^-0.713 at fixed D; DeepSeek",
+    ("steplaw", "deepseek"),
+)
 _STEP_LAW_D = ("learning_rate", "tokens", 0.31, 0.20, "Step Law D^+0.307 (batch growing with D)", ("steplaw",))
-_HORIZON_D = ("learning_rate", "tokens", -0.32, 0.20, "token horizon at a fixed batch (Bjorck et al.; HyperP)", ("bjorck", "hyperp"))
+_HORIZON_D = (
+    "learning_rate",
+    "tokens",
+    -0.32,
+    0.20,
+    "token horizon at a fixed batch (Bjorck et al.; HyperP)",
+    ("bjorck", "hyperp"),
+)
 _SHAPE = "shape invariance at fixed N and D (Step Law; Kaplan et al.)"
-_BATCH_D = ("batch_size", "tokens", 0.57, 0.15, "Step Law D^0.571; critical batch grows with D (Zhang et al.)", ("steplaw", "zhang", "powerlines"))
+_BATCH_D = (
+    "batch_size",
+    "tokens",
+    0.57,
+    0.15,
+    "Step Law D^0.571; critical batch grows with D (Zhang et al.)",
+    ("steplaw", "zhang", "powerlines"),
+)
 _BATCH_N = "independent of N at fixed D (Step Law, Zhang et al., Power Lines)"
-_WD_D = ("weight_decay", "tokens", -1.0, 0.3, "constant τ-fraction (Wang & Aitchison; Power Lines)", ("wang-aitchison", "powerlines"))
+_WD_D = (
+    "weight_decay",
+    "tokens",
+    -1.0,
+    0.3,
+    "constant τ-fraction (Wang & Aitchison; Power Lines)",
+    ("wang-aitchison", "powerlines"),
+)
 
 
 def _prior(row: tuple[str, str, float, float, str, tuple[str, ...]]) -> ExponentPrior:
@@ -188,15 +216,28 @@ def exponent_priors(
                 "Step Law's exponents (batch optimised) nor the fixed-batch token horizon apply to its N and D exponents"
             )
         if mup:
-            rows.append(("learning_rate", "width", 0.0, 0.15, "μTransfer: Adam LR independent of width under μP", ("mup",)))
+            rows.append(
+                ("learning_rate", "width", 0.0, 0.15, "μTransfer: Adam LR independent of width under μP", ("mup",))
+            )
             if parameterization in ("depth-mup", "completep"):
-                rows.append(("learning_rate", "depth", 0.0, 0.15, f"{parameterization}: LR independent of depth", (parameterization,)))
+                rows.append(
+                    (
+                        "learning_rate",
+                        "depth",
+                        0.0,
+                        0.15,
+                        f"{parameterization}: LR independent of depth",
+                        (parameterization,),
+                    )
+                )
         else:
             rows.append(("learning_rate", "aspect", 0.0, 0.10, _SHAPE, ("steplaw", "kaplan")))
     elif axis == "batch_size":
         rows.append(_BATCH_D)
         if mup:
-            rows += [("batch_size", v, 0.0, 0.15, _BATCH_N, ("steplaw", "zhang", "powerlines")) for v in ("width", "depth")]
+            rows += [
+                ("batch_size", v, 0.0, 0.15, _BATCH_N, ("steplaw", "zhang", "powerlines")) for v in ("width", "depth")
+            ]
         else:
             rows.append(("batch_size", "n_params", 0.0, 0.15, _BATCH_N, ("steplaw", "zhang", "powerlines")))
             rows.append(("batch_size", "aspect", 0.0, 0.10, _SHAPE, ("steplaw", "kaplan")))
@@ -217,6 +258,7 @@ def exponent_priors(
         out[row[1]] = _prior(row)
     if dropped:
         notes.append(
-            f"priors citing {', '.join(sorted(set(exclude_sources)))} left out (leave-source-out): " + "; ".join(dropped)
+            f"priors citing {', '.join(sorted(set(exclude_sources)))} left out (leave-source-out): "
+            + "; ".join(dropped)
         )
     return out, notes

@@ -130,9 +130,13 @@ def baseline_disagreements(published: dict[str, Any], prediction: Prediction, st
     recommendation has no interval for it, e.g. a batch the caller fixed).
     """
     out = []
-    basis = "" if (study.parameterization == "sp" and is_adam_type(study.optimizer)) else (
-        f"; its basis (AdamW, standard parameterization) is not this study's "
-        f"({study.optimizer}, {study.parameterization})"
+    basis = (
+        ""
+        if (study.parameterization == "sp" and is_adam_type(study.optimizer))
+        else (
+            f"; its basis (AdamW, standard parameterization) is not this study's "
+            f"({study.optimizer}, {study.parameterization})"
+        )
     )
     intervals = {
         "learning_rate": prediction.learning_rate,

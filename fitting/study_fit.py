@@ -197,7 +197,7 @@ def fit_study(
         warnings.append(f"no {AXIS_LABEL[axis]} law: {why}")
     for note in dict.fromkeys(n for a, sp in specs.items() if a in law_set.laws for n in sp.notes):
         warnings.append(f"priors: {note}")
-    for axis, law in law_set.laws.items():
+    for law in law_set.laws.values():
         warnings.extend(law_warnings(law))
     wd = None
     if "weight_decay" in analysis.axes:
@@ -524,11 +524,13 @@ def law_warnings(law: PowerLaw, *, calibration: bool = True) -> list[str]:
             f"({p.mean:+.2f} ± {p.sd:.2f}, {p.source}): they give {rep.data_mean:+.2f} ± {rep.data_sd:.2f} "
             f"({abs(rep.conflict):.1f} sd apart); the law follows the data"
         )
-    cov = law.coef_cov
     lean = [
         f"{v} ({law.ranges[v][1] / law.ranges[v][0]:.3g}× in the proxies)"
-        for j, v in enumerate(law.variables, start=1)
-        if v in law.priors and law.priors[v].published and v in law.ranges and cov[j, j] > 0.5 * law.priors[v].sd ** 2
+        for v in law.variables
+        if v in law.priors
+        and law.priors[v].published
+        and law.ranges.get(v, (1.0, 1.0))[1] > 1.01 * law.ranges.get(v, (1.0, 1.0))[0]
+        and law.report(v).data_share(law.priors[v].sd) < 0.5
     ]
     if lean:
         out.append(
@@ -540,8 +542,9 @@ def law_warnings(law: PowerLaw, *, calibration: bool = True) -> list[str]:
         which = "published" if any(p.published for p in law.priors.values()) else "default (weakly informative)"
         bounds = f" ({law.n_bounds} of them only bounds)" if law.n_bounds else ""
         out.append(
-            f"{name} law rests on {law.n_scales} scales{bounds}: its exponents are mostly the {which} priors'; "
-            "proxies at more sizes and token budgets would let the data decide"
+            f"{name} law rests on {law.n_scales} scales{bounds}: too few to check its form or measure its scatter, "
+            f"so its interval leans on the {which} priors; proxies at more sizes and token budgets would let the "
+            "data decide"
         )
     if math.isfinite(law.r2) and law.r2 < 0:
         out.append(
@@ -605,6 +608,6 @@ __all__ = [
     "StudyResult",
     "extrapolation",
     "fit_study",
-    "predict",
     "law_specs",
+    "predict",
 ]

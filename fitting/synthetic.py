@@ -19,6 +19,9 @@ Model (natural logs; reference scale N0 = 1e8 parameters, D0 = 2e9 tokens, W0 = 
   rule, LR–wd coupling toward η·λ invariance); |a_lr| + |a_bs| < 1 so f > 0 away from z = 0 and
   the minimum is exactly the true optimum. An axis a kind does not sweep is held at a fixed value
   (its "law" is that constant), so z = 0 on it and the swept optima are conditional on it.
+* **Scatter**: each scale's true optimum sits off its law by N(0, τ²) in log, τ ~ U(0, 0.08) per axis
+  (a fixed function of the study and the scale, targets included): real optima scatter around
+  any power law by a few percent.
 * **Divergence**: a run with lr > r·lr* diverges (status "diverged", no loss), r ~ U(3, 4).
 * **Noise**: loss × (1 + σ·ε), σ ~ U(0.001, 0.003). **Outliers** (kind "sp" only): in 60% of
   studies 1–3% of completed runs are off by ±U(5%, 20%); their indices are in `truth.outliers`.
@@ -64,6 +67,9 @@ WIDTHS = (256.0, 384.0, 512.0, 640.0, 768.0, 1024.0, 1280.0, 1536.0)
 DEPTHS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0)
 TOKEN_MULTIPLES = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 CHINCHILLA = 20.0
+# True optima scatter around their law by up to this (log sd): real sweeps' optima sit a few percent off
+# any power law (Step Law's residuals are ~5–10%), so an exactly-on-law truth would flatter no one.
+MAX_SCATTER = 0.08
 _REF = {"n_params": N0, "tokens": D0, "width": W0, "depth": DEPTH0}
 
 
@@ -107,12 +113,22 @@ class SyntheticTruth:
     optimizer: str = "adamw"
     parameterization: str = "sp"
     outliers: tuple[int, ...] = field(default=())
+    # Per axis, the log sd of the true optima's scatter around their law (0: exactly on it).
+    scatter: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     # --- optimum -----------------------------------------------------------------------
     def log_optimum(self, n_params: float, tokens: float, width: float, depth: float) -> np.ndarray:
-        """(log lr*, log bs*, log wd*) at a scale; a non-swept axis gives its fixed value."""
+        """(log lr*, log bs*, log wd*) at a scale; a non-swept axis gives its fixed value.
+
+        The law's value plus the scale's own deviation from it (`scatter`), a fixed function of
+        the study and the scale, so proxies and targets alike sit a little off the law.
+        """
         s = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth}
-        return np.array([self.laws[a].log_value(s) for a in AXES])
+        law = np.array([self.laws[a].log_value(s) for a in AXES])
+        if not any(self.scatter):
+            return law
+        key = [self.seed, *(round(abs(math.log(float(v))) * 1e6) for v in (n_params, tokens, width, depth))]
+        return law + np.asarray(self.scatter) * np.random.default_rng(key).standard_normal(3)
 
     def optimum(self, n_params: float, tokens: float, width: float, depth: float) -> dict[str, float]:
         """True optimal learning rate, batch size (sequences) and weight decay at a scale."""
@@ -190,8 +206,8 @@ class SyntheticTruth:
         big = max(scales, key=lambda s: (s["n_params"], s["tokens"]))
         d_max = max(s["tokens"] for s in scales)
         out = []
-        for k in factors:
-            k = float(k)
+        for factor in factors:
+            k = float(factor)
             if self.kind == "horizon":
                 w, dp, tokens = big["width"], big["depth"], k * d_max
             elif self.kind == "mup":
@@ -291,13 +307,14 @@ def _draw(rng: np.random.Generator, seed: int, kind: str) -> SyntheticTruth:
             "weight_decay": fixed_wd,
         }
         w0 = float(rng.choice([128.0, 256.0]))
-        widths = [w0 * 2.0**i for i in range(int(rng.integers(4, 6)))]
-        depths = [8.0] if rng.random() < 0.5 else [6.0, 12.0]
-        shapes = [(w, d) for w in widths for d in depths]
+        mup_depths = [8.0] if rng.random() < 0.5 else [6.0, 12.0]
+        shapes = [(w0 * 2.0**i, d) for i in range(int(rng.integers(4, 6))) for d in mup_depths]
         token_multiples = (CHINCHILLA,)
+    scatter = tuple(float(u(0.0, MAX_SCATTER)) if a in swept else 0.0 for a in AXES)
     return SyntheticTruth(
         seed=seed,
         laws=laws,
+        scatter=scatter,  # type: ignore[arg-type]
         hessian=_hessian(rng, swept),
         asymmetry=(u(0.1, 0.5), u(-0.25, 0.25) if "batch_size" in swept else 0.0),
         divergence_factor=u(3.0, 4.0),

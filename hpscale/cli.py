@@ -719,7 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = sub.add_parser("studies", help="manage studies")
     studies_sub = studies.add_subparsers(dest="studies_command", required=True)
-    screate = studies_sub.add_parser("create", parents=[common], help="create a study (its optimizer, parameterization…)")
+    screate = studies_sub.add_parser(
+        "create", parents=[common], help="create a study (its optimizer, parameterization…)"
+    )
     screate.add_argument("name", help="lower-case id: letters, digits, . _ -")
     _add_study_options(screate, "new study")
     screate.set_defaults(func=cmd_studies_create)

@@ -215,7 +215,7 @@ def test_an_unresolved_optimum_has_an_honest_interval_and_a_refusal_names_the_re
     centres = {(1e8, 2e9): math.log(4e-3), (1e8, 8e9): math.log(3e-3)}
     grid = {k: [math.exp(v) * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)] for k, v in centres.items()}
     fit = fit_study(_one_d_sweep(centres, grid, curvature=0.5), bootstrap=20, loss_law=False, priors="none")
-    for o, (k, mu) in zip(fit.optima, centres.items()):
+    for o, (_k, mu) in zip(fit.optima, centres.items()):
         lr = o.optimum["learning_rate"]
         assert lr.status == "best_run"
         assert lr.value.low == pytest.approx(math.exp(mu) / math.sqrt(2), rel=1e-6)
@@ -236,10 +236,7 @@ def test_intervals_widen_with_distance_in_every_variable(steplaw_fit) -> None:
         w = [_log_width(steplaw_fit, {**base, move: base[move] * k}) for k in (1.0, 4.0, 16.0)]
         assert w[0] < w[1] < w[2], (move, w)
     # aspect: a wider, shallower model of the same size
-    w = [
-        _log_width(steplaw_fit, {**base, "width": 1280.0 * k, "depth": 13.0 / k})
-        for k in (1.0, 2.0, 4.0)
-    ]
+    w = [_log_width(steplaw_fit, {**base, "width": 1280.0 * k, "depth": 13.0 / k}) for k in (1.0, 2.0, 4.0)]
     assert w[0] < w[1] < w[2], w
 
 

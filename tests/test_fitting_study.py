@@ -9,7 +9,6 @@ import pytest
 
 from fitting.backtest import leave_one_size_out, mean_regret, steplaw_procedure, steplaw_published
 from fitting.common import InsufficientData
-from fitting.optima import analyse_sweeps
 from fitting.runs import RunTable
 from fitting.study_fit import MissingTarget, StudyResult, fit_study, predict
 from tests.fitting_data import TRUE_BS, TRUE_LR, TRUE_WD, load_marin, load_steplaw, synthetic_sweep
@@ -106,7 +105,7 @@ def test_too_little_data_is_named():
     for priors, which in (("none", "default"), ("published", "published")):
         f2 = fit_study(two, bootstrap=10, priors=priors)
         assert "learning_rate" in f2.laws
-        assert any("learning rate law rests on 2 scales" in w and f"mostly the {which}" in w for w in f2.warnings)
+        assert any("learning rate law rests on 2 scales" in w and f"leans on the {which}" in w for w in f2.warnings)
     with pytest.raises(InsufficientData):
         fit_study(RunTable.from_records([]))
     fixed_lr = runs.subset(runs.learning_rate == runs.learning_rate[0])

@@ -56,7 +56,10 @@ def test_with_two_sizes_the_law_leans_on_the_prior_and_says_so(steplaw):
     assert (e_pub["prior"]["mean"], e_pub["prior"]["sd"]) == (-0.71, 0.35)
     assert e_pub["data_share"] < 0.5  # two sizes 1.25× apart carry little information on it
     assert abs(e_pub["value"] - STEP_LAW_LR_EXPONENTS["n_params"]) < 0.2
-    assert any("exponent in n_params (1.25× in the proxies)" in w and "mostly the published prior" in w for w in published.warnings)
+    assert any(
+        "exponent in n_params (1.25× in the proxies)" in w and "mostly the published prior" in w
+        for w in published.warnings
+    )
     # Without priors the same runs say much less: the exponent is the data's, with a wide interval.
     e_alone = alone.laws["learning_rate"].to_dict()["exponents"]["n_params"]
     assert e_alone["prior"] is None
