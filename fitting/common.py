@@ -23,7 +23,9 @@ _TAIL = 100 * (1 - LEVEL) / 2
 
 AXES: tuple[str, ...] = ("learning_rate", "batch_size", "weight_decay")
 AXIS_LABEL = {"learning_rate": "learning rate", "batch_size": "batch size", "weight_decay": "weight decay"}
-SCALE_VARS: tuple[str, ...] = ("n_params", "tokens", "width", "depth", "compute")
+# The scale variables a law may use: size, data, shape (width, depth and their ratio, the aspect
+# width/depth) and training compute 6·N·D.
+SCALE_VARS: tuple[str, ...] = ("n_params", "tokens", "width", "depth", "aspect", "compute")
 
 
 class InsufficientData(ValueError):
@@ -83,12 +85,13 @@ def percentile_bounds(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, n
 
 
 def scale_variables(n_params: float, tokens: float, width: float, depth: float) -> dict[str, float]:
-    """The candidate law variables of one scale (compute = 6·N·D, training FLOPs); NaN when unknown."""
+    """The candidate law variables of one scale (aspect = width/depth, compute = 6·N·D); NaN when unknown."""
     return {
         "n_params": float(n_params),
         "tokens": float(tokens),
         "width": float(width),
         "depth": float(depth),
+        "aspect": float(width) / float(depth) if float(depth) > 0 else math.nan,
         "compute": FLOPS_PER_PARAM_TOKEN * float(n_params) * float(tokens),
     }
 

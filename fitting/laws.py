@@ -1,75 +1,111 @@
-"""Power laws for the optimal hyperparameters, as a Bayesian model average.
+"""Power laws for the optimal hyperparameters: Bayesian regression on the per-scale optima.
 
-Model, per hyperparameter and variable set V: log h*_s = c + Σ_{v∈V} a_v (log x_{s,v} − m_v) + e_s,
-e_s ~ N(0, se_s² + τ²), with se_s the per-scale optimum's standard error, τ the scatter of
-optima around the law, a_v ~ N(published centre, published spread²) (`fitting.published`;
-a vague N(0, 1) where nothing is published or the study asks for `priors="none"`), c flat.
+Model, per hyperparameter: log h*_s = c + Σ_{v∈V} a_v (log x_{s,v} − m_v) + e_s, e_s ~ N(0, se_s² + τ²),
+with V the parameterization's law variables (`fitting.published.law_basis`: n_params, tokens and
+the aspect ratio width/depth for SP; width, depth and tokens for the μP family), se_s the
+per-scale optimum's standard error, τ the scatter of optima around the law, c flat.
 
-- **Posterior.** For each admissible V and each τ on a grid (half-normal prior on τ) the
-  posterior of (c, a) is Gaussian in closed form — a ridge toward the published law whose
-  pull fades as the study's scales spread out.
-- **Average, don't bet.** The variable sets are weighted by their evidence p(y | V, τ). With
-  the scales taken from smallest to largest, the evidence is the product of one-step-ahead
-  predictive densities, so it scores each V by how well it forecasts *larger* scales from
-  smaller ones — the use users make of it. The law is the mixture; its interval includes
-  the model uncertainty.
-- **Backtests.** `forward_error` refits the whole procedure without the largest scales
-  (along n_params, tokens and compute in turn) and predicts them; `cv_error` leaves one
-  scale out at a time. The RMS of the forward misses in units of their own predictive
-  spread scales every interval of the law (`calibration`, shrunk toward 1, in [0.7, 3]):
-  wider where forecasts of larger scales missed, narrower where they were all well inside.
+- **Priors that yield.** Each a_v has a two-component Gaussian mixture prior
+  (`fitting.published.ExponentPrior`): a published centre with its spread plus a heavy tail, or,
+  where nothing published applies, "no effect" or "free". Every combination of components is a
+  Gaussian linear model whose posterior and evidence are closed-form for each τ on a grid
+  (half-normal prior on τ); the law is the evidence-weighted mixture. A study whose scales
+  contradict a published exponent puts its weight on the tail and ends at its own data; the
+  fit reports per exponent how far data and prior disagree and which component won.
+- **Every variable, identified or not.** All law variables stay in the model even when the
+  proxies never moved one (or moved it only together with another): the posterior along such a
+  direction is the prior, so the interval at a target that moves it widens with the distance,
+  instead of an average over variable subsets extrapolating along a direction no data saw.
+- **Bounds are bounds.** A scale whose optimum lies at the edge of its sweep (or is capped by a
+  divergence, or not resolved) is a censored observation, lo ≤ log h*_s ≤ hi, not a measurement:
+  its likelihood P(lo < law + e < hi) enters through expectation propagation (a Gaussian site per
+  bound, matched to the tilted moments; the evidence includes each site's normaliser).
+- **Backtests.** `forward_error` refits without the largest scales (along n_params, tokens and
+  compute in turn) and predicts them; `cv_error` leaves one scale out at a time. The RMS of the
+  forward misses in units of their own predictive spread scales every interval of the law
+  (`calibration`, shrunk toward 1, in [0.7, 3]).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import log_ndtr
 
 from fitting.common import AXIS_LABEL, SCALE_VARS, FloatArray, Interval
 from fitting.optima import SweepAnalysis
-from fitting.published import CONSTANT_SD, VAGUE, ExponentPrior
+from fitting.published import CONSTANT_SD, DEFAULT, ExponentPrior
 from fitting.surface import BowlSolution, one_step_bootstrap
 
-MIN_SCALES = 3
-# With published priors on the exponents two scales suffice: the data fix the constant and
-# move the exponents only as far as two points can.
-MIN_SCALES_WITH_PRIORS = 2
-MAX_VARIABLES = 3
-# A variable explained by the others with R² > 0.98 cannot be separated from them.
-COLLINEAR_R2 = 0.98
+# A law needs this many scales with an optimum (measured, or a bound), at least one measured.
+MIN_SCALES = 2
 # Between-scale scatter τ (log units): grid and half-normal prior scale. Optima of real
 # sweeps scatter around their law by a few percent to ~20% (Step Law's residuals ~5–10%).
 TAU_GRID = np.array([0.0, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45, 0.7])
 TAU_PRIOR_SCALE = 0.15
-# Variable sets whose posterior weight is below this are dropped from the average.
-MIN_MODEL_WEIGHT = 0.02
+# Mixture components (prior combination × τ) lighter than this are dropped from the law.
+MIN_COMPONENT_WEIGHT = 1e-5
 # Calibration from forward backtests: the factor is shrunk toward 1 as if ν0 forecasts had
 # missed by exactly their predictive spread, and kept in [MIN_CALIBRATION, MAX_CALIBRATION].
 CALIBRATION_PRIOR_N = 3.0
 MAX_CALIBRATION = 3.0
 MIN_CALIBRATION = 0.7
 # Leave-one-scale-out is capped at this many held-out scales (evenly spread) for speed.
-MAX_CV_FOLDS = 40
+MAX_CV_FOLDS = 24
 PREDICTIVE_SAMPLES = 2000
+# Expectation propagation for censored optima: sweeps and damping.
+EP_SWEEPS = 12
+EP_DAMPING = 0.7
+# A published exponent whose heavy tail carries more than this posterior weight "lost" to the data.
+CONFLICT_SHARE = 0.5
 _SYMBOL = {"learning_rate": "lr*", "batch_size": "bs*", "weight_decay": "wd*"}
-# Admissible variable sets per (rows, max_vars, published priors), shared by one study's backtests.
-SetCache = dict[tuple[Any, ...], list[tuple[str, ...]]]
+
+
+# --- observations --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LawObservations:
+    """What the per-scale stage knows of one axis's optimum at each scale (log units, rows = scales).
+
+    Row s is a measurement y ± se when `lo`, `hi` are NaN, a bound lo ≤ log h* ≤ hi (either side
+    may be infinite; `se` then is the bound's softness) when they are not, and absent when
+    everything is NaN.
+    """
+
+    y: np.ndarray
+    se: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @property
+    def measured(self) -> np.ndarray:
+        m: np.ndarray = np.isfinite(self.y) & np.isnan(self.lo) & np.isnan(self.hi)
+        return m
+
+    @property
+    def censored(self) -> np.ndarray:
+        c: np.ndarray = ~np.isnan(self.lo) | ~np.isnan(self.hi)
+        return c
+
+    @property
+    def rows(self) -> np.ndarray:
+        r: np.ndarray = np.flatnonzero(self.measured | self.censored)
+        return r
 
 
 @dataclass(frozen=True)
 class Component:
-    """One term of the mixture: coefficients over (1, union variables) ~ N(mean, cov), scatter τ."""
+    """One term of the mixture: coefficients over (1, variables) ~ N(mean, cov), scatter τ."""
 
     weight: float
     tau: float
     mean: np.ndarray
     cov: np.ndarray
-    model: int  # index into PowerLaw.models
+    model: int  # index of the prior combination
+    tails: tuple[bool, ...] = ()  # per variable: whether this combination uses the tail ("free") component
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -78,6 +114,7 @@ class Component:
             "mean": self.mean.tolist(),
             "cov": self.cov.tolist(),
             "model": self.model,
+            "tails": list(self.tails),
         }
 
     @classmethod
@@ -89,12 +126,13 @@ class Component:
             mean,
             np.asarray(d["cov"], float).reshape(mean.size, mean.size),
             int(d["model"]),
+            tuple(bool(t) for t in d.get("tails", ())),
         )
 
 
 @dataclass(frozen=True)
 class LawModel:
-    """One variable set of the average, with its posterior weight and evidence."""
+    """The variable set of the law, with its evidence (one per law since the mixture-prior engine)."""
 
     variables: tuple[str, ...]
     weight: float
@@ -104,12 +142,37 @@ class LawModel:
         return {"variables": list(self.variables), "weight": self.weight, "log_evidence": self.log_evidence}
 
 
+@dataclass(frozen=True)
+class ExponentReport:
+    """How data and prior shaped one exponent: the tail's (or free component's) posterior share,
+    the data's own estimate (under that component) and its distance from the published centre."""
+
+    tail_share: float
+    data_mean: float
+    data_sd: float
+    conflict: float  # (data_mean − prior mean) / √(prior sd² + data sd²); NaN without a published prior
+    centre_sd: float = math.nan  # posterior sd under the prior's centre component (what the data left of its spread)
+
+    def data_share(self, prior_sd: float) -> float:
+        """Share of the posterior precision that is the data's: 1 when the tail won, else 1 − (centre sd / prior sd)²."""
+        if self.tail_share > CONFLICT_SHARE or math.isnan(self.centre_sd):
+            return 1.0
+        return max(0.0, 1.0 - (self.centre_sd / prior_sd) ** 2)
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "tail_share": self.tail_share,
+            "data_mean": self.data_mean,
+            "data_sd": self.data_sd,
+            "conflict": None if math.isnan(self.conflict) else self.conflict,
+        }
+
+
 @dataclass(frozen=True, eq=False)
 class PowerLaw:
-    """log h* = c + Σ a_j (log x_j − m_j) for one hyperparameter: a mixture over variable sets and τ.
+    """log h* = c + Σ a_j (log x_j − m_j) for one hyperparameter: a mixture over prior components and τ.
 
-    `variables` is the union of the averaged sets (absent ones have coefficient 0 in a
-    component); `calibration` multiplies every predictive deviation from the mean.
+    `calibration` multiplies every predictive deviation from the mean.
     """
 
     axis: str
@@ -124,7 +187,9 @@ class PowerLaw:
     calibration: float
     n_scales: int
     ranges: Mapping[str, tuple[float, float]]
-    method: str = "Bayesian model average of weighted least squares on the per-scale optima"
+    method: str = "Bayesian regression on the per-scale optima (bounds censored) with mixture priors on the exponents"
+    n_bounds: int = 0
+    prior_notes: tuple[str, ...] = ()
     _weights: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,7 +199,7 @@ class PowerLaw:
     # --- coefficients --------------------------------------------------------------------
     @property
     def coef(self) -> FloatArray:
-        """Posterior mean of (c, a_1, …) over the union variables."""
+        """Posterior mean of (c, a_1, …)."""
         mean: FloatArray = np.einsum("k,kp->p", self._weights, np.stack([c.mean for c in self.components]))
         return mean
 
@@ -155,8 +220,7 @@ class PowerLaw:
     @property
     def form(self) -> str:
         terms = " + ".join(f"{chr(ord('a') + i)}·log {v}" for i, v in enumerate(self.variables))
-        base = f"log {_SYMBOL[self.axis]} = c" + (f" + {terms}" if terms else "")
-        return base if len(self.models) == 1 else f"{base} (average of {len(self.models)} variable sets)"
+        return f"log {_SYMBOL[self.axis]} = c" + (f" + {terms}" if terms else "")
 
     @property
     def coefficient(self) -> float:
@@ -179,15 +243,48 @@ class PowerLaw:
         scaled: FloatArray = self.coef + (draws - self.coef) * self.calibration
         return scaled
 
+    def report(self, var: str) -> ExponentReport:
+        """Prior–data conflict of one exponent (see ExponentReport)."""
+        j = self.variables.index(var)
+        tail = np.array([c.tails[j] if len(c.tails) > j else False for c in self.components])
+        share = float(self._weights[tail].sum())
+        # The data's own estimate: the components that give this exponent its broad (tail / free)
+        # prior, weighted by their within-group posterior weights.
+        grp = tail if tail.any() else np.ones_like(tail)
+        w = self._weights[grp] / self._weights[grp].sum()
+        means = np.array([c.mean[1 + j] for c in self.components])[grp]
+        var_ = np.array([c.cov[1 + j, 1 + j] for c in self.components])[grp]
+        m = float(w @ means)
+        sd = float(math.sqrt(max(float(w @ (var_ + (means - m) ** 2)), 0.0)))
+        p = self.priors.get(var, DEFAULT)
+        conflict = (m - p.mean) / math.sqrt(p.sd**2 + sd**2) if p.published else math.nan
+        centre_sd = math.nan
+        if (~tail).any():
+            wc = self._weights[~tail] / self._weights[~tail].sum()
+            mc = np.array([c.mean[1 + j] for c in self.components])[~tail]
+            vc = np.array([c.cov[1 + j, 1 + j] for c in self.components])[~tail]
+            centre_sd = float(math.sqrt(max(float(wc @ (vc + (mc - wc @ mc) ** 2)), 0.0))) * self.calibration
+        return ExponentReport(share, m, sd, conflict, centre_sd)
+
+    def conflicts(self) -> list[tuple[str, ExponentReport]]:
+        """Exponents whose published prior lost to the data (the heavy tail carries most weight)."""
+        out = []
+        for v in self.variables:
+            if self.priors.get(v, DEFAULT).published:
+                r = self.report(v)
+                if r.tail_share > CONFLICT_SHARE:
+                    out.append((v, r))
+        return out
+
     # --- prediction ----------------------------------------------------------------------
     def design(self, target: Mapping[str, float]) -> np.ndarray:
         return np.array([1.0] + [math.log(float(target[v])) - m for v, m in zip(self.variables, self.log_centre)])
 
     def usable_components(self, available: Sequence[str]) -> tuple[np.ndarray, float]:
-        """Mixture weights restricted to the variable sets computable from `available` (and their share)."""
-        ok = np.array([set(self.models[c.model].variables) <= set(available) for c in self.components])
-        share = float(self._weights[ok].sum())
-        return (self._weights * ok / share if share > 0 else self._weights * 0), share
+        """Mixture weights and their share if `available` gives every law variable; zeros and 0 otherwise."""
+        if set(self.variables) <= set(available):
+            return self._weights.copy(), 1.0
+        return self._weights * 0.0, 0.0
 
     def predict_log(
         self,
@@ -199,8 +296,8 @@ class PowerLaw:
     ) -> tuple[float, np.ndarray, np.ndarray]:
         """log h* at `target`: posterior mean, draws of the law's mean, draws of the scatter τ·ε.
 
-        Both draw sets include the calibration factor; a predictive draw is their sum.
-        Variables a component does not use may be absent from `target` (its weight must be 0).
+        Both draw sets include the calibration factor; a predictive draw is their sum. A variable
+        absent from `target` is taken at the proxies' centre.
         """
         w = self._weights if weights is None else weights
         x = np.array(
@@ -220,19 +317,22 @@ class PowerLaw:
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         exps: dict[str, dict[str, Any]] = {}
-        cov = self.coef_cov
-        for j, v in enumerate(self.variables, start=1):
+        for v in self.variables:
             e: dict[str, Any] = self.exponent(v).to_dict()
-            p = self.priors.get(v, VAGUE)
+            p = self.priors.get(v, DEFAULT)
+            rep = self.report(v)
             if p.published:
-                e["prior"] = {"mean": p.mean, "sd": p.sd}
+                e["prior"] = {"mean": p.mean, "sd": p.sd, "tail_weight": p.tail_weight, "tail_sd": p.tail_sd}
                 e["prior_source"] = p.source
                 # How far the data moved it, in prior standard deviations, and the share of
                 # the posterior's precision that comes from the data (0: prior only).
                 e["shift"] = (e["value"] - p.mean) / p.sd
-                e["data_share"] = max(0.0, 1.0 - float(cov[j, j]) / p.sd**2)
+                e["data_share"] = rep.data_share(p.sd)
+                e["conflict"] = rep.to_dict()
+                e["followed"] = "data" if rep.tail_share > CONFLICT_SHARE else "published prior"
             else:
                 e["prior"] = None
+                e["prior_source"] = DEFAULT.source
             exps[v] = e
         return {
             "form": self.form,
@@ -245,8 +345,10 @@ class PowerLaw:
             "models": [m.to_dict() for m in self.models],
             "calibration": self.calibration,
             "n_scales": self.n_scales,
+            "n_bounds": self.n_bounds,
             "scatter": self.scatter,
             "method": self.method,
+            "prior_notes": list(self.prior_notes),
             "ranges": {k: list(v) for k, v in self.ranges.items()},
         }
 
@@ -267,10 +369,7 @@ class PowerLaw:
             tuple(float(x) for x in d["log_centre"]),
             tuple(Component.from_state(c) for c in d["components"]),
             tuple(LawModel(tuple(m["variables"]), float(m["weight"]), float(m["log_evidence"])) for m in d["models"]),
-            {
-                v: ExponentPrior(float(p["mean"]), float(p["sd"]), str(p["source"]))
-                for v, p in d.get("priors", {}).items()
-            },
+            {v: ExponentPrior.from_dict(p) for v, p in d.get("priors", {}).items()},
             float(d["r2"]) if d.get("r2") is not None else math.nan,
             None if d.get("cv_error") is None else float(d["cv_error"]),
             None if d.get("forward_error") is None else float(d["forward_error"]),
@@ -278,6 +377,8 @@ class PowerLaw:
             int(d["n_scales"]),
             {k: (float(v[0]), float(v[1])) for k, v in d.get("ranges", {}).items()},
             d.get("method", cls.method),
+            int(d.get("n_bounds", 0)),
+            tuple(d.get("prior_notes", ())),
         )
 
 
@@ -327,7 +428,16 @@ class LawSet:
     missing: Mapping[str, str]  # axis → why no law
 
 
-# --- the Bayesian linear model ---------------------------------------------------------
+@dataclass(frozen=True)
+class LawSpec:
+    """What one axis's law is fitted with: its variables and the prior of each (absent: DEFAULT)."""
+
+    variables: tuple[str, ...]
+    priors: Mapping[str, ExponentPrior]
+    notes: tuple[str, ...] = ()
+
+
+# --- the Gaussian linear model, with censored rows by expectation propagation ----------------
 def _tau_log_prior() -> FloatArray:
     """Log prior mass of each τ grid point: half-normal density × the point's share of the axis."""
     edges = np.concatenate([[0.0], (TAU_GRID[1:] + TAU_GRID[:-1]) / 2, [TAU_GRID[-1] * 1.25]])
@@ -339,24 +449,382 @@ def _tau_log_prior() -> FloatArray:
 _LOG_TAU_PRIOR = _tau_log_prior()
 
 
-def posterior(
-    X: np.ndarray, y: np.ndarray, se2: np.ndarray, m0: np.ndarray, prec0: np.ndarray
+def gaussian_posterior(
+    X: np.ndarray, y: np.ndarray, v: np.ndarray, m0: np.ndarray, prec0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gaussian posterior and log evidence of y = Xb + e, e ~ N(0, se² + τ²), b ~ N(m0, diag(1/prec0)), per τ.
+    """Posterior and log evidence of y = Xb + e, e ~ N(0, diag(v_t)), b ~ N(m0, diag(1/prec0)), per row t of v.
 
-    Returns means (T, p), covariances (T, p, p) and log evidences (T,) over TAU_GRID.
+    `y` is (n,) or (T, n), `v` is (T, n). Returns means (T, p), covariances (T, p, p), log evidences (T,).
     """
-    v = se2[None, :] + TAU_GRID[:, None] ** 2  # (T, n)
+    Y = np.broadcast_to(y, v.shape)
     w = 1.0 / np.maximum(v, 1e-12)
     P = np.einsum("ni,tn,nj->tij", X, w, X) + np.diag(prec0)[None]
-    rhs = np.einsum("ni,tn,n->ti", X, w, y) + (prec0 * m0)[None]
+    rhs = np.einsum("ni,tn,tn->ti", X, w, Y) + (prec0 * m0)[None]
     L = np.linalg.cholesky(P)
-    mean = np.linalg.solve(P, rhs[:, :, None])[:, :, 0]
     cov = np.linalg.inv(P)
+    mean = np.einsum("tij,tj->ti", cov, rhs)
     logdet_p = 2 * np.sum(np.log(np.einsum("tii->ti", L)), axis=1)
-    quad = np.einsum("tn,n->t", w, y * y) + float(np.sum(prec0 * m0 * m0)) - np.einsum("ti,ti->t", mean, rhs)
-    log_ev = -0.5 * (np.sum(np.log(2 * np.pi * v), axis=1) - np.sum(np.log(prec0)) + logdet_p + quad)
+    quad = np.einsum("tn,tn->t", w, Y * Y) + float(np.sum(prec0 * m0 * m0)) - np.einsum("ti,ti->t", mean, rhs)
+    log_ev = -0.5 * (np.sum(np.log(2 * np.pi * np.maximum(v, 1e-12)), axis=1) - np.sum(np.log(prec0)) + logdet_p + quad)
     return mean, cov, log_ev
+
+
+def _log_normal_pdf(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.where(np.isfinite(x), -0.5 * x * x - 0.5 * math.log(2 * math.pi), -np.inf)
+    return out
+
+
+def tilted_moments(
+    mu: np.ndarray, var: np.ndarray, lo: np.ndarray, hi: np.ndarray, s2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Moments of f ~ N(mu, var) times P(lo < f + e < hi), e ~ N(0, s2): (log Z, mean, variance)."""
+    s = np.sqrt(var + s2)
+    a = (lo - mu) / s
+    b = (hi - mu) / s
+    with np.errstate(invalid="ignore", over="ignore"):
+        # log(Φ(b) − Φ(a)), accurate in both tails: mirror when the interval lies in the upper tail.
+        upper = a > 0
+        la = np.where(upper, log_ndtr(-b), log_ndtr(a))
+        lb = np.where(upper, log_ndtr(-a), log_ndtr(b))
+        log_z = lb + np.log1p(-np.exp(np.minimum(la - lb, -1e-300)))
+        log_z = np.where(np.isfinite(log_z), log_z, -745.0)
+        ra = np.exp(_log_normal_pdf(a) - log_z)
+        rb = np.exp(_log_normal_pdf(b) - log_z)
+        ara = np.where(np.isfinite(a), a * ra, 0.0)
+        brb = np.where(np.isfinite(b), b * rb, 0.0)
+    mean = mu + var / s * (ra - rb)
+    v_hat = var - var * var / (s * s) * ((brb - ara) + (ra - rb) ** 2)
+    v_hat = np.clip(v_hat, 1e-12, var * (1 - 1e-9))
+    return log_z, mean, v_hat
+
+
+def posterior(
+    X: np.ndarray,
+    obs: LawObservations,
+    rows: np.ndarray,
+    m0: np.ndarray,
+    prec0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior of the law's coefficients and log evidence per τ on TAU_GRID, from the measured and censored `rows`.
+
+    X holds the design rows of `rows`. Measured rows are Gaussian: y ~ N(xb, se² + τ²). A censored
+    row contributes P(lo < xb + e < hi), e ~ N(0, se² + τ²), approximated by expectation propagation.
+    """
+    tau2 = TAU_GRID[:, None] ** 2
+    meas = obs.measured[rows]
+    cens = obs.censored[rows]
+    Xm, ym = X[meas], obs.y[rows][meas]
+    vm = obs.se[rows][meas] ** 2 + tau2
+    if not cens.any():
+        return gaussian_posterior(Xm, ym, vm, m0, prec0)
+    Xc = X[cens]
+    lo = np.where(np.isnan(obs.lo[rows][cens]), -np.inf, obs.lo[rows][cens])
+    hi = np.where(np.isnan(obs.hi[rows][cens]), np.inf, obs.hi[rows][cens])
+    s2 = obs.se[rows][cens] ** 2 + tau2  # (T, nc)
+    T, nc = s2.shape
+    site_prec = np.zeros((T, nc))
+    site_pm = np.zeros((T, nc))
+    for _ in range(EP_SWEEPS):
+        mean, cov, _ = _with_sites(Xm, ym, vm, Xc, site_prec, site_pm, m0, prec0)
+        f_mu = np.einsum("ni,ti->tn", Xc, mean)
+        f_var = np.einsum("ni,tij,nj->tn", Xc, cov, Xc)
+        cav_prec = np.maximum(1.0 / f_var - site_prec, 1e-12)
+        cav_var = 1.0 / cav_prec
+        cav_mu = cav_var * (f_mu / f_var - site_pm)
+        _, m_hat, v_hat = tilted_moments(cav_mu, cav_var, lo, hi, s2)
+        new_prec = np.maximum(1.0 / v_hat - cav_prec, 0.0)
+        new_pm = m_hat / v_hat - cav_mu * cav_prec
+        change = float(np.max(np.abs(new_prec - site_prec) / (new_prec + site_prec + 1e-9)))
+        site_prec = EP_DAMPING * new_prec + (1 - EP_DAMPING) * site_prec
+        site_pm = EP_DAMPING * new_pm + (1 - EP_DAMPING) * site_pm
+        if change < 1e-4:
+            break
+    mean, cov, log_ev = _with_sites(Xm, ym, vm, Xc, site_prec, site_pm, m0, prec0)
+    # Each site's normaliser: log Z_i − log N(ỹ_i; cavity mean, cavity var + ṽ_i) (sites ≈ 0 give log Z_i).
+    f_mu = np.einsum("ni,ti->tn", Xc, mean)
+    f_var = np.einsum("ni,tij,nj->tn", Xc, cov, Xc)
+    cav_prec = np.maximum(1.0 / f_var - site_prec, 1e-12)
+    cav_var = 1.0 / cav_prec
+    cav_mu = cav_var * (f_mu / f_var - site_pm)
+    log_z, _, _ = tilted_moments(cav_mu, cav_var, lo, hi, s2)
+    live = site_prec > 1e-10
+    v_site = np.where(live, 1.0 / np.where(live, site_prec, 1.0), 1.0)
+    y_site = np.where(live, site_pm * v_site, 0.0)
+    dev = y_site - cav_mu
+    log_n = -0.5 * (np.log(2 * np.pi * (cav_var + v_site)) + dev * dev / (cav_var + v_site))
+    log_ev = log_ev + np.sum(log_z - np.where(live, log_n, 0.0), axis=1)
+    return mean, cov, log_ev
+
+
+def _with_sites(
+    Xm: np.ndarray,
+    ym: np.ndarray,
+    vm: np.ndarray,
+    Xc: np.ndarray,
+    site_prec: np.ndarray,
+    site_pm: np.ndarray,
+    m0: np.ndarray,
+    prec0: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Gaussian posterior with each live EP site as a pseudo-observation ỹ = pm/prec of variance 1/prec."""
+    live = np.any(site_prec > 1e-10, axis=0)
+    if not live.any():
+        return gaussian_posterior(Xm, ym, vm, m0, prec0)
+    sp = np.maximum(site_prec[:, live], 1e-10)
+    X = np.vstack([Xm, Xc[live]])
+    y = np.concatenate([np.broadcast_to(ym, vm.shape), site_pm[:, live] / sp], axis=1)
+    v = np.concatenate([vm, 1.0 / sp], axis=1)
+    return gaussian_posterior(X, y, v, m0, prec0)
+
+
+# --- the mixture over prior components -----------------------------------------------------
+@dataclass(frozen=True)
+class _Average:
+    """The law fitted on some rows: every prior combination × τ, with normalised log weights."""
+
+    variables: tuple[str, ...]
+    centre: dict[str, float]
+    tails: np.ndarray  # (K, k) bool: combination K uses the tail ("free") component of variable k
+    means: np.ndarray  # (K, T, 1 + k)
+    covs: np.ndarray  # (K, T, 1 + k, 1 + k)
+    log_w: np.ndarray  # (K, T) normalised
+    log_ev: float  # log evidence of the whole mixture
+
+    def predict(self, logx: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mixture mean and predictive variance (law + τ²) of log h* at `rows`."""
+        X = _design(logx, rows, self.variables, self.centre)
+        w = np.exp(self.log_w)
+        mu = np.einsum("ktp,np->ktn", self.means, X)
+        var = np.einsum("np,ktpq,nq->ktn", X, self.covs, X) + TAU_GRID[None, :, None] ** 2
+        mean = np.einsum("kt,ktn->n", w, mu)
+        second = np.einsum("kt,ktn->n", w, var + mu * mu)
+        return mean, np.maximum(second - mean * mean, 0.0)
+
+
+def _design(
+    logx: Mapping[str, np.ndarray], rows: np.ndarray, variables: Sequence[str], centre: Mapping[str, float]
+) -> np.ndarray:
+    return np.column_stack([np.ones(rows.size)] + [logx[v][rows] - centre[v] for v in variables])
+
+
+def fit_average(logx: Mapping[str, np.ndarray], rows: np.ndarray, obs: LawObservations, spec: LawSpec) -> _Average:
+    """Posterior of every combination of the exponents' prior components × τ on `rows`, weighted by evidence × prior."""
+    variables = spec.variables
+    centre = {v: float(np.mean(logx[v][rows])) for v in variables}
+    X = _design(logx, rows, variables, centre)
+    comps = [spec.priors.get(v, DEFAULT).components() for v in variables]
+    meas = obs.measured[rows]
+    ybar = float(np.mean(obs.y[rows][meas])) if meas.any() else float(np.nanmean(np.r_[obs.lo[rows], obs.hi[rows]]))
+    K = 2 ** len(variables)
+    tails = np.array([[(k >> i) & 1 == 1 for i in range(len(variables))] for k in range(K)], dtype=bool).reshape(
+        K, len(variables)
+    )
+    means, covs, log_w = [], [], []
+    for k in range(K):
+        chosen = [comps[i][int(tails[k, i])] for i in range(len(variables))]
+        m0 = np.array([ybar] + [c[1] for c in chosen])
+        prec0 = np.array([1.0 / CONSTANT_SD**2] + [1.0 / c[2] ** 2 for c in chosen])
+        mu, cov, ev = posterior(X, obs, rows, m0, prec0)
+        means.append(mu)
+        covs.append(cov)
+        log_w.append(ev + _LOG_TAU_PRIOR + sum(math.log(c[0]) for c in chosen))
+    lw = np.array(log_w)
+    total = _logsumexp(lw.ravel())
+    return _Average(variables, centre, tails, np.array(means), np.array(covs), lw - total, total)
+
+
+def _logsumexp(a: np.ndarray) -> float:
+    m = float(np.max(a))
+    return m + math.log(float(np.sum(np.exp(a - m))))
+
+
+# --- backtests ---------------------------------------------------------------------------
+def forward_splits(
+    logx: Mapping[str, np.ndarray], rows: np.ndarray, obs: LawObservations, min_train: int = MIN_SCALES
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) row splits holding out the largest scales along n_params, tokens and compute in turn.
+
+    Only measured scales are held out (a bound cannot be missed by a number); the training rows
+    must keep at least one measurement.
+    """
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    seen = set()
+    for v in ("n_params", "tokens", "compute"):
+        x = logx[v][rows]
+        if not np.all(np.isfinite(x)) or np.ptp(x) <= 1e-3:
+            continue
+        test = x >= x.max() - 1e-3
+        train = rows[~test]
+        if train.size < min_train or not obs.measured[train].any() or tuple(test) in seen:
+            continue
+        seen.add(tuple(test))
+        held = rows[test][obs.measured[rows[test]]]
+        if held.size:
+            out.append((train, held))
+    return out
+
+
+def backtest(
+    logx: Mapping[str, np.ndarray], rows: np.ndarray, obs: LawObservations, spec: LawSpec
+) -> tuple[float | None, float | None, float]:
+    """(forward RMS error, leave-one-scale-out RMS error, calibration factor) of the whole procedure."""
+    errs, z2 = [], []
+    for train, test in forward_splits(logx, rows, obs):
+        mean, var = fit_average(logx, train, obs, spec).predict(logx, test)
+        e = mean - obs.y[test]
+        errs.extend(e.tolist())
+        z2.extend((e * e / (var + obs.se[test] ** 2)).tolist())
+    forward = float(np.sqrt(np.mean(np.square(errs)))) if errs else None
+    calibration = math.sqrt((sum(z2) + CALIBRATION_PRIOR_N) / (len(z2) + CALIBRATION_PRIOR_N))
+    calibration = min(max(calibration, MIN_CALIBRATION), MAX_CALIBRATION)
+    cv = None
+    measured = rows[obs.measured[rows]]
+    if rows.size >= MIN_SCALES + 1 and measured.size >= 2:
+        folds = (
+            measured
+            if measured.size <= MAX_CV_FOLDS
+            else measured[np.linspace(0, measured.size - 1, MAX_CV_FOLDS).astype(int)]
+        )
+        cv_errs = []
+        for r in folds:
+            train = rows[rows != r]
+            if not obs.measured[train].any():
+                continue
+            got = fit_average(logx, train, obs, spec).predict(logx, np.array([r]))
+            cv_errs.append(float(got[0][0] - obs.y[r]))
+        cv = float(np.sqrt(np.mean(np.square(cv_errs)))) if cv_errs else None
+    return forward, cv, calibration
+
+
+# --- the laws of a study -----------------------------------------------------------------
+def observations(analysis: SweepAnalysis, j: int) -> LawObservations:
+    """Axis j's per-scale optima as measurements (bracketed bowl centres) or bounds (`SweepAnalysis.bounds`)."""
+    axis = analysis.axes[j]
+    y = analysis.centre[:, j].copy()
+    se = analysis.centre_se[:, j].copy()
+    lo = analysis.bounds[:, j, 0].copy()
+    hi = analysis.bounds[:, j, 1].copy()
+    cens = ~np.isnan(lo) | ~np.isnan(hi)
+    # Only a bowl centre inside its sweep is a measurement; one beyond it is a bound or nothing.
+    bracketed = np.array(
+        [o.optimum.get(axis) is not None and o.optimum[axis].status == "bracketed" for o in analysis.optima]
+    )
+    y[cens | ~bracketed] = np.nan
+    se[cens] = analysis.bound_softness[cens, j]
+    meas = np.isfinite(y)
+    fill = float(np.nanmax(se[meas])) if np.any(meas & np.isfinite(se)) else 0.1
+    se = np.where(meas & ~np.isfinite(se), fill, se)
+    se = np.where(meas, np.maximum(se, _beyond_good_runs(analysis, j)), se)
+    return LawObservations(y, se, lo, hi)
+
+
+def law_for_axis(
+    analysis: SweepAnalysis,
+    j: int,
+    logx: Mapping[str, np.ndarray],
+    spec: LawSpec,
+    *,
+    backtests: bool = True,
+) -> PowerLaw | str:
+    """The power law of axis j from the per-scale optima and bounds, or why there is none."""
+    axis = analysis.axes[j]
+    obs = observations(analysis, j)
+    rows = obs.rows
+    n_meas = int(obs.measured.sum())
+    variables = tuple(v for v in spec.variables if np.all(np.isfinite(logx[v][rows])))
+    if rows.size < MIN_SCALES or n_meas < 1:
+        return _too_few(analysis, j, obs)
+    spec = LawSpec(variables, spec.priors, spec.notes)
+    avg = fit_average(logx, rows, obs, spec)
+    components, model = _mixture(avg)
+    forward, cv, calibration = backtest(logx, rows, obs, spec) if backtests else (None, None, 1.0)
+    law = PowerLaw(
+        axis,
+        variables,
+        tuple(avg.centre[v] for v in variables),
+        tuple(components),
+        (model,),
+        {v: spec.priors[v] for v in variables if v in spec.priors},
+        math.nan,
+        cv,
+        forward,
+        calibration,
+        int(rows.size),
+        {
+            v: (float(np.exp(logx[v][rows].min())), float(np.exp(logx[v][rows].max())))
+            for v in SCALE_VARS
+            if np.all(np.isfinite(logx[v][rows]))
+        },
+        n_bounds=int(obs.censored.sum()),
+        prior_notes=spec.notes,
+    )
+    meas = rows[obs.measured[rows]]
+    object.__setattr__(law, "r2", _weighted_r2(law, logx, meas, obs.y[meas], obs.se[meas] ** 2))
+    return law
+
+
+def _too_few(analysis: SweepAnalysis, j: int, obs: LawObservations) -> str:
+    """Why axis j has no law: how many scales sweep it, how many of them resolve an optimum, what to run."""
+    axis = analysis.axes[j]
+    n_meas, n_bound = int(obs.measured.sum()), int(obs.censored.sum())
+    swept = n_meas + n_bound
+    what = f"{AXIS_LABEL[axis]} is swept at {swept} scale(s)"
+    if n_bound:
+        what += f"; at {n_bound} of them the optimum is only a bound (best run at the sweep's edge or not resolved)"
+    if n_meas < 1 and swept:
+        return f"{what}; need the optimum bracketed (a worse run on each side of the best) at ≥ 1 scale"
+    return f"{what}; need ≥ {MIN_SCALES} scales with an optimum to fit a law: sweep it at another model size or token budget"
+
+
+def _mixture(avg: _Average) -> tuple[list[Component], LawModel]:
+    """The average as a list of components (prior combination × τ) above MIN_COMPONENT_WEIGHT, renormalised."""
+    w = np.exp(avg.log_w)
+    keep = np.argwhere(w >= MIN_COMPONENT_WEIGHT * w.max())
+    total = float(sum(w[k, t] for k, t in keep))
+    comps = [
+        Component(
+            float(w[k, t] / total),
+            float(TAU_GRID[t]),
+            avg.means[k, t],
+            avg.covs[k, t],
+            int(k),
+            tuple(bool(x) for x in avg.tails[k]),
+        )
+        for k, t in keep
+    ]
+    return comps, LawModel(avg.variables, 1.0, avg.log_ev)
+
+
+def _weighted_r2(
+    law: PowerLaw, logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray, se2: np.ndarray
+) -> float:
+    """R² of the law's mean over the measured optima `y`, weighted by their total variance (se² + τ²)."""
+    if rows.size < 2:
+        return math.nan
+    pred = np.array([law.predict_log({v: math.exp(logx[v][r]) for v in law.variables}, n=1)[0] for r in rows])
+    w = 1.0 / (se2 + law.scatter**2)
+    ybar = np.sum(w * y) / np.sum(w)
+    ss_tot = float(np.sum(w * (y - ybar) ** 2))
+    return 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
+
+
+def _beyond_good_runs(analysis: SweepAnalysis, j: int) -> np.ndarray:
+    """Per scale, how far (log units) the optimum lies outside the range of its near-optimal runs.
+
+    An optimum placed beyond every good run (a bowl the runs barely curve) is less a value than
+    its standard error says: its standard error is at least that distance.
+    """
+    axis = analysis.axes[j]
+    out = np.zeros(len(analysis.scales))
+    offset = analysis.wd_offset if axis == "weight_decay" else 0.0
+    for s, opt in enumerate(analysis.optima):
+        near = opt.near_optimal.get(axis)
+        c = analysis.centre[s, j]
+        if near is None or not np.isfinite(c) or near[0] + offset <= 0:
+            continue
+        lo, hi = math.log(near[0] + offset), math.log(near[1] + offset)
+        out[s] = max(0.0, lo - c, c - hi)
+    return out
 
 
 def weighted_law(X: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -381,8 +849,8 @@ def weighted_law(X: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[np.ndarr
     return b, tau2, w
 
 
-# --- variable sets -----------------------------------------------------------------------
-def _log_vars(analysis: SweepAnalysis) -> dict[str, np.ndarray]:
+def log_scale_variables(analysis: SweepAnalysis) -> dict[str, np.ndarray]:
+    """log of every scale variable per scale (NaN where unknown)."""
     out = {}
     for v in SCALE_VARS:
         x = np.array([s.variables()[v] for s in analysis.scales], dtype=float)
@@ -391,361 +859,28 @@ def _log_vars(analysis: SweepAnalysis) -> dict[str, np.ndarray]:
     return out
 
 
-def admissible_sets(
-    logx: Mapping[str, np.ndarray],
-    rows: np.ndarray,
-    max_vars: int,
-    priors: Mapping[str, ExponentPrior] | None = None,
-    cache: SetCache | None = None,
-) -> list[tuple[str, ...]]:
-    """Variable sets that vary across `rows`, are not collinear and span distinct spaces.
-
-    Sets spanning the same space over `rows` (e.g. {n_params, tokens} and {compute, tokens},
-    or {width, depth} and {n_params, width} when n_params ∝ depth·width²) are one model
-    written twice; the one with the most published priors (then the earlier variables)
-    is kept so the average does not count a model twice.
-    """
-    priors = priors or {}
-    key0 = (rows.tobytes(), max_vars, tuple(v for v, p in sorted(priors.items()) if p.published))
-    if cache is not None and key0 in cache:
-        return cache[key0]
-    varying = [v for v in SCALE_VARS if np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
-    by_span: dict[tuple[Any, ...], tuple[str, ...]] = {}
-    for k in range(1, max_vars + 1):
-        for combo in itertools.combinations(varying, k):
-            Z = np.stack([logx[v][rows] for v in combo], axis=1)
-            Z = Z - Z.mean(axis=0)
-            if np.linalg.matrix_rank(Z, tol=1e-8) < k or _collinear(Z):
-                continue
-            # The span's projector, rounded, identifies the space.
-            Q = np.linalg.qr(Z)[0]
-            key = (k, tuple(np.round(Q @ Q.T, 6).ravel()))
-            rank = (-sum(priors.get(v, VAGUE).published for v in combo), [SCALE_VARS.index(v) for v in combo])
-            old = by_span.get(key)
-            if old is None or rank < (
-                -sum(priors.get(v, VAGUE).published for v in old),
-                [SCALE_VARS.index(v) for v in old],
-            ):
-                by_span[key] = combo
-    out = list(by_span.values())
-    if cache is not None:
-        cache[key0] = out
-    return out
-
-
-def _collinear(Z: np.ndarray) -> bool:
-    """Whether some column of centred Z has R² > COLLINEAR_R2 on the others (R²_j = 1 − 1/VIF_j)."""
-    if Z.shape[1] < 2:
-        return False
-    C = np.corrcoef(Z, rowvar=False)
-    try:
-        vif = np.diag(np.linalg.inv(C))
-    except np.linalg.LinAlgError:
-        return True
-    return bool(np.any(1.0 - 1.0 / np.maximum(vif, 1e-12) > COLLINEAR_R2))
-
-
-@dataclass(frozen=True)
-class _Average:
-    """A model average fitted on some rows: what backtests and the final law both need."""
-
-    sets: tuple[tuple[str, ...], ...]
-    centre: dict[str, float]
-    means: tuple[np.ndarray, ...]  # per set: (T, 1 + k_set)
-    covs: tuple[np.ndarray, ...]  # per set: (T, 1 + k_set, 1 + k_set)
-    log_w: np.ndarray  # (M, T) normalised log weights
-    log_ev: np.ndarray  # (M,) log evidence marginalised over τ
-
-    def predict(self, logx: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mixture mean and predictive variance (law + τ²) of log h* at `rows`."""
-        w = np.exp(self.log_w)
-        mean = np.zeros(rows.size)
-        second = np.zeros(rows.size)
-        for m, combo in enumerate(self.sets):
-            X = _design(logx, rows, combo, self.centre)
-            mu = self.means[m] @ X.T  # (T, n)
-            var = np.einsum("ni,tij,nj->tn", X, self.covs[m], X) + TAU_GRID[:, None] ** 2
-            mean += np.einsum("t,tn->n", w[m], mu)
-            second += np.einsum("t,tn->n", w[m], var + mu * mu)
-        return mean, np.maximum(second - mean * mean, 0.0)
-
-
-def _design(
-    logx: Mapping[str, np.ndarray], rows: np.ndarray, combo: Sequence[str], centre: Mapping[str, float]
-) -> np.ndarray:
-    return np.column_stack([np.ones(rows.size)] + [logx[v][rows] - centre[v] for v in combo])
-
-
-def fit_average(
-    logx: Mapping[str, np.ndarray],
-    rows: np.ndarray,
-    y: np.ndarray,
-    se2: np.ndarray,
-    priors: Mapping[str, ExponentPrior],
-    sets: Sequence[tuple[str, ...]],
-) -> _Average:
-    """Posterior of every variable set × τ on `rows`, weighted by evidence × prior.
-
-    Sets are a priori equally likely, except that leaving out a variable that varies and has
-    a published prior asserts its exponent is exactly 0: that costs the prior's density
-    ratio at 0, exp(−½(mean/sd)²) (e^−4 for the learning rate's N^−0.71 ± 0.25; nothing for
-    the batch's N^0 ± 0.15).
-    """
-    varying = [v for v in priors if v in logx and np.all(np.isfinite(logx[v][rows])) and np.ptp(logx[v][rows]) > 1e-3]
-    used = sorted({v for s in sets for v in s}, key=SCALE_VARS.index)
-    centre = {v: float(np.mean(logx[v][rows])) for v in used}
-    means, covs, log_ev = [], [], []
-    for combo in sets:
-        X = _design(logx, rows, combo, centre)
-        pr = [priors.get(v, VAGUE) for v in combo]
-        m0 = np.array([float(np.mean(y))] + [p.mean for p in pr])
-        prec0 = np.array([1.0 / CONSTANT_SD**2] + [1.0 / p.sd**2 for p in pr])
-        mu, cov, ev = posterior(X, y, se2, m0, prec0)
-        means.append(mu)
-        covs.append(cov)
-        omitted = sum(
-            0.5 * (priors[v].mean / priors[v].sd) ** 2
-            for v in varying
-            if v not in combo and priors[v].published and not _implied(v, combo)
-        )
-        log_ev.append(ev + _LOG_TAU_PRIOR - omitted)
-    le = np.array(log_ev)
-    log_w = le - _logsumexp(le.ravel())
-    per_set = np.array([_logsumexp(r) for r in le])
-    return _Average(tuple(sets), centre, tuple(means), tuple(covs), log_w, per_set)
-
-
-def _implied(v: str, combo: Sequence[str]) -> bool:
-    """Whether `combo` carries v's effect through compute = 6·N·D (or N, D through compute)."""
-    return (v in ("n_params", "tokens") and "compute" in combo) or (
-        v == "compute" and bool({"n_params", "tokens"} & set(combo))
-    )
-
-
-def _logsumexp(a: np.ndarray) -> float:
-    m = float(np.max(a))
-    return m + math.log(float(np.sum(np.exp(a - m))))
-
-
-# --- backtests ---------------------------------------------------------------------------
-def forward_splits(
-    logx: Mapping[str, np.ndarray], rows: np.ndarray, min_train: int = MIN_SCALES_WITH_PRIORS
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) row splits holding out the largest scales along n_params, tokens and compute in turn."""
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    seen = set()
-    for v in ("n_params", "tokens", "compute"):
-        x = logx[v][rows]
-        if not np.all(np.isfinite(x)) or np.ptp(x) <= 1e-3:
-            continue
-        test = x >= x.max() - 1e-3
-        if np.count_nonzero(~test) < min_train or tuple(test) in seen:
-            continue
-        seen.add(tuple(test))
-        out.append((rows[~test], rows[test]))
-    return out
-
-
-def _refit_predict(
-    logx: Mapping[str, np.ndarray],
-    train: np.ndarray,
-    test: np.ndarray,
-    y_all: np.ndarray,
-    se2_all: np.ndarray,
-    priors: Mapping[str, ExponentPrior],
-    max_vars: int,
-    cache: SetCache,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    sets = admissible_sets(logx, train, min(max_vars, max(train.size - 1, 1)), priors, cache)
-    if not sets:
-        return None
-    avg = fit_average(logx, train, y_all[train], se2_all[train], priors, sets)
-    return avg.predict(logx, test)
-
-
-def backtest(
-    logx: Mapping[str, np.ndarray],
-    rows: np.ndarray,
-    y_all: np.ndarray,
-    se2_all: np.ndarray,
-    priors: Mapping[str, ExponentPrior],
-    max_vars: int,
-    cache: SetCache | None = None,
-) -> tuple[float | None, float | None, float]:
-    """(forward RMS error, leave-one-scale-out RMS error, calibration factor) of the whole procedure."""
-    cache = {} if cache is None else cache
-    errs, z2 = [], []
-    for train, test in forward_splits(logx, rows):
-        got = _refit_predict(logx, train, test, y_all, se2_all, priors, max_vars, cache)
-        if got is None:
-            continue
-        mean, var = got
-        e = mean - y_all[test]
-        errs.extend(e.tolist())
-        z2.extend((e * e / (var + se2_all[test])).tolist())
-    forward = float(np.sqrt(np.mean(np.square(errs)))) if errs else None
-    calibration = math.sqrt((sum(z2) + CALIBRATION_PRIOR_N) / (len(z2) + CALIBRATION_PRIOR_N))
-    calibration = min(max(calibration, MIN_CALIBRATION), MAX_CALIBRATION)
-    cv = None
-    if rows.size >= MIN_SCALES:
-        folds = rows if rows.size <= MAX_CV_FOLDS else rows[np.linspace(0, rows.size - 1, MAX_CV_FOLDS).astype(int)]
-        cv_errs = []
-        for r in folds:
-            got = _refit_predict(logx, rows[rows != r], np.array([r]), y_all, se2_all, priors, max_vars, cache)
-            if got is not None:
-                cv_errs.append(float(got[0][0] - y_all[r]))
-        cv = float(np.sqrt(np.mean(np.square(cv_errs)))) if cv_errs else None
-    return forward, cv, calibration
-
-
-# --- the laws of a study -----------------------------------------------------------------
-def law_for_axis(
-    analysis: SweepAnalysis,
-    j: int,
-    logx: Mapping[str, np.ndarray],
-    priors: Mapping[str, ExponentPrior],
-    forced: Sequence[str] | None = None,
-    cache: SetCache | None = None,
-) -> PowerLaw | str:
-    """The averaged power law of axis j from the per-scale optima, or why there is none."""
-    axis = analysis.axes[j]
-    rows = np.flatnonzero(np.isfinite(analysis.centre[:, j]))
-    has_prior = any(p.published for p in priors.values())
-    need = MIN_SCALES_WITH_PRIORS if has_prior else MIN_SCALES
-    if rows.size < need:
-        return f"{AXIS_LABEL[axis]} is swept at only {rows.size} scale(s); need ≥ {need} to fit a law"
-    if forced is not None:
-        sets = [tuple(forced)]
-    else:
-        sets = admissible_sets(logx, rows, min(MAX_VARIABLES, max(rows.size - 1, 1)), priors, cache)
-        if not has_prior:
-            sets = [s for s in sets if len(s) <= rows.size - 2]
-    if not sets:
-        return (
-            f"{AXIS_LABEL[axis]}: the {rows.size} scales where it is swept do not vary in any of "
-            f"{', '.join(SCALE_VARS)} independently; need scales that differ in size or tokens"
-        )
-    y_all = analysis.centre[:, j]
-    se = analysis.centre_se[:, j]
-    fill = np.nanmax(se[rows]) if np.any(np.isfinite(se[rows])) else 0.1
-    se_all = np.maximum(np.where(np.isfinite(se), se, fill), _beyond_good_runs(analysis, j))
-    se2_all = se_all**2
-    avg = fit_average(logx, rows, y_all[rows], se2_all[rows], priors, sets)
-    union, components, models = _mixture(avg, sets)
-
-    forward, cv, calibration = (
-        (None, None, 1.0) if forced is not None else backtest(logx, rows, y_all, se2_all, priors, MAX_VARIABLES, cache)
-    )
-    centre = tuple(avg.centre[v] for v in union)
-    law = PowerLaw(
-        axis,
-        union,
-        centre,
-        tuple(components),
-        tuple(models),
-        {v: priors.get(v, VAGUE) for v in union},
-        math.nan,
-        cv,
-        forward,
-        calibration,
-        int(rows.size),
-        {
-            v: (float(np.exp(logx[v][rows].min())), float(np.exp(logx[v][rows].max())))
-            for v in SCALE_VARS
-            if np.all(np.isfinite(logx[v][rows]))
-        },
-    )
-    object.__setattr__(law, "r2", _weighted_r2(law, logx, rows, y_all[rows], se2_all[rows]))
-    return law
-
-
-def _mixture(avg: _Average, sets: Sequence[tuple[str, ...]]) -> tuple[tuple[str, ...], list[Component], list[LawModel]]:
-    """The average as a mixture over the union of its variables: (union, components, models).
-
-    Variable sets below MIN_MODEL_WEIGHT are dropped (the heaviest is always kept) and the
-    rest renormalised; each kept (set, τ) pair with weight ≥ 1e-6 becomes one component
-    whose coefficients on the set's absent variables are 0.
-    """
-    w_set = np.exp(np.array([_logsumexp(r) for r in avg.log_w]))
-    keep = [m for m in range(len(sets)) if w_set[m] >= MIN_MODEL_WEIGHT] or [int(np.argmax(w_set))]
-    union = tuple(v for v in SCALE_VARS if any(v in sets[m] for m in keep))
-    idx = {v: 1 + i for i, v in enumerate(union)}
-    components: list[Component] = []
-    models: list[LawModel] = []
-    for new, m in enumerate(sorted(keep, key=lambda m: -w_set[m])):
-        combo = sets[m]
-        pos = [0] + [idx[v] for v in combo]
-        for t in range(TAU_GRID.size):
-            wt = float(np.exp(avg.log_w[m, t]))
-            if wt < 1e-6:
-                continue
-            mean = np.zeros(1 + len(union))
-            cov = np.zeros((1 + len(union),) * 2)
-            mean[pos] = avg.means[m][t]
-            cov[np.ix_(pos, pos)] = avg.covs[m][t]
-            components.append(Component(wt, float(TAU_GRID[t]), mean, cov, new))
-        models.append(LawModel(combo, float(w_set[m]), float(avg.log_ev[m])))
-    total = sum(mo.weight for mo in models)
-    models = [LawModel(mo.variables, mo.weight / total, mo.log_evidence) for mo in models]
-    return union, components, models
-
-
-def _weighted_r2(
-    law: PowerLaw, logx: Mapping[str, np.ndarray], rows: np.ndarray, y: np.ndarray, se2: np.ndarray
-) -> float:
-    """R² of the averaged law's mean over the optima `y`, weighted by their total variance (se² + τ²)."""
-    pred = np.array([law.predict_log({v: math.exp(logx[v][r]) for v in law.variables}, n=1)[0] for r in rows])
-    w = 1.0 / (se2 + law.scatter**2)
-    ybar = np.sum(w * y) / np.sum(w)
-    ss_tot = float(np.sum(w * (y - ybar) ** 2))
-    return 1.0 - float(np.sum(w * (y - pred) ** 2)) / ss_tot if ss_tot > 0 else math.nan
-
-
-def _beyond_good_runs(analysis: SweepAnalysis, j: int) -> np.ndarray:
-    """Per scale, how far (log units) the optimum lies outside the range of its near-optimal runs.
-
-    An optimum placed beyond every good run (an unbracketed sweep, a bowl the runs barely
-    curve) is a bound more than a value: its standard error is at least that distance, so
-    one such scale cannot drag a law.
-    """
-    axis = analysis.axes[j]
-    out = np.zeros(len(analysis.scales))
-    offset = analysis.wd_offset if axis == "weight_decay" else 0.0
-    for s, opt in enumerate(analysis.optima):
-        near = opt.near_optimal.get(axis)
-        c = analysis.centre[s, j]
-        if near is None or not np.isfinite(c) or near[0] + offset <= 0:
-            continue
-        lo, hi = math.log(near[0] + offset), math.log(near[1] + offset)
-        out[s] = max(0.0, lo - c, c - hi)
-    return out
-
-
 def fit_laws(
     analysis: SweepAnalysis,
+    specs: Mapping[str, LawSpec],
     *,
     bootstrap: int = 200,
     seed: int = 0,
-    priors: Mapping[str, Mapping[str, ExponentPrior]] | None = None,
-    variables: Mapping[str, Sequence[str]] | None = None,
+    backtests: bool = True,
 ) -> LawSet:
-    """The averaged power law of every swept axis, and the bowl shape with scale-bootstrap samples.
+    """The power law of every swept axis, and the bowl shape with scale-bootstrap samples.
 
-    log h*_a = c_a + Σ a_aj (log x_j − m_j) per axis (see the module docstring).
-    `priors` maps axis → variable → prior (absent: vague); `variables` forces an axis's
-    variable set (backtests of fixed forms).
+    log h*_a = c_a + Σ a_aj (log x_j − m_j) per axis (see the module docstring); `specs` gives
+    each axis's variables and priors.
     """
     missing: dict[str, str] = {}
     if analysis.bowl is None or analysis.data is None:
         for a in ("learning_rate", "batch_size", "weight_decay"):
             missing[a] = f"{AXIS_LABEL[a]} is not swept over ≥ 3 values at any scale"
         return LawSet({}, None, missing)
-    logx = _log_vars(analysis)
+    logx = log_scale_variables(analysis)
     laws: dict[str, PowerLaw] = {}
-    cache: SetCache = {}  # admissible variable sets per row subset, shared by the axes' backtests
     for j, axis in enumerate(analysis.axes):
-        forced = None if variables is None else variables.get(axis)
-        got = law_for_axis(analysis, j, logx, (priors or {}).get(axis, {}), forced, cache)
+        got = law_for_axis(analysis, j, logx, specs[axis], backtests=backtests)
         if isinstance(got, str):
             missing[axis] = got
         else:

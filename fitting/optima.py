@@ -218,6 +218,11 @@ class SweepAnalysis:
     wd_offset: float = 0.0  # wd coordinate is log(wd + wd_offset)
     outliers: tuple[Outlier, ...] = ()
     noise: NoiseEstimate | None = None
+    # (S, d, 2) log bounds (low, high) of optima that are bounds, not measurements: the best run at
+    # the sweep's edge, a divergence cap, or an axis swept at the scale but not resolved by the bowl.
+    # NaN where the optimum is measured (or the axis is not swept there); an open side is NaN too.
+    bounds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    bound_softness: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (S, d) log sd of each bound
 
 
 def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
@@ -802,9 +807,130 @@ def _best_run_optimum(
     v = float(ev.hp[a][ib]) - (ev.wd_offset if a == "weight_decay" else 0.0)
     if nv <= 1:
         return AxisOptimum(Interval(v, v, v), math.nan, nv, "not_swept")
-    flags.append(f"{AXIS_LABEL[a]} optimum not resolved at this scale: best run's value, interval = near-optimal runs")
-    lo, hi = near_rng.get(a, (v, v))
-    return AxisOptimum(Interval(v, min(lo, v), max(hi, v)), math.nan, nv, "best_run")
+    line = _line_through(ev, a, m, ib)
+    if distinct_log_values(ev.hp[a][line], _TOL) < 2:
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum not resolved at this scale: the best run's value (no run varies "
+            f"{AXIS_LABEL[a]} alone around it); interval = the near-optimal runs' range"
+        )
+        lo_n, hi_n = near_rng.get(a, (v, v))
+        return AxisOptimum(Interval(v, min(lo_n, v), max(hi_n, v)), math.nan, nv, "best_run")
+    cap = float(ev.log_lr_cap[ev.sidx[ib]]) if a == "learning_rate" else math.inf
+    lo, hi, edge = _bracket(ev.hp[a][line], float(ev.hp[a][ib]), cap)
+    off = ev.wd_offset if a == "weight_decay" else 0.0
+    lo_v = max(math.exp(lo) - off, 0.0) if math.isfinite(lo) else float(ev.hp[a][line].min()) - off
+    hi_v = math.exp(hi) - off if math.isfinite(hi) else float(ev.hp[a][line].max()) - off
+    flags.append(
+        f"{AXIS_LABEL[a]} optimum not resolved at this scale: the best run's value; "
+        + (
+            "it is at the sweep's edge, so the optimum may lie beyond it (only a bound): extend the sweep"
+            if edge
+            else "the interval runs half-way to the neighbouring values swept"
+        )
+    )
+    return AxisOptimum(Interval(v, min(lo_v, v), max(hi_v, v)), math.nan, nv, "best_run")
+
+
+def _line_through(ev: _Evidence, a: str, m: np.ndarray, ib: int) -> np.ndarray:
+    """Runs of mask `m` on the line through run `ib` along axis `a`: every other modelled axis at ib's value.
+
+    Only along such a line does the best run bracket the optimum of `a` between its neighbours
+    (in a multi-axis grid the best run's value of one axis depends on the others).
+    """
+    line = m.copy()
+    for b in ev.axes:
+        if b != a:
+            line &= np.abs(np.log(ev.hp[b] / ev.hp[b][ib])) <= _TOL
+    return line
+
+
+def _bracket(values: np.ndarray, best: float, log_cap: float) -> tuple[float, float, bool]:
+    """(low, high, at_edge): log bounds half-way from `best` to its neighbouring distinct `values`.
+
+    An end of the sweep leaves that side open (−inf / +inf; a learning rate is still bounded by
+    its divergence cap `log_cap`), and `at_edge` says so.
+    """
+    u = np.log(values[values > 0])
+    u = np.sort(u)
+    uniq = u[np.concatenate([[True], np.diff(u) > _TOL])]
+    lb = math.log(best)
+    i = int(np.argmin(np.abs(uniq - lb)))
+    lo = (uniq[i - 1] + uniq[i]) / 2 if i > 0 else -math.inf
+    hi = (uniq[i] + uniq[i + 1]) / 2 if i + 1 < uniq.size else log_cap
+    return float(lo), float(hi), i == 0 or i + 1 == uniq.size
+
+
+# A bound's softness: a fraction of the local grid step (noise can make a neighbour of the true best look best).
+BOUND_SOFTNESS = 0.3
+
+
+def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(S, d, 2) log bounds and (S, d) softness of every optimum that is a bound rather than a measurement.
+
+    Bounds come from the runs, not from an extrapolated bowl: "above_sweep" / "below_sweep"
+    (the bowl's centre beyond the sweep) is a bound only when the scale's best run sits at that
+    edge: the optimum lies beyond the half-way point between the edge value and its neighbour (a
+    learning rate also below its divergence cap). "capped": below the cap, and above the
+    half-way point under the largest learning rate that trained when the best run is there.
+    "best_run" (swept, no bowl centre): half-way to the neighbouring values. All of these only
+    where the scale varies this axis alone (a one-dimensional sweep, or a coordinate-wise study's
+    line through its best run): in a grid over several coupled axes the best run's value of one
+    axis is the optimum at its values of the others, not a bound on the joint optimum. Anything
+    else (measured optima, unswept axes, a bowl centre beyond a sweep whose best run is inside it,
+    multi-axis scales) stays NaN: neither a measurement nor a bound.
+    """
+    S, d = len(optima), len(ev.axes)
+    bounds = np.full((S, d, 2), np.nan)
+    soft = np.full((S, d), np.nan)
+    for s, opt in enumerate(optima):
+        m = ev.usable & (ev.sidx == s)
+        if not np.any(m):
+            continue
+        ib = int(np.flatnonzero(m)[np.argmin(ev.runs.final_loss[m])])
+        for j, a in enumerate(ev.axes):
+            o = opt.optimum.get(a)
+            vals = ev.hp[a][m]
+            if o is None or o.status in ("bracketed", "not_swept") or distinct_log_values(vals, _TOL) < 2:
+                continue
+            cap = float(ev.log_lr_cap[s]) if a == "learning_rate" else math.inf
+            u = np.sort(np.log(vals[vals > 0]))
+            u = u[np.concatenate([[True], np.diff(u) > _TOL])]
+            if not (ev.coordinate_wise or _one_axis_swept(ev, a, m)):
+                # In a grid over several coupled axes the best run's value of one axis is the optimum
+                # *at its values of the others* (e.g. along the LR–batch valley): no bound on the
+                # joint optimum. Such a scale is left out of the law unless its bowl centre is inside.
+                continue
+            best = math.log(float(ev.hp[a][ib]))
+            at_top, at_bottom = best >= u[-1] - _TOL, best <= u[0] + _TOL
+            if o.status == "above_sweep" and at_top:
+                lo, hi, step = (u[-1] + u[-2]) / 2, cap, u[-1] - u[-2]
+            elif o.status == "below_sweep" and at_bottom:
+                lo, hi, step = -math.inf, (u[0] + u[1]) / 2, u[1] - u[0]
+            elif o.status == "capped":
+                ok = u[u < cap]
+                step = (ok[-1] - ok[-2]) if ok.size >= 2 else (u[1] - u[0])
+                lo = ok[-1] - step / 2 if ok.size and best >= ok[-1] - _TOL else -math.inf
+                hi = cap
+            elif o.status == "best_run":
+                line = _line_through(ev, a, m, ib)
+                if distinct_log_values(ev.hp[a][line], _TOL) < 2:
+                    continue
+                lo, hi, _ = _bracket(ev.hp[a][line], float(ev.hp[a][ib]), cap)
+                step = float(np.median(np.diff(u)))
+            else:
+                continue
+            if math.isfinite(hi) and hi <= lo:  # a cap below the edge's half-way point: keep the edge's side
+                hi = lo + step
+            if not (math.isfinite(lo) or math.isfinite(hi)):
+                continue
+            bounds[s, j] = (lo if math.isfinite(lo) else np.nan, hi if math.isfinite(hi) else np.nan)
+            soft[s, j] = BOUND_SOFTNESS * step
+    return bounds, soft
+
+
+def _one_axis_swept(ev: _Evidence, a: str, m: np.ndarray) -> bool:
+    """Whether the runs `m` vary no modelled axis but `a` (a one-dimensional sweep)."""
+    return all(distinct_log_values(ev.hp[b][m], _TOL) < 2 for b in ev.axes if b != a)
 
 
 # The pipeline ------------------------------------------------------------------------
@@ -860,6 +986,7 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         noise,
     )
     optima = tuple(scale_optimum(ev, s, scales[s]) for s in range(S))
+    bounds, softness = optimum_bounds(ev, optima)
     return SweepAnalysis(
         scales,
         axes,
@@ -875,6 +1002,8 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         st["wd0"],
         tuple(outliers),
         noise,
+        bounds,
+        softness,
     )
 
 

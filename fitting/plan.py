@@ -100,8 +100,18 @@ def _candidates(proxies: list[dict[str, float]], target: Mapping[str, float]) ->
     return out
 
 
-def _design(law: PowerLaw, scale: Mapping[str, float]) -> FloatArray | None:
+def _law_values(law: PowerLaw, scale: Mapping[str, float]) -> dict[str, float]:
+    """The scale's law variables: compute from N and D, the aspect ratio from width and depth (else the
+    proxies' centre, as a recommendation takes it)."""
     values = {**scale, "compute": flops(scale)}
+    if "aspect" in law.variables and "aspect" not in values:
+        w, d = values.get("width"), values.get("depth")
+        values["aspect"] = w / d if w and d else math.exp(law.log_centre[law.variables.index("aspect")])
+    return values
+
+
+def _design(law: PowerLaw, scale: Mapping[str, float]) -> FloatArray | None:
+    values = _law_values(law, scale)
     if any(v not in values or not values[v] > 0 for v in law.variables):
         return None
     return law.design(values)
@@ -213,11 +223,11 @@ def _affordable_candidates(
 
 def _law_states(fit: StudyResult, target: Mapping[str, float]) -> dict[str, _LawState]:
     """The starting covariance state of every law whose variables the target gives (compute from N, D)."""
-    full_target = {**target}
-    if "n_params" in full_target and "tokens" in full_target:
-        full_target["compute"] = flops(full_target)
     state: dict[str, _LawState] = {}
     for axis, law in fit.laws.items():
+        if "n_params" not in target or "tokens" not in target:
+            continue
+        full_target = _law_values(law, target)
         if any(v not in full_target for v in law.variables):
             continue
         sigma = law.coef_cov + 1e-12 * np.eye(1 + len(law.variables))

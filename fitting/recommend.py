@@ -16,6 +16,7 @@ from typing import Any
 from fitting.baselines import baselines
 from fitting.common import InsufficientData, Interval
 from fitting.loss_law import ComputeOptimal, compute_optimal
+from fitting.published import is_adam_type
 from fitting.study_fit import NO_LOSS_LAW, MissingTarget, Prediction, StudyResult, predict
 from fitting.transfer import per_layer_multipliers
 
@@ -105,6 +106,8 @@ def recommend(
     if per_layer_warning is not None:
         warnings.append(per_layer_warning)
 
+    published = baselines({**target, **({"seq_len": seq_len} if seq_len else {})})
+    warnings.extend(baseline_disagreements(published, prediction, study))
     return Recommendation(
         prediction=prediction,
         target=target,
@@ -112,9 +115,51 @@ def recommend(
         batch_tokens=chosen.value * seq_len if (chosen is not None and seq_len) else None,
         per_layer=per_layer,
         compute_optimal=allocation,
-        baselines=baselines({**target, **({"seq_len": seq_len} if seq_len else {})}),
+        baselines=published,
         warnings=tuple(warnings),
     )
+
+
+_BASELINE_NAMES = {"step_law": "Step Law", "deepseek_llm": "DeepSeek LLM"}
+
+
+def baseline_disagreements(published: dict[str, Any], prediction: Prediction, study: StudyInfo) -> list[str]:
+    """Name every published baseline value outside the recommendation's 90% interval.
+
+    Marks each available baseline with `within_interval` per hyperparameter (null where the
+    recommendation has no interval for it, e.g. a batch the caller fixed).
+    """
+    out = []
+    basis = (
+        ""
+        if (study.parameterization == "sp" and is_adam_type(study.optimizer))
+        else (
+            f"; its basis (AdamW, standard parameterization) is not this study's "
+            f"({study.optimizer}, {study.parameterization})"
+        )
+    )
+    intervals = {
+        "learning_rate": prediction.learning_rate,
+        "batch_size": None if prediction.conditioned_on_batch_size else prediction.batch_size,
+    }
+    for key, b in published.items():
+        if not b.get("available"):
+            continue
+        inside: dict[str, bool | None] = {}
+        for axis, iv in intervals.items():
+            v = b.get(axis)
+            if iv is None or v is None:
+                inside[axis] = None
+                continue
+            inside[axis] = iv.low <= v <= iv.high
+            if not inside[axis]:
+                what = "learning rate" if axis == "learning_rate" else "batch size"
+                out.append(
+                    f"{_BASELINE_NAMES.get(key, key)}'s {what} ({v:.3g}) lies outside this recommendation's 90% "
+                    f"interval [{iv.low:.3g}, {iv.high:.3g}]: the study's own data disagree with it{basis}"
+                )
+        b["within_interval"] = inside
+    return out
 
 
 def compute_allocation(fit: StudyResult, target: Mapping[str, float], compute: float) -> ComputeOptimal:

@@ -13,17 +13,17 @@ Level "interpolation" when the factor is 1 (inside every range), "extrapolation"
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, percentile_bounds, scale_variables
-from fitting.laws import BowlShape, PowerLaw, fit_laws
+from fitting.laws import BowlShape, LawSpec, PowerLaw, fit_laws
 from fitting.loss_law import LossLaw, fit_loss_law
-from fitting.optima import ScaleOptimum, analyse_sweeps
-from fitting.published import ExponentPrior, exponent_priors
+from fitting.optima import ScaleOptimum, SweepAnalysis, analyse_sweeps, group_scales
+from fitting.published import BATCH_FIXED, BATCH_FREE, BATCH_SET, exponent_priors, law_basis
 from fitting.runs import RunTable
 from fitting.weight_decay import analyse_weight_decay
 
@@ -34,6 +34,8 @@ LOSS_LAW_MAX_BOOTSTRAP = 200
 # Prefix of the warning saying why a study has no loss law (read back by `no_loss_law_reason`).
 NO_LOSS_LAW = "no loss law: "
 PRIOR_MODES = ("published", "none")
+# Version 3: mixture priors, censored optima, the aspect-ratio variable (issue 17).
+STATE_VERSION = 3
 
 
 class StaleState(ValueError):
@@ -89,7 +91,7 @@ class StudyResult:
         """JSON-serialisable state including bootstrap samples; `from_state` inverts it."""
         d = self.to_dict()
         d["state"] = {
-            "version": 2,
+            "version": STATE_VERSION,
             "laws": {a: law.to_state() for a, law in self.laws.items()},
             "shape": None if self.shape is None else self.shape.to_state(),
             "seq_len": self.seq_len,
@@ -101,8 +103,8 @@ class StudyResult:
     def from_state(cls, d: Mapping[str, Any]) -> StudyResult:
         """Inverse of `to_state`. Raises StaleState for a state written by an older engine."""
         st = d.get("state") or {}
-        if st.get("version") != 2:
-            raise StaleState(f"fit state version {st.get('version')!r} predates this engine (2): refit")
+        if st.get("version") != STATE_VERSION:
+            raise StaleState(f"fit state version {st.get('version')!r} predates this engine ({STATE_VERSION}): refit")
         return cls(
             optima=tuple(ScaleOptimum.from_dict(o) for o in d.get("optima", [])),
             laws={a: PowerLaw.from_state(v) for a, v in (st.get("laws") or {}).items()},
@@ -119,17 +121,49 @@ class StudyResult:
         )
 
 
-def study_priors(
-    parameterization: str, optimizer: str, mode: str, runs: RunTable
-) -> dict[str, dict[str, ExponentPrior]]:
-    """Per axis, the published priors on its law's exponents ({} everywhere for mode "none")."""
+def batch_regime(runs: RunTable, analysis: SweepAnalysis | None = None) -> str:
+    """How the study sets its batch size, as the learning-rate optimum sees it.
+
+    "fixed": one batch size for every run. "free": the batch is swept together with the learning
+    rate (the optimum is over both, as in Step Law). "set": anything else — the batch changes
+    between scales by the user's rule, or is varied only one hyperparameter at a time
+    (coordinate-wise ablations), so each learning-rate optimum is conditional on a chosen batch.
+    """
+    ok = np.isfinite(runs.batch_size) & (runs.batch_size > 0)
+    bs = runs.batch_size[ok]
+    if not bs.size or np.all(np.abs(np.log(bs / bs[0])) < 0.01):
+        return BATCH_FIXED
+    if analysis is not None:
+        swept = "batch_size" in analysis.axes and "learning_rate" in analysis.axes
+        return BATCH_FREE if swept and not analysis.coordinate_wise else BATCH_SET
+    _, sidx = group_scales(runs.subset(ok))
+    for s in np.unique(sidx):
+        if np.ptp(np.log(bs[sidx == s])) >= 0.01:
+            return BATCH_FREE
+    return BATCH_SET
+
+
+def law_specs(
+    parameterization: str,
+    optimizer: str,
+    mode: str,
+    runs: RunTable,
+    exclude_sources: Collection[str] = (),
+    analysis: SweepAnalysis | None = None,
+) -> dict[str, LawSpec]:
+    """Per axis: the law's variables and the published priors that apply to this study (none for mode "none")."""
     if mode not in PRIOR_MODES:
         raise ValueError(f"priors must be one of {PRIOR_MODES}, got {mode!r}")
-    if mode == "none":
-        return {}
-    bs = runs.batch_size[np.isfinite(runs.batch_size)]
-    batch_fixed = bool(bs.size) and bool(np.all(np.abs(np.log(bs / bs[0])) < 0.01))
-    return {a: exponent_priors(a, parameterization, optimizer, batch_fixed=batch_fixed) for a in AXES}
+    basis = law_basis(parameterization)
+    batch = batch_regime(runs, analysis)
+    out = {}
+    for a in AXES:
+        if mode == "none":
+            out[a] = LawSpec(basis, {}, ("the study asks for no published priors (priors: none)",))
+            continue
+        priors, notes = exponent_priors(a, parameterization, optimizer, batch=batch, exclude_sources=exclude_sources)
+        out[a] = LawSpec(basis, priors, tuple(notes))
+    return out
 
 
 def fit_study(
@@ -142,11 +176,13 @@ def fit_study(
     parameterization: str = "sp",
     optimizer: str = "adamw",
     priors: str = "published",
+    exclude_prior_sources: Collection[str] = (),
 ) -> StudyResult:
     """Per-scale optima, power laws for lr/bs/wd, weight-decay analysis and loss law of a study.
 
-    log h* = c + Σ a_j log x_j per hyperparameter: a model average over variable sets with
-    published priors on the exponents (`priors="none"`: vague priors only).
+    log h* = c + Σ a_j log x_j per hyperparameter: Bayesian regression on the per-scale optima
+    (bounds censored) with mixture priors on the exponents — published ones where their basis
+    matches the study (`priors="none"`, or sources in `exclude_prior_sources`: the default prior).
     Raises InsufficientData when no run is usable at all.
     """
     if seq_len is None and len(runs):
@@ -154,24 +190,15 @@ def fit_study(
         if sl.size and np.all(sl == sl[0]):
             seq_len = float(sl[0])
     analysis = analyse_sweeps(runs, bootstrap=bootstrap, seed=seed)
-    law_set = fit_laws(
-        analysis, bootstrap=bootstrap, seed=seed, priors=study_priors(parameterization, optimizer, priors, runs)
-    )
+    specs = law_specs(parameterization, optimizer, priors, runs, exclude_prior_sources, analysis)
+    law_set = fit_laws(analysis, specs, bootstrap=bootstrap, seed=seed)
     warnings = list(analysis.warnings)
     for axis, why in law_set.missing.items():
         warnings.append(f"no {AXIS_LABEL[axis]} law: {why}")
-    for axis, law in law_set.laws.items():
-        moved = [v for v in law.variables if law.priors[v].published]
-        if moved and law.n_scales < 4:
-            warnings.append(
-                f"{AXIS_LABEL[axis]} law rests on {law.n_scales} scales: its exponents are mostly the "
-                "published priors'; proxies at more sizes and token budgets would let the data decide"
-            )
-        if law.calibration > 1.05:
-            warnings.append(
-                f"{AXIS_LABEL[axis]} law: forecasts of the largest proxies from the smaller ones missed "
-                f"by more than their intervals; intervals widened {law.calibration:.2f}×"
-            )
+    for note in dict.fromkeys(n for a, sp in specs.items() if a in law_set.laws for n in sp.notes):
+        warnings.append(f"priors: {note}")
+    for law in law_set.laws.values():
+        warnings.extend(law_warnings(law))
     wd = None
     if "weight_decay" in analysis.axes:
         res = analyse_weight_decay(analysis, seq_len, bootstrap=min(bootstrap, 200), seed=seed)
@@ -286,23 +313,33 @@ def extrapolation(fit: StudyResult, target: Mapping[str, float]) -> Extrapolatio
 
 
 def target_variables(fit: StudyResult, target: Mapping[str, float]) -> dict[str, float]:
-    """The target's law variables (compute derived from n_params and tokens); MissingTarget if a law needs one."""
+    """The target's law variables (compute from n_params and tokens, aspect from width and depth).
+
+    A law's shape variable (aspect) that the target does not give is taken at the proxies' centre
+    (`shape_assumed` says so); any other variable a law needs is a MissingTarget.
+    """
     t = {k: float(v) for k, v in target.items() if v is not None}
-    if "compute" not in t and "n_params" in t and "tokens" in t:
-        t["compute"] = scale_variables(t["n_params"], t["tokens"], math.nan, math.nan)["compute"]
     for v, x in t.items():
         if not (math.isfinite(x) and x > 0):
             raise ValueError(f"target {v} must be a positive number")
+    if "compute" not in t and "n_params" in t and "tokens" in t:
+        t["compute"] = scale_variables(t["n_params"], t["tokens"], math.nan, math.nan)["compute"]
+    if "aspect" not in t and "width" in t and "depth" in t:
+        t["aspect"] = t["width"] / t["depth"]
     for law in fit.laws.values():
-        _, share = law.usable_components(list(t))
-        # A law averaged over variable sets answers from the sets the target can feed (the
-        # average conditional on them); only when no set can is a variable missing.
-        if share <= 0.0:
-            v = next(v for m in law.models for v in m.variables if v not in t)
-            raise MissingTarget(
-                "n_params" if v == "compute" and "n_params" not in t else "tokens" if v == "compute" else v
-            )
+        for v, m in zip(law.variables, law.log_centre):
+            if v in t:
+                continue
+            if v == "aspect":
+                t["aspect"] = math.exp(m)
+                t[SHAPE_ASSUMED] = 1.0
+                continue
+            raise MissingTarget(v)
     return t
+
+
+# Marks a target whose aspect ratio was not given (taken at the proxies' centre).
+SHAPE_ASSUMED = "_shape_assumed"
 
 
 def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | None = None) -> Prediction:
@@ -316,6 +353,11 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
         raise InsufficientData(fit.missing.get("learning_rate", "no learning-rate law could be fitted"))
     t = target_variables(fit, target)
     warnings: list[str] = _evidence_warnings(fit)
+    if t.pop(SHAPE_ASSUMED, None):
+        warnings.append(
+            f"width and depth not given: the model shape is taken at the proxies' typical aspect ratio "
+            f"(width/depth ≈ {t['aspect']:.3g}); pass width and depth for the target's own shape"
+        )
     ext = extrapolation(fit, t)
     if ext.level != "interpolation":
         worst = max(ext.per_variable, key=lambda v: ext.per_variable[v])
@@ -422,7 +464,9 @@ def _predicted_loss(fit: StudyResult, t: Mapping[str, float], warnings: list[str
 
 
 def _evidence_warnings(fit: StudyResult) -> list[str]:
-    """What a launcher must know about the evidence behind any answer of this fit."""
+    """What a launcher must know about the evidence behind any answer of this fit: runs left out, assumed
+    noise, laws that contradict the literature or fit worse than a constant, optima that are only
+    bounds, a weight-decay model its own timescale analysis rejects."""
     out = []
     if fit.outliers:
         names = [str(o.get("run_key") or f"id {o.get('run_id')}") for o in fit.outliers[:5]]
@@ -432,6 +476,86 @@ def _evidence_warnings(fit: StudyResult) -> list[str]:
             f"{', '.join(names)}{more} (the fit's outliers say why)"
         )
     out.extend(w for w in fit.warnings if w.startswith("loss noise was assumed"))
+    for axis, law in fit.laws.items():
+        out.extend(law_warnings(law, calibration=False))
+        bounds = bound_scales(fit.optima, axis)
+        if bounds:
+            out.append(
+                f"{AXIS_LABEL[axis]} optimum is only a bound or not resolved at {len(bounds)} of {law.n_scales} "
+                f"scale(s) ({'; '.join(bounds[:3])}{'; …' if len(bounds) > 3 else ''}); the law uses them as bounds: "
+                "extend those sweeps past the best run to measure them"
+            )
+    wd = fit.weight_decay_analysis
+    if "weight_decay" in fit.laws and wd is not None and not wd.get("supported"):
+        out.append(
+            "weight-decay law: its own timescale analysis supports none of the scaling models "
+            f"({', '.join(wd.get('models', {}))}); treat its extrapolation with care"
+        )
+    return out
+
+
+_BOUND_WORDS = {
+    "above_sweep": "above the largest value swept",
+    "below_sweep": "below the smallest value swept",
+    "capped": "capped by a diverged run",
+    "best_run": "not resolved (best run's value)",
+}
+
+
+def bound_scales(optima: Sequence[ScaleOptimum], axis: str) -> list[str]:
+    """The scales whose optimum of `axis` is a bound or unresolved, each as 'N=…, D=…: why'."""
+    out = []
+    for o in optima:
+        a = o.optimum.get(axis)
+        if a is not None and a.status in _BOUND_WORDS:
+            out.append(f"N={o.scale.n_params:.3g}, D={o.scale.tokens:.3g}: {_BOUND_WORDS[a.status]}")
+    return out
+
+
+def law_warnings(law: PowerLaw, *, calibration: bool = True) -> list[str]:
+    """What a reader of one law must know: priors that lost to the data, few scales, bounds, a fit worse
+    than a constant, forecasts that missed (`calibration`)."""
+    name = AXIS_LABEL[law.axis]
+    out = []
+    for v, rep in law.conflicts():
+        p = law.priors[v]
+        out.append(
+            f"{name} law: the study's own scales contradict the published {v} exponent "
+            f"({p.mean:+.2f} ± {p.sd:.2f}, {p.source}): they give {rep.data_mean:+.2f} ± {rep.data_sd:.2f} "
+            f"({abs(rep.conflict):.1f} sd apart); the law follows the data"
+        )
+    lean = [
+        f"{v} ({law.ranges[v][1] / law.ranges[v][0]:.3g}× in the proxies)"
+        for v in law.variables
+        if v in law.priors
+        and law.priors[v].published
+        and law.ranges.get(v, (1.0, 1.0))[1] > 1.01 * law.ranges.get(v, (1.0, 1.0))[0]
+        and law.report(v).data_share(law.priors[v].sd) < 0.5
+    ]
+    if lean:
+        out.append(
+            f"{name} law: its exponent in {', '.join(lean)} is mostly the published prior — the proxies span too "
+            "little of it to tell; proxies further apart would let the data decide"
+        )
+    measured = law.n_scales - law.n_bounds
+    if measured < 4:
+        which = "published" if any(p.published for p in law.priors.values()) else "default (weakly informative)"
+        bounds = f" ({law.n_bounds} of them only bounds)" if law.n_bounds else ""
+        out.append(
+            f"{name} law rests on {law.n_scales} scales{bounds}: too few to check its form or measure its scatter, "
+            f"so its interval leans on the {which} priors; proxies at more sizes and token budgets would let the "
+            "data decide"
+        )
+    if math.isfinite(law.r2) and law.r2 < 0:
+        out.append(
+            f"{name} law fits the per-scale optima worse than a constant (R² {law.r2:.2f}): the scale variables "
+            "do not explain how the optimum moves; its extrapolation is a guess"
+        )
+    if calibration and law.calibration > 1.05:
+        out.append(
+            f"{name} law: forecasts of the largest proxies from the smaller ones missed "
+            f"by more than their intervals; intervals widened {law.calibration:.2f}×"
+        )
     return out
 
 
@@ -484,6 +608,6 @@ __all__ = [
     "StudyResult",
     "extrapolation",
     "fit_study",
+    "law_specs",
     "predict",
-    "study_priors",
 ]

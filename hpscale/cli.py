@@ -264,12 +264,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     create = None
+    given = [f"--{k.replace('_', '-')}" for k in STUDY_OPTIONS if getattr(args, k) is not None]
     if args.create:
         try:
-            create = StudyIn(name=args.study, seq_len=args.seq_len)
+            create = StudyIn(name=args.study, **_study_fields(args))
         except ValidationError as error:
             print(f"error: {validation_details(error.errors())[0]['message']}", file=sys.stderr)
             return 2
+    elif given:
+        print(f"error: {', '.join(given)} set a new study's properties: use them with --create", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     progress = None if args.quiet else (lambda done, total: _progress(done, total, started))
     engine = _engine(args, create=args.create)
@@ -283,6 +287,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         source=args.source,
     )
     print(f"imported {result.inserted} runs into '{result.study.name}' ({result.duplicates} duplicates skipped)")
+    if create is not None and result.created:
+        print(f"created study {_describe_study(result.study)}", file=sys.stderr)
+    elif create is not None and given:
+        print(
+            f"note: study '{result.study.name}' already existed; {', '.join(given)} did not change it "
+            f"(it is {_describe_study(result.study)})",
+            file=sys.stderr,
+        )
     if result.inserted:
         undo = f"hpscale import --undo {result.submission_id} --study {result.study.name}"
         print(f"submission {result.submission_id}; undo with: {undo}")
@@ -355,6 +367,77 @@ def cmd_runs_set_excluded(args: argparse.Namespace) -> int:
         else:
             print(f"included run {run_id} of '{args.study}' again")
     return 0
+
+
+# A study's properties the CLI can set when it creates one (`studies create`, `import --create`).
+STUDY_OPTIONS = ("description", "parameterization", "optimizer", "base_width", "base_depth", "seq_len", "priors")
+
+
+def _study_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {k: getattr(args, k) for k in STUDY_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "loss_can_be_negative", False):
+        fields["loss_can_be_negative"] = True
+    return fields
+
+
+def _describe_study(study: Any) -> str:
+    """One line: what the fit will assume of this study (optimizer, parameterization, priors)."""
+    seq = f", seq_len {study.seq_len}" if study.seq_len else ""
+    return (
+        f"'{study.name}': optimizer {study.optimizer}, parameterization {study.parameterization}, "
+        f"priors {study.priors}{seq} (published priors apply only where they match the optimizer and "
+        "parameterization; set them with --optimizer / --parameterization / --priors at creation)"
+    )
+
+
+def cmd_studies_create(args: argparse.Namespace) -> int:
+    from service.schemas import StudyIn, validation_details
+    from service.studies import create_study
+
+    try:
+        fields = StudyIn(name=args.name, **_study_fields(args))
+    except ValidationError as error:
+        print(f"error: {validation_details(error.errors())[0]['message']}", file=sys.stderr)
+        return 2
+    study = create_study(_engine(args, create=True), fields, created_by="cli")
+    print(f"created study {_describe_study(study)}")
+    return 0
+
+
+def cmd_studies_list(args: argparse.Namespace) -> int:
+    from service.studies import list_studies_with_counts
+
+    rows = list_studies_with_counts(_engine(args))
+    print(f"{'name':<24} {'runs':>9} {'optimizer':<12} {'param.':<10} {'priors':<10} {'seq_len':>8}  description")
+    for study, runs in rows:
+        desc = (study.description or "").replace("\n", " ")[:60]
+        seq = str(study.seq_len) if study.seq_len else "-"
+        print(
+            f"{study.name:<24} {runs:>9,} {study.optimizer:<12} {study.parameterization:<10} {study.priors:<10} "
+            f"{seq:>8}  {desc}".rstrip()
+        )
+    return 0
+
+
+def _add_study_options(parser: argparse.ArgumentParser, when: str) -> None:
+    parser.add_argument("--description", help=f"{when}: what the study is")
+    parser.add_argument(
+        "--parameterization",
+        choices=("sp", "mup", "depth-mup", "completep"),
+        help=f"{when}: how widths and depths are parameterized (default sp); decides which published priors apply",
+    )
+    parser.add_argument("--optimizer", help=f"{when}: the optimizer (default adamw); priors are Adam-type only")
+    parser.add_argument("--base-width", type=int, help=f"{when}: μP base width (per-layer multipliers)")
+    parser.add_argument("--base-depth", type=int, help=f"{when}: μP base depth")
+    parser.add_argument("--seq-len", type=int, help=f"{when}: tokens per sequence (batch sizes are in sequences)")
+    parser.add_argument(
+        "--priors",
+        choices=("published", "none"),
+        help=f"{when}: start the laws from the published results (default) or from the data alone",
+    )
+    parser.add_argument(
+        "--loss-can-be-negative", action="store_true", help=f"{when}: accept final_loss ≤ 0 (not cross-entropy)"
+    )
 
 
 def cmd_studies_delete(args: argparse.Namespace) -> int:
@@ -609,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unmapped unknown names go to extra",
     )
     imp.add_argument("--create", action="store_true", help="create the study if it does not exist")
-    imp.add_argument("--seq-len", type=int, help="with --create: the study's sequence length")
+    _add_study_options(imp, "with --create")
     imp.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH, help="runs per transaction")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.add_argument(
@@ -636,6 +719,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = sub.add_parser("studies", help="manage studies")
     studies_sub = studies.add_subparsers(dest="studies_command", required=True)
+    screate = studies_sub.add_parser(
+        "create", parents=[common], help="create a study (its optimizer, parameterization…)"
+    )
+    screate.add_argument("name", help="lower-case id: letters, digits, . _ -")
+    _add_study_options(screate, "new study")
+    screate.set_defaults(func=cmd_studies_create)
+    slist = studies_sub.add_parser("list", parents=[common], help="list the studies with their run counts")
+    slist.set_defaults(func=cmd_studies_list)
     delete = studies_sub.add_parser("delete", parents=[common], help="delete a study with its runs and fits")
     delete.add_argument("name", help="the study")
     delete.add_argument("--yes", action="store_true", help="really delete (without it, say what would go)")

@@ -208,6 +208,7 @@ class ImportResult:
     inserted: int
     duplicates: int
     submission_id: int | None = None
+    created: bool = False  # the import created the study
 
 
 def import_runs(
@@ -256,7 +257,8 @@ def import_runs(
             kept.append(run)
     if details:
         raise InvalidRuns(f"{len(details)} problem(s) in the file; nothing was imported", details)
-    if existing is None:
+    created = existing is None
+    if created:
         assert create is not None
         run_in_transaction(engine, lambda conn: queries.create_study(conn, create.model_dump(), created_by))
     with read_connection(engine) as conn:
@@ -295,7 +297,7 @@ def import_runs(
     except InvalidRuns:
         run_in_transaction(engine, lambda conn: queries.delete_submission_runs(conn, study.id, submission_id))
         raise
-    return ImportResult(study, inserted, duplicates, submission_id)
+    return ImportResult(study, inserted, duplicates, submission_id, created)
 
 
 def _validated_again(rows: Callable[[], Iterable[tuple[int, Mapping[str, Any]]]]) -> Iterator[RunIn]:

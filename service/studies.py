@@ -12,7 +12,16 @@ from store import queries
 from store.db import Connection, Engine, read_connection, run_in_transaction
 from store.models import Study
 
-__all__ = ["Study", "StudySummary", "create_study", "find_study", "get_study", "list_studies", "show_study"]
+__all__ = [
+    "Study",
+    "StudySummary",
+    "create_study",
+    "find_study",
+    "get_study",
+    "list_studies",
+    "list_studies_with_counts",
+    "show_study",
+]
 
 _VALID_NAME = re.compile(STUDY_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 
@@ -55,6 +64,12 @@ def create_study(engine: Engine, fields: StudyIn, created_by: str | None) -> Stu
 def list_studies(engine: Engine) -> list[Study]:
     with read_connection(engine) as conn:
         return queries.list_studies(conn)
+
+
+def list_studies_with_counts(engine: Engine) -> list[tuple[Study, int]]:
+    """Every study with its number of runs (for the command line's `studies list`)."""
+    with read_connection(engine) as conn:
+        return [(study, queries.study_run_count(conn, study.id)) for study in queries.list_studies(conn)]
 
 
 def show_study(engine: Engine, name: str) -> StudySummary:

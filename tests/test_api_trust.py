@@ -42,9 +42,11 @@ def test_absurd_run_is_named_and_moves_nothing_over_http(steplaw: TestClient, to
     assert any("absurd-loss" in w for w in fit["warnings"])
     for law in fit["laws"].values():
         assert law["forward_error"] is None or law["forward_error"] > 0
-        assert abs(sum(m["weight"] for m in law["models"]) - 1) < 1e-9
-        assert all("prior" in e for e in law["exponents"].values())
-    assert fit["laws"]["learning_rate"]["exponents"]["n_params"]["prior"] == {"mean": -0.71, "sd": 0.25}
+        assert law["variables"] == ["n_params", "tokens", "aspect"]
+        assert all("prior" in e and "prior_source" in e for e in law["exponents"].values())
+    e = fit["laws"]["learning_rate"]["exponents"]["n_params"]
+    assert (e["prior"]["mean"], e["prior"]["sd"], e["prior"]["tail_weight"]) == (-0.71, 0.35, 0.2)
+    assert e["followed"] in ("data", "published prior") and "conflict" in e
 
     after = steplaw.get("/v1/studies/steplaw/recommendation", params={**TARGET_7B, "fresh": "true"}, headers=write)
     after = (

@@ -104,6 +104,41 @@ def test_import_refuses_unknown_study_and_bad_map(database_url: str, tmp_path: P
     )
 
 
+def test_studies_create_list_and_import_create_set_what_the_fit_assumes(
+    database_url: str, client: TestClient, tmp_path: Path, capsys
+) -> None:
+    """A CLI-made study is not silently `adamw · sp`: create/list/import --create carry its optimizer,
+    parameterization, priors and sequence length, and say what the fit will assume."""
+    argv = ["studies", "create", "muon-runs", "--optimizer", "muon", "--parameterization", "mup", "--seq-len", "4096"]
+    assert main([*argv, "--base-width", "256", "--priors", "none", "--database-url", database_url]) == 0
+    out = capsys.readouterr().out
+    assert "optimizer muon, parameterization mup, priors none, seq_len 4096" in out
+    study = client.get("/v1/studies/muon-runs").json()
+    assert (study["optimizer"], study["parameterization"], study["priors"], study["seq_len"]) == (
+        "muon",
+        "mup",
+        "none",
+        4096,
+    )
+    assert study["base_width"] == 256
+    path = tmp_path / "runs.csv"
+    path.write_text("run_key,n_params,tokens,learning_rate,batch_size,final_loss\nr1,1e8,1e9,0.001,32,3.1\n")
+    args = ["import", str(path), "--study", "horizon", "--create", "--optimizer", "lion", "--seq-len", "2048"]
+    assert main([*args, "--quiet", "--database-url", database_url]) == 0
+    assert "created study 'horizon': optimizer lion, parameterization sp" in capsys.readouterr().err
+    assert client.get("/v1/studies/horizon").json()["optimizer"] == "lion"
+    # Study options without --create would be ignored: refused instead.
+    bare = ["import", str(path), "--study", "horizon", "--seq-len", "1024", "--database-url", database_url]
+    assert main(bare) == 2 and "use them with --create" in capsys.readouterr().err
+    # An existing study keeps its properties, and the import says so.
+    assert main([*args[:5], "--optimizer", "adamw", "--quiet", "--database-url", database_url]) == 0
+    assert "already existed" in capsys.readouterr().err
+    assert main(["studies", "list", "--database-url", database_url]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["horizon"][1:3] == ["1", "lion"] and rows["muon-runs"][1:4] == ["0", "muon", "mup"]
+    assert main(["studies", "create", "Bad Name", "--database-url", database_url]) == 2
+
+
 def test_tokens_create_prints_token_last_and_works(
     database_url: str, engine: Engine, client: TestClient, capsys
 ) -> None:

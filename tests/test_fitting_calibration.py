@@ -123,15 +123,27 @@ def test_exponents_in_documented_ranges_and_deterministic():
     for seed in range(20):
         t = random_truth(seed)
         lr, bs, wd = (t.laws[a].exponents for a in AXES)
-        assert -0.9 <= lr["n_params"] <= -0.3 and -0.1 <= lr["tokens"] <= 0.4
-        assert 0.3 <= bs["tokens"] <= 0.7 and -0.15 <= bs["n_params"] <= 0.15
-        assert 0.0 <= wd["width"] <= 0.8 and -0.6 <= wd["tokens"] <= 0.0
+        assert -1.1 <= lr["width"] <= -0.6 and -0.6 <= lr["depth"] <= -0.1 and -0.3 <= lr["tokens"] <= 0.1
+        assert 0.3 <= bs["tokens"] <= 0.6 and -0.2 <= bs["n_params"] <= 0.2
+        assert -0.3 <= wd["width"] <= 0.9 and -1.3 <= wd["tokens"] <= -0.2
         assert np.all(np.linalg.eigvalsh(t.hessian) > 0)
         assert t.hessian[0, 1] < 0  # lr optimum rises with batch
+        assert random_truth(seed, "horizon").laws["learning_rate"].variables == ("tokens",)
+        assert random_truth(seed, "mup").parameterization == "mup"
     a, ta = random_study(7)
     b, tb = random_study(7)
     assert np.array_equal(a.final_loss, b.final_loss, equal_nan=True) and ta.outliers == tb.outliers
     assert random_truth(7).laws == ta.laws
+
+
+def test_truths_are_drawn_away_from_the_prior_centres():
+    """The synthetic truths are not centred on the published priors: over 200 studies the learning
+    rate's token exponent (Step Law's prior +0.31 ± 0.20) lies ≥ 2 prior sds away in most of them."""
+    from fitting.published import exponent_priors
+
+    prior = exponent_priors("learning_rate", "sp")[0]["tokens"]
+    z = np.array([(random_truth(s).exponent("learning_rate", "tokens") - prior.mean) / prior.sd for s in range(200)])
+    assert np.mean(np.abs(z) >= 2) > 0.5 and np.abs(np.mean(z)) > 1
 
 
 @pytest.mark.parametrize("seed", SEEDS)

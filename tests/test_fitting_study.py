@@ -9,8 +9,6 @@ import pytest
 
 from fitting.backtest import leave_one_size_out, mean_regret, steplaw_procedure, steplaw_published
 from fitting.common import InsufficientData
-from fitting.laws import fit_laws
-from fitting.optima import analyse_sweeps
 from fitting.runs import RunTable
 from fitting.study_fit import MissingTarget, StudyResult, fit_study, predict
 from tests.fitting_data import TRUE_BS, TRUE_LR, TRUE_WD, load_marin, load_steplaw, synthetic_sweep
@@ -58,64 +56,61 @@ def test_steplaw_regret_30_percent_of_runs(steplaw):
     assert np.mean(mine) <= 0.0012
 
 
-@pytest.mark.slow  # ~3 s: several synthetic studies fitted with bootstrap
+@pytest.mark.slow  # ~10 s: several synthetic studies fitted with bootstrap
 def test_synthetic_laws_recovered_with_calibrated_intervals():
-    truth = {"learning_rate": TRUE_LR, "batch_size": TRUE_BS, "weight_decay": TRUE_WD}
-    covered = total = exact = 0
+    """Known laws in N, D and width (n_params = 12·depth·width², so width = (N·aspect/12)^⅓): each
+    law's exponents over (n_params, tokens, aspect) are recovered and their 90% intervals hold them."""
+    third = 1.0 / 3.0
+    truth = {
+        "learning_rate": {"n_params": TRUE_LR["n_params"], "tokens": TRUE_LR["tokens"], "aspect": 0.0},
+        "batch_size": {"n_params": 0.0, "tokens": TRUE_BS["tokens"], "aspect": 0.0},
+        "weight_decay": {
+            "n_params": TRUE_WD["width"] * third,
+            "tokens": TRUE_WD["tokens"],
+            "aspect": TRUE_WD["width"] * third,
+        },
+    }
+    covered = total = 0
     errors: list[float] = []
     for seed in range(20):
-        runs = synthetic_sweep(seed)
-        a = analyse_sweeps(runs, bootstrap=40, seed=seed)
-        chosen = fit_laws(a, bootstrap=0, seed=seed)
-        # n_params = 12·depth·width² here, so for weight decay several variable sets span the
-        # same space; selection is asserted where the true set is unique.
-        for axis in ("learning_rate", "batch_size"):
-            # The law averages variable sets; the one with the most posterior weight is "chosen".
-            got = set(chosen.laws[axis].models[0].variables)
-            assert set(truth[axis]) - {"const"} <= got, (seed, axis, got)
-            exact += got == set(truth[axis]) - {"const"}
-        lf = fit_laws(
-            a, bootstrap=200, seed=seed, variables={ax: tuple(k for k in t if k != "const") for ax, t in truth.items()}
-        )
+        fit = fit_study(synthetic_sweep(seed), bootstrap=100, seed=seed, loss_law=False)
         for axis, t in truth.items():
-            law = lf.laws[axis]
-            want = {k for k in t if k != "const"}
-            for v in want:
+            law = fit.laws[axis]
+            assert law.variables == ("n_params", "tokens", "aspect")
+            for v in ("n_params", "tokens"):  # aspect spans only 3 values per size: identified loosely
                 e = law.exponent(v)
                 errors.append(abs(e.value - t[v]))
                 covered += e.contains(t[v])
                 total += 1
-    print(
-        f"\nsynthetic: 90% intervals cover the true exponent in {covered}/{total} cases; "
-        f"the top-weighted variable set is exactly the true variables in {exact}/40 laws"
-    )
     errors_ = np.array(errors)
     print(
-        f"exponent errors: median {np.median(errors_):.3f}, 90th pct {np.percentile(errors_, 90):.3f}, "
-        f"max {errors_.max():.3f}; within ±0.05 in {np.mean(errors_ <= 0.05):.0%}"
+        f"\nsynthetic: 90% intervals cover the true exponent in {covered}/{total} cases; exponent errors: "
+        f"median {np.median(errors_):.3f}, 90th pct {np.percentile(errors_, 90):.3f}, max {errors_.max():.3f}"
     )
-    assert exact >= 32
-    assert np.mean(errors_ <= 0.05) >= 0.95 and errors_.max() <= 0.1
+    assert np.median(errors_) <= 0.05 and np.percentile(errors_, 90) <= 0.12
     assert covered / total >= 0.80
 
 
 def test_too_little_data_is_named():
     runs = synthetic_sweep(0)
-    two = runs.subset(np.isin(runs.tokens, np.unique(runs.tokens)[:2]) & (runs.width == 256.0) & (runs.depth == 4.0))
-    fit = fit_study(two, bootstrap=10, priors="none")
+    shape = (runs.width == 256.0) & (runs.depth == 4.0)
+    one = runs.subset(shape & (runs.tokens == np.unique(runs.tokens[shape])[0]))
+    fit = fit_study(one, bootstrap=10, priors="none")
     assert fit.laws == {}
-    assert any("learning rate is swept at only" in w and "need ≥ 3" in w for w in fit.warnings)
-    # With published priors on its exponents a law needs two scales, not three.
-    with_priors = fit_study(two, bootstrap=10)
-    assert with_priors.laws == {}
-    assert any("learning rate is swept at only 1" in w and "need ≥ 2" in w for w in with_priors.warnings)
-    with pytest.raises(InsufficientData, match="learning rate is swept at only"):
+    assert any("learning rate is swept at 1 scale(s)" in w and "need ≥ 2" in w for w in fit.warnings)
+    with pytest.raises(InsufficientData, match="learning rate is swept at 1 scale"):
         predict(fit, {"n_params": 1e9, "tokens": 1e10, "width": 1024, "depth": 8})
+    # Two scales give a law, which says how little it rests on.
+    two = runs.subset(shape)
+    for priors, which in (("none", "default"), ("published", "published")):
+        f2 = fit_study(two, bootstrap=10, priors=priors)
+        assert "learning_rate" in f2.laws
+        assert any("learning rate law rests on 2 scales" in w and f"leans on the {which}" in w for w in f2.warnings)
     with pytest.raises(InsufficientData):
         fit_study(RunTable.from_records([]))
     fixed_lr = runs.subset(runs.learning_rate == runs.learning_rate[0])
-    f2 = fit_study(fixed_lr, bootstrap=10)
-    assert "learning_rate" not in f2.laws and "learning_rate" in f2.missing
+    f3 = fit_study(fixed_lr, bootstrap=10)
+    assert "learning_rate" not in f3.laws and "learning_rate" in f3.missing
 
 
 def test_predict_round_trip_conditioning_and_missing_target(steplaw):

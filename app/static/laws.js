@@ -106,6 +106,7 @@ export function renderOptimum(axis, label, sym, scales) {
     const t = Object.assign({}, ref, { [xVar]: vars[xVar] });
     if (xVar === "compute") t.tokens = vars.compute / (6 * ref.n_params);
     t.compute = 6 * t.n_params * t.tokens;
+    if (t.width > 0 && t.depth > 0) t.aspect = t.width / t.depth;
     return t;
   };
   const adjust = vars => {

@@ -17,6 +17,7 @@ export const VAR_LABEL = {
   tokens: "training tokens D [tokens]",
   width: "width [d_model]",
   depth: "depth [layers]",
+  aspect: "aspect ratio width/depth",
   compute: "compute 6·N·D [FLOPs]",
 };
 
@@ -44,6 +45,7 @@ export const scaleVars = sc => ({
   tokens: sc.tokens,
   width: sc.width,
   depth: sc.depth,
+  aspect: sc.width > 0 && sc.depth > 0 ? sc.width / sc.depth : undefined,
   compute: 6 * sc.n_params * sc.tokens,
 });
 
