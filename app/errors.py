@@ -112,8 +112,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED:
             # FastAPI's answer when json.loads fails with something other than a syntax
-            # error: nesting too deep (RecursionError) or an integer literal too long.
+            # error: a bound of service.json_bounds (a domain error naming the field),
+            # nesting too deep (RecursionError) or an integer literal too long.
             cause = exc.__cause__
+            if isinstance(cause, errors.DomainError):
+                return domain_error_response(cause)
             reason = (
                 "nested too deeply"
                 if isinstance(cause, RecursionError)
