@@ -381,8 +381,9 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     from service import tokens
 
     name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
-    if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or "\x00" in name:
-        raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters")
+    # The name is recorded on what the token creates (runs.csv's created_by): no control characters.
+    if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters, without control characters")
     token = tokens.create_token(_engine(args), name, args.scope, replace=args.force)
     # The notice goes to stderr, so TOKEN=$(hpscale tokens create ...) holds just the token.
     print(f"created {args.scope} token '{name}'; it is shown only once:", file=sys.stderr)

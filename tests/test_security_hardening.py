@@ -321,8 +321,8 @@ def test_formula_cells_are_neutralised_in_both_exports_and_round_trip(
     http_export = client.get("/v1/studies/csv/runs.csv").text
     out = tmp_path / "csv.csv"
     assert cli(["export", "--study", "csv", "--database-url", database_url, "-o", str(out)]) == 0
-    assert out.read_text() == http_export
-    rows = list(csv.DictReader(io.StringIO(http_export)))
+    assert out.read_bytes() == http_export.encode()
+    rows = list(csv.DictReader(io.StringIO(http_export, newline="")))
     dangerous = ("=", "+", "-", "@", "\t", "\r")
     for row in rows:
         for column, cell in row.items():
