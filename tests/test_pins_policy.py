@@ -64,7 +64,9 @@ def test_pins_beyond_the_policy_are_pruned_least_recently_used_first_and_answer_
     assert _answer(client, first[0]) == 200 and _answer(client, first[2]) == 200
 
 
-def test_a_pin_unused_for_longer_than_the_policy_expires(client: TestClient, engine: Engine, small_policy: None) -> None:
+def test_a_pin_unused_for_longer_than_the_policy_expires(
+    client: TestClient, engine: Engine, small_policy: None
+) -> None:
     make_study(client)
     old, recent = _launch(client, 0), _launch(client, 1)
     stale = utcnow() - timedelta(days=queries.PIN_KEEP_DAYS + 1)
@@ -74,7 +76,9 @@ def test_a_pin_unused_for_longer_than_the_policy_expires(client: TestClient, eng
     assert_error(client.get("/v1/studies/s/recommendation", params={**TARGET, "fit_id": old}), 410, "gone")
 
 
-def test_the_record_of_pruned_fits_is_bounded(engine: Engine, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_record_of_pruned_fits_is_bounded(
+    engine: Engine, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(queries, "MAX_EXPIRED_FITS", 2)
     make_study(client)
     ids = [client.post("/v1/studies/s/fits", json={"bootstrap": b}).json()["id"] for b in (0, 10, 20, 50)]
