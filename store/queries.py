@@ -703,6 +703,13 @@ def study_has_extra_key(conn: Connection, study_id: int, key: str) -> bool:
     return bool(conn.execute(text(sql), {"sid": study_id, "key": key}).scalar())
 
 
+def lock_study(conn: Connection, study_id: int) -> None:
+    """Lock the study's row until the transaction ends (PostgreSQL; SQLite's write
+    transactions are serialised already): writers that must count the study's extra keys
+    before adding new ones take turns."""
+    conn.execute(select(Study.id).where(Study.id == study_id).with_for_update())
+
+
 def study_extra_keys(conn: Connection, study_id: int) -> set[str]:
     """Every distinct `extra` key of the study's runs, counted in the database."""
     if conn.dialect.name == "postgresql":

@@ -11,7 +11,10 @@ import asyncio
 import os
 import secrets
 import stat
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,8 +26,14 @@ from app.security import LARGE_BODY_BYTES, MAX_FAILED_AUTH, MAX_LARGE_BODIES_PER
 from hpscale.cli import main as cli
 from hpscale.cli import uvicorn_options
 from service.entropy import estimated_entropy_bits
+from service.errors import InvalidRuns
+from service.runs import check_extra_keys, submit_runs, with_defaults
+from service.schemas import RunIn, StudyIn
 from service.settings import MIN_SECRET_BITS, Settings
-from tests.conftest import assert_error, bearer
+from service.studies import create_study, find_study
+from store import queries
+from store.db import run_in_transaction
+from tests.conftest import assert_error, bearer, make_run
 
 ATTACKER = ("198.51.100.7", 4242)
 
@@ -190,3 +199,50 @@ def test_an_existing_world_readable_database_is_made_private(
     assert cli(["db", "upgrade", "--database-url", url]) == 0
     assert stat.S_IMODE((tmp_path / "hp.db").stat().st_mode) == 0o600
     assert "was mode 0644; now 0600" in capsys.readouterr().err
+
+
+# --- the per-study cap on extra keys holds under concurrent writers ----------------------------
+
+
+def test_two_writers_cannot_both_pass_the_extra_key_cap(engine: Engine) -> None:
+    """Each brings 300 new keys (alone within the cap of 512, together past it). The first
+    holds its transaction open after its check; the second must wait and then be refused
+    (before: both checked an empty study and both committed, 600 keys)."""
+    create_study(engine, StudyIn(name="cap"), "test")
+    study = find_study(engine, "cap")
+
+    def runs(prefix: str) -> list[RunIn]:
+        return [
+            RunIn.model_validate(make_run(i, run_key=f"{prefix}{i}", extra={f"{prefix}{i}_{j}": j for j in range(150)}))
+            for i in range(2)
+        ]
+
+    checked, release = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def first(conn: Any) -> None:
+        check_extra_keys(conn, study, runs("a"))
+        queries.insert_runs(conn, study.id, [with_defaults(run, study) for run in runs("a")], "a")
+        checked.set()
+        assert release.wait(10)
+
+    def second() -> None:
+        try:
+            outcome["second"] = submit_runs(engine, "cap", runs("b"), indexed=True, created_by="b")
+        except InvalidRuns as error:
+            outcome["second"] = error
+
+    holder = threading.Thread(target=lambda: run_in_transaction(engine, first))
+    holder.start()
+    assert checked.wait(10)
+    contender = threading.Thread(target=second)
+    contender.start()
+    time.sleep(0.5)
+    assert contender.is_alive()  # waiting for the first writer's transaction
+    release.set()
+    holder.join(10)
+    contender.join(10)
+    assert isinstance(outcome["second"], InvalidRuns), outcome
+    assert outcome["second"].details[0]["field"] == "extra"
+    with engine.connect() as conn:
+        assert len(queries.study_extra_keys(conn, study.id)) == 300
