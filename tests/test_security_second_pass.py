@@ -246,3 +246,31 @@ def test_two_writers_cannot_both_pass_the_extra_key_cap(engine: Engine) -> None:
     assert outcome["second"].details[0]["field"] == "extra"
     with engine.connect() as conn:
         assert len(queries.study_extra_keys(conn, study.id)) == 300
+
+
+# --- requests in progress, not open connections, meet the 503 limit -----------------------------
+
+
+def test_only_requests_in_progress_count_toward_the_concurrency_limit() -> None:
+    from app.server import _requests_guard
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def call(tasks: set[object]) -> tuple[int, dict[bytes, bytes]]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await _requests_guard(app, tasks, 2)({"type": "http", "method": "GET", "path": "/healthz"}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    # The running request is among the tasks: 2 in progress pass, a third is refused at once.
+    assert asyncio.run(call({1, 2}))[0] == 200
+    status, headers = asyncio.run(call({1, 2, 3}))
+    assert status == 503 and headers[b"retry-after"] == b"1"
