@@ -30,6 +30,7 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.Forbidden: 403,
     errors.StudyNotFound: 404,
     errors.FitNotFound: 404,
+    errors.FitExpired: 410,
     errors.RunNotFound: 404,
     errors.SubmissionNotFound: 404,
     errors.TokenNotFound: 404,
@@ -59,6 +60,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
@@ -112,8 +114,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == _BODY_PARSE_FAILED:
             # FastAPI's answer when json.loads fails with something other than a syntax
-            # error: nesting too deep (RecursionError) or an integer literal too long.
+            # error: a bound of service.json_bounds (a domain error naming the field),
+            # nesting too deep (RecursionError) or an integer literal too long.
             cause = exc.__cause__
+            if isinstance(cause, errors.DomainError):
+                return domain_error_response(cause)
             reason = (
                 "nested too deeply"
                 if isinstance(cause, RecursionError)

@@ -104,8 +104,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(DatabaseUnavailableGuard)
     # Outside even that: every request is counted for /metrics, refusals included.
     app.add_middleware(MetricsMiddleware)
-    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
-    app.add_route("/metrics", metrics_endpoint(metrics_token), methods=["GET"], include_in_schema=False)
+    # Guarded by SecurityGate when the server has a metrics token.
+    app.add_route("/metrics", metrics_endpoint(), methods=["GET"], include_in_schema=False)
 
     # Both async: they must answer while every worker thread waits on the database or a fit.
     @app.get("/healthz", tags=["health"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 
@@ -10,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
 from service import metrics
 
 
@@ -48,19 +46,11 @@ class MetricsMiddleware:
             metrics.record_request(scope["method"], template, status, time.perf_counter() - started)
 
 
-def metrics_endpoint(token: str | None) -> Any:
-    """The `/metrics` handler: open, or only for `Authorization: Bearer <--metrics-token>`."""
+def metrics_endpoint() -> Any:
+    """The `/metrics` handler. With a metrics token, `app.security.SecurityGate` checks it first
+    (the same bearer check and failed-lookup limit as every /v1 route)."""
 
     async def endpoint(request: Request) -> Response:
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(
-                    401,
-                    "unauthorized",
-                    "/metrics needs Authorization: Bearer <the server's --metrics-token>",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

@@ -9,17 +9,22 @@
 3. finds the route the request will reach and the scope it needs (from the route's
    `app.deps.require` dependency) and checks the bearer token *before the body is
    read*: an unauthenticated 60 MB upload costs a header parse, not a JSON parse;
-4. limits failed authentications per client address (429 with Retry-After) and the
-   in-flight expensive requests (fits, suggestions) per token (429 with Retry-After).
+4. answers a failed token lookup with 429 (Retry-After) instead of 401 once its client
+   address has failed too often: only failed lookups count, and a valid token is always
+   served, so guessing from an address (or a shared proxy) never locks its users out;
+   `/metrics` with a metrics token goes through the same check;
+5. limits the in-flight expensive requests (fits, suggestions) and large bodies per token
+   (429 with Retry-After), and large bodies per process (503 with Retry-After).
 
 The principal it resolves is left in the ASGI scope for `app.deps.authenticate`, so the
-token is looked up once. Limits are per worker process.
+token is looked up once. Limits are per worker process. JSON bodies are parsed by
+`ThreadedJSONRequest` (below) with the structural bounds of `service.json_bounds`.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
-import json
 import math
 import threading
 import time
@@ -37,6 +42,7 @@ from app.errors import domain_error_response, error_response
 from service import tokens
 from service.database import Engine
 from service.errors import DomainError
+from service.json_bounds import loads_bounded
 from service.settings import Settings
 from service.tokens import NO_AUTH_PRINCIPAL
 
@@ -51,6 +57,14 @@ MAX_EXPENSIVE_PER_TOKEN = 2
 EXPENSIVE_ROUTES = frozenset({("POST", "/v1/studies/{name}/fits"), ("GET", "/v1/studies/{name}/suggestions")})
 # JSON bodies larger than this are parsed in a worker thread, off the event loop.
 THREADED_JSON_BYTES = 64 * 1024
+# A body larger than this (or of unknown length) is "large": parsing one costs up to ~15x its
+# size in memory, so each token may send one at a time, and a process parses at most a few.
+LARGE_BODY_BYTES = 1024 * 1024
+MAX_LARGE_BODIES_PER_TOKEN = 1
+MAX_LARGE_BODIES = 4
+# Headers a reverse proxy adds: in no-auth mode such a request did not come from this machine.
+PROXY_HEADERS = (b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host")
+METRICS_PATH = "/metrics"
 
 
 def is_loopback_peer(scope: Scope) -> bool:
@@ -135,14 +149,32 @@ class FailedAuthLimiter:
                 return 0
             return max(1, math.ceil(failures[0] + self.window - now))
 
-    def failed(self, address: str, now: float | None = None) -> None:
+    def failed(self, address: str, now: float | None = None) -> int:
+        """Record a failed lookup from `address`; seconds it must now wait (0: not blocked yet)."""
         now = time.monotonic() if now is None else now
+        wait = self.retry_after(address, now)
         with self._lock:
             failures = self._failures.pop(address, None) or deque(maxlen=self.limit)
             failures.append(now)
             self._failures[address] = failures
             while len(self._failures) > self.addresses:
                 self._failures.popitem(last=False)
+        return wait
+
+
+def _large_body(scope: Scope) -> bool:
+    """Whether the request announces a body over LARGE_BODY_BYTES, or one of unknown length."""
+    if scope["method"] in SAFE_METHODS:
+        return False
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value) > LARGE_BODY_BYTES
+            except ValueError:
+                return True
+        if key == b"transfer-encoding":
+            return True
+    return False
 
 
 def _required_scope(route: APIRoute) -> str | None:
@@ -171,7 +203,7 @@ class SecurityGate:
         self.failures = FailedAuthLimiter()
         self._scopes: dict[int, str | None] = {}
         self._routes: list[APIRoute] | None = None
-        self._inflight: dict[tuple[str, str, str], int] = {}
+        self._inflight: dict[tuple[str, ...], int] = {}
 
     def _api_routes(self) -> list[APIRoute]:
         """Every APIRoute of the app, included routers flattened (their paths carry the prefix).
@@ -214,26 +246,76 @@ class SecurityGate:
             return
         route = scope.get("hpscale.route")
         principal = scope.get(PRINCIPAL_SCOPE_KEY)
-        if route is None or principal is None or (scope["method"], route.path) not in EXPENSIVE_ROUTES:
+        if route is None or principal is None:
             await self.app(scope, receive, send)
             return
-        key = (principal.name, scope["method"], route.path)
-        if self._inflight.get(key, 0) >= MAX_EXPENSIVE_PER_TOKEN:
-            busy = error_response(
-                429,
-                "too_many_requests",
-                f"token '{principal.name}' already has {MAX_EXPENSIVE_PER_TOKEN} of these requests running",
-                headers={"Retry-After": "1"},
+        # In-flight slots this request needs: (key, limit, refusal if none is free).
+        slots: list[tuple[tuple[str, ...], int, Any]] = []
+        if (scope["method"], route.path) in EXPENSIVE_ROUTES:
+            message = f"token '{principal.name}' already has {MAX_EXPENSIVE_PER_TOKEN} of these requests running"
+            slots.append(
+                (
+                    (principal.name, scope["method"], route.path),
+                    MAX_EXPENSIVE_PER_TOKEN,
+                    error_response(429, "too_many_requests", message, headers={"Retry-After": "1"}),
+                )
             )
-            await busy(scope, receive, send)
-            return
-        self._inflight[key] = self._inflight.get(key, 0) + 1
+        if _large_body(scope):
+            message = f"token '{principal.name}' is already sending a body over {LARGE_BODY_BYTES} bytes"
+            slots.append(
+                (
+                    ("large-body", principal.name),
+                    MAX_LARGE_BODIES_PER_TOKEN,
+                    error_response(429, "too_many_requests", message, headers={"Retry-After": "1"}),
+                )
+            )
+            message = f"{MAX_LARGE_BODIES} large request bodies are being read; try again shortly"
+            slots.append(
+                (
+                    ("large-body",),
+                    MAX_LARGE_BODIES,
+                    error_response(503, "unavailable", message, headers={"Retry-After": "1"}),
+                )
+            )
+        for key, limit, busy in slots:
+            if self._inflight.get(key, 0) >= limit:
+                await busy(scope, receive, send)
+                return
+        for key, _, _ in slots:
+            self._inflight[key] = self._inflight.get(key, 0) + 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self._inflight[key] -= 1
-            if not self._inflight[key]:
-                del self._inflight[key]
+            for key, _, _ in slots:
+                self._inflight[key] -= 1
+                if not self._inflight[key]:
+                    del self._inflight[key]
+
+    def _failed_lookup(self, scope: Scope, message: str, code: str = "unauthorized") -> Any:
+        """A failed token lookup from this client: 401, or 429 once its address failed too often."""
+        wait = self.failures.failed(client_key(scope))
+        if wait:
+            return error_response(
+                429,
+                "too_many_requests",
+                f"too many failed authentications from this address; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        return error_response(401, code, message, headers={"WWW-Authenticate": "Bearer"})
+
+    def _check_metrics(self, scope: Scope) -> Any:
+        """`/metrics` with a metrics token: the same bearer check and failed-lookup limit as /v1."""
+        expected = self.settings.metrics_token
+        if expected is None:
+            return None
+        header = _header(scope, b"authorization")
+        if not header:
+            message = "/metrics needs Authorization: Bearer <the server's metrics token>"
+            return error_response(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+        given = header.encode("latin-1")
+        if hmac.compare_digest(given, f"Bearer {expected.get_secret_value()}".encode()):
+            return None
+        return self._failed_lookup(scope, "invalid metrics token")
 
     async def _check(self, scope: Scope) -> Any:
         """A response refusing the request, or None (the principal is then in the scope)."""
@@ -243,10 +325,15 @@ class SecurityGate:
                 return error_response(403, "forbidden", "no-auth mode serves loopback clients only")
             if host is None or host_name(host) not in LOOPBACK_HOSTS:
                 return error_response(403, "forbidden", "no-auth mode answers only Host localhost, 127.0.0.1 or [::1]")
+            if any(_header(scope, name) is not None for name in PROXY_HEADERS):
+                # A proxy on this machine relays remote clients: they must not pass as local.
+                return error_response(403, "forbidden", "no-auth mode refuses requests relayed by a proxy")
         if scope["method"] not in SAFE_METHODS:
             reason = cross_site(scope)
             if reason is not None:
                 return error_response(403, "forbidden", f"{reason} refused for {scope['method']}")
+        if scope["path"] == METRICS_PATH:
+            return self._check_metrics(scope)
         route = self._route(scope)
         needed = self._scope_of(route) if route is not None else None
         if route is None or needed is None:
@@ -267,36 +354,33 @@ class SecurityGate:
                 "Authorization header must be 'Bearer <token>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        address = client_key(scope)
-        wait = self.failures.retry_after(address)
-        if wait:
-            return error_response(
-                429,
-                "too_many_requests",
-                f"too many failed authentications from this address; retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
+        # The token is looked up first: a valid one is served whatever its address did before.
         try:
             principal = await tokens.authenticate(self.engine, token)
-            tokens.require_scope(principal, needed)
         except DomainError as error:
             if error.code == "unauthorized":
-                self.failures.failed(address)
+                return self._failed_lookup(scope, error.message)
+            return domain_error_response(error)
+        try:
+            tokens.require_scope(principal, needed)
+        except DomainError as error:
             return domain_error_response(error)
         scope[PRINCIPAL_SCOPE_KEY] = principal
         return None
 
 
 class ThreadedJSONRequest(Request):
-    """A request whose large JSON body is parsed in a worker thread, off the event loop."""
+    """A request whose JSON body is parsed within `service.json_bounds` limits (a body that
+    would build far more objects than any valid request is refused with 422 before it is
+    parsed), in a worker thread when it is large, off the event loop."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             if len(body) > THREADED_JSON_BYTES:
-                self._json = await to_thread.run_sync(json.loads, body)
+                self._json = await to_thread.run_sync(loads_bounded, body)
             else:
-                self._json = json.loads(body)
+                self._json = loads_bounded(body)
         return self._json
 
 

@@ -118,17 +118,88 @@ def _setting_errors(error: ValidationError) -> str:
     )
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How `hpscale serve` configures uvicorn (besides the app, address and workers)."""
+    trusted = settings.forwarded_allow_ips
+    return {
+        # app/server.py: uvicorn's h11 protocol with connection-level limits (head and body
+        # deadlines, per-address and per-process connection caps, requests-in-progress
+        # limit). h11, not httptools: only h11 bounds the request line and headers.
+        "http": "app.server:LimitedH11Protocol",
+        "timeout_keep_alive": settings.timeout_keep_alive,
+        "limit_concurrency": None,  # counted per request by app.server, not per connection
+        "h11_max_incomplete_event_size": settings.h11_max_incomplete_event_size,
+        # X-Forwarded-For / -Proto only from the proxies the operator names: otherwise any
+        # client could pick the address the failed-auth limit counts (uvicorn trusts
+        # 127.0.0.1 by default).
+        "proxy_headers": trusted is not None,
+        "forwarded_allow_ips": trusted or "",
+    }
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each connection holds one, and the
+    server keeps its connection cap below it (app/server.py)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def make_database_private(url: str) -> None:
+    """Make an existing SQLite database (and its -wal, -shm) readable by its owner only.
+
+    New files are created 0600 (store.db.make_engine); one made by an earlier version or
+    copied in may be 0644, readable by every local user. InvalidArgument if it cannot be."""
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            file.chmod(0o600)
+        except OSError as error:
+            raise InvalidArgument(
+                f"{file} is readable by other users (mode {mode:04o}) and cannot be made private "
+                f"({error.strerror}): run `chmod 600 {file}` as its owner"
+            ) from None
+        print(f"hpscale: {file} was mode {mode:04o}; now 0600 (owner only)", file=sys.stderr)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.database import redact_url
+    from service.settings import Settings
     from service.tokens import register_bootstrap_admin
 
+    # The flags, validated with the environment's settings before any worker starts.
+    flags = {
+        "database_url": args.database_url,
+        "metrics_token": args.metrics_token,
+        "metrics_token_file": args.metrics_token_file,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+    }
     try:
-        settings = _settings(args)
+        settings = Settings(**{name: value for name, value in flags.items() if value})
     except ValidationError as error:
         print(f"error: invalid HPSCALE_* setting:\n{_setting_errors(error)}", file=sys.stderr)
         return 2
+    if args.metrics_token:
+        print(
+            "hpscale: warning: --metrics-token shows the token to every local user (ps); "
+            "use --metrics-token-file or HPSCALE_METRICS_TOKEN_FILE",
+            file=sys.stderr,
+        )
     args.no_auth = args.no_auth or settings.no_auth
     if args.no_auth and not is_loopback(args.host):
         print(
@@ -141,11 +212,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # only oversubscribe the cores (seen: 8-10x slower fits under load). Set before numpy loads.
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
-    # The workers build their Settings from the environment: hand the flags down that way.
+    # The workers build their Settings from the environment: hand the flags down that way
+    # (a token file by its path, so the token itself is in no environment).
     os.environ["HPSCALE_DATABASE_URL"] = settings.database_url
     os.environ["HPSCALE_NO_AUTH"] = "1" if args.no_auth else "0"
     if args.metrics_token:
         os.environ["HPSCALE_METRICS_TOKEN"] = args.metrics_token
+    if args.metrics_token_file:
+        os.environ["HPSCALE_METRICS_TOKEN_FILE"] = str(args.metrics_token_file)
+    if settings.forwarded_allow_ips:
+        os.environ["HPSCALE_FORWARDED_ALLOW_IPS"] = settings.forwarded_allow_ips
     # Every worker writes its metrics to files in one fresh directory, so that /metrics (in
     # whichever worker answers) sums them all; set before any worker imports prometheus_client.
     metrics_dir = None
@@ -162,10 +238,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
                 return 2
             # One process: its own registry is the whole truth.
+    make_database_private(settings.database_url)
     engine = _engine(args, create=True)
     if settings.bootstrap_admin_token is not None:
         register_bootstrap_admin(engine, settings.bootstrap_admin_token.get_secret_value())
     engine.dispose()
+    _raise_open_file_limit()
     print(f"hpscale: serving http://{args.host}:{args.port} on {redact_url(settings.database_url)}", file=sys.stderr)
     uvicorn.run(
         "app.main:create_app",
@@ -174,14 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        # Slow or idle clients must not exhaust the process (file descriptors, memory):
-        # idle keep-alive connections close, connections past the limit get 503 at once,
-        # and request lines + headers are bounded. README "Configuration" lists the settings.
-        # h11, not httptools: only h11 bounds the request line and headers (the setting below).
-        http="h11",
-        timeout_keep_alive=settings.timeout_keep_alive,
-        limit_concurrency=settings.limit_concurrency,
-        h11_max_incomplete_event_size=settings.h11_max_incomplete_event_size,
+        **uvicorn_options(settings),
     )
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -191,6 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service.database import upgrade
 
+    make_database_private(_settings(args).database_url)
     print(f"database at revision {upgrade(_engine(args, upgrade=False, create=True))}")
     return 0
 
@@ -321,8 +393,9 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     from service import tokens
 
     name = args.name or f"{args.scope}-{secrets.token_hex(3)}"
-    if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or "\x00" in name:
-        raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters")
+    # The name is recorded on what the token creates (runs.csv's created_by): no control characters.
+    if not 1 <= len(name) <= TOKEN_NAME_MAX_LENGTH or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise InvalidArgument(f"--name must be 1 to {TOKEN_NAME_MAX_LENGTH} characters, without control characters")
     token = tokens.create_token(_engine(args), name, args.scope, replace=args.force)
     # The notice goes to stderr, so TOKEN=$(hpscale tokens create ...) holds just the token.
     print(f"created {args.scope} token '{name}'; it is shown only once:", file=sys.stderr)
@@ -650,8 +723,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--no-auth", action="store_true", help="every request is admin (loopback only)")
     serve.add_argument(
-        "--metrics-token",
-        help="GET /metrics then needs 'Authorization: Bearer <this>' (default: open; or $HPSCALE_METRICS_TOKEN)",
+        "--metrics-token-file",
+        type=Path,
+        help="GET /metrics then needs 'Authorization: Bearer <the token in this file>' "
+        "(default: open; or $HPSCALE_METRICS_TOKEN_FILE, $HPSCALE_METRICS_TOKEN)",
+    )
+    serve.add_argument("--metrics-token", help="the metrics token itself; discouraged: other users see it in `ps`")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        help="reverse proxies whose X-Forwarded-For/-Proto are believed: comma-separated addresses or "
+        "networks, '*' for any (default: none; or $HPSCALE_FORWARDED_ALLOW_IPS)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     serve.set_defaults(func=cmd_serve)

@@ -1,6 +1,9 @@
 """Runs as CSV: the export format of `runs.csv` and what `hpscale import` reads back.
 
-One column per run field, `loss_curve` as JSON text, `extra.<key>` for each extra key.
+One column per run field, `loss_curve` as JSON text, `extra.<key>` for each extra key; lines
+end in CRLF (RFC 4180), so a cell holding a CR or LF is always quoted. Text cells are
+escaped (`neutralise_formula`) so that no spreadsheet runs them and the import reads back
+exactly what was exported.
 On import, `--map csv_column=field` renames columns; a column that is neither a run
 field nor mapped goes into `extra` (so nothing in the file is silently dropped), and
 bookkeeping columns of our own export (`id`, `created_at`, `created_by`) are ignored.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -31,21 +35,39 @@ _TEXT_FIELDS = frozenset({"run_key", "status"})
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
 _QUOTE = "'"
+# What int() or float() might read as a number ("007", " 1", "nan", "-inf", "١٢٣"); anything
+# else is text without trying.
+_NUMBER_LEAD = re.compile(r"[\s+\-.\d]|(?i:nan|inf)")
+
+
+def _reads_as_number(text: str) -> bool:
+    return _NUMBER_LEAD.match(text) is not None and not isinstance(number_or_text(text), str)
 
 
 def neutralise_formula(text: str) -> str:
-    """`text` as a CSV cell a spreadsheet shows as text, never runs (OWASP's advice).
+    """`text` as a CSV cell that a spreadsheet shows as text, never runs, and that
+    `hpscale import` reads back exactly (`restore_formula`).
 
-    A leading = + - @ TAB or CR gets a single quote in front. A text that starts with a
-    quote gets one too, so the escape can always be undone (`restore_formula`): the
-    round trip through an export and `hpscale import` is exact. Numbers never pass here.
+    A single quote goes in front of a text that starts with = + - @ TAB or CR (OWASP's
+    advice), and of any other text the import would not read back as itself: one that
+    starts with a quote, is empty, has leading or trailing whitespace (cells are stripped)
+    or reads as a number ('007', '1e5', 'nan'). Numbers never pass here.
     """
-    return _QUOTE + text if text.startswith((*FORMULA_LEADS, _QUOTE)) else text
+    if (
+        not text
+        or text.startswith((*FORMULA_LEADS, _QUOTE))
+        or text[0].isspace()
+        or text[-1].isspace()
+        or _reads_as_number(text)
+    ):
+        return _QUOTE + text
+    return text
 
 
 def restore_formula(cell: str) -> tuple[str, bool]:
-    """The text `neutralise_formula` was given, and whether the cell was escaped (text)."""
-    if cell.startswith(_QUOTE) and cell[1:].startswith((*FORMULA_LEADS, _QUOTE)):
+    """The text `neutralise_formula` was given, and whether the cell was escaped (then it is
+    text, exactly as written after the quote: never stripped, never read as a number)."""
+    if cell.startswith(_QUOTE):
         return cell[1:], True
     return cell, False
 
@@ -94,7 +116,7 @@ def csv_lines(
     header = export_header(extra_keys)
     keys = [column[len("extra.") :] for column in header[len(EXPORT_COLUMNS) :]]
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")
 
     def flush() -> str:
         text = buffer.getvalue()
@@ -124,7 +146,7 @@ def csv_blocks(
     positions = [columns.index(c) for c in EXPORT_COLUMNS]
     extra_at = columns.index("extra")
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
     fmt = _format_cell
     for page in pages:
@@ -228,14 +250,16 @@ def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) ->
         run: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for column, field in targets.items():
-            text = (row.get(column) or "").strip()
-            if text == "":
-                continue
-            text, escaped = restore_formula(text)
+            cell = row.get(column) or ""
+            text, escaped = restore_formula(cell)
             if escaped:  # a text cell of our own export: stays text, exactly
                 run_or_extra = extra if field.startswith("extra.") else run
                 run_or_extra[field.removeprefix("extra.")] = text
-            elif field.startswith("extra."):
+                continue
+            text = text.strip()  # hand-made files: "1, 2" (our export never pads a cell)
+            if text == "":
+                continue
+            if field.startswith("extra."):
                 extra[field[len("extra.") :]] = number_or_text(text)
             else:
                 run[field] = _field_value(field, text)

@@ -12,7 +12,8 @@ from typing import Any
 from fitting import curves
 from fitting.study_fit import MissingTarget
 from service.errors import InsufficientData, InvalidTarget, field_detail
-from service.fits import FitRecord, fit_by_id, json_safe, latest_fit
+from service.fits import FitRecord, json_safe, latest_fit
+from service.pins import fit_or_gone
 from service.studies import get_study
 from store import queries
 from store.db import Engine
@@ -21,7 +22,7 @@ AXES = ("learning_rate", "batch_size", "weight_decay")
 
 
 def _fit(engine: Engine, name: str, fit_id: int | str) -> FitRecord:
-    return latest_fit(engine, name) if fit_id == "latest" else fit_by_id(engine, name, int(fit_id))
+    return latest_fit(engine, name) if fit_id == "latest" else fit_or_gone(engine, name, int(fit_id))
 
 
 def fit_curves(

@@ -60,6 +60,12 @@ class FitNotFound(DomainError):
     code = "not_found"
 
 
+class FitExpired(DomainError):
+    """A fit that existed but was pruned under the pin policy (`service.pins`): 410 Gone."""
+
+    code = "gone"
+
+
 class RunNotFound(DomainError):
     code = "not_found"
 

@@ -22,19 +22,18 @@ from fitting.loss_law import LossLaw, compute_optimal
 from fitting.plan import suggest_runs
 from fitting.recommend import recommend
 from fitting.study_fit import NO_LOSS_LAW
+from service import pins
 from service.cache import LRUCache
 from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
 from service.fits import (
     FIRST_FIT_WAIT_SECONDS,
     FitRecord,
     current_fit,
-    fit_by_id,
     json_safe,
     served_fit_async,
 )
 from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, TARGET_LIMITS, Bound
-from store import queries
-from store.db import Engine, run_in_transaction
+from store.db import Engine
 
 _COMPUTE = Bound(1, MAX_COMPUTE, low_inclusive=True)
 _BATCH_MULTIPLE = Bound(1, MAX_BATCH_MULTIPLE, low_inclusive=True)
@@ -77,16 +76,6 @@ def _engine_refusals() -> Iterator[None]:
         ) from None
 
 
-# Fits this process has already pinned (one write per fit, not per answer).
-_pinned: set[tuple[str, int, int, str]] = set()
-
-
-def pin_fit(engine: Engine, stored: FitRecord) -> None:
-    """Mark the fit as handed out, so that pruning old fits keeps it (see `fit_id`)."""
-    run_in_transaction(engine, lambda conn: queries.pin_fit(conn, stored.id))
-    _pinned.add(stored.key)
-
-
 # A fit never changes, so the answer to the same question about it never does either:
 # launchers asking again (or many at once) get the encoded answer without recomputing.
 _recommendations = LRUCache(4096)
@@ -112,23 +101,23 @@ async def recommendation_json(
     the work in threads only on a miss: the hot path (a launcher asking about an unchanged
     study) never leaves the event loop. `fit_id` pins the answer to that fit: the same
     question about the same fit gets the same bytes, whatever runs arrived since. Every fit
-    whose id an answer hands out is pinned (kept when old fits are pruned), so a launcher
-    restarted later can ask for the answer it launched with.
+    whose id an answer hands out is pinned (kept by the pin policy of `service.pins`), so a
+    launcher restarted later can ask for the answer it launched with; a pruned one is 410.
     """
     check_target({**target, "batch_size": batch_size, "batch_multiple": batch_multiple, "compute": compute})
     if compute is not None and (target.get("n_params") is not None or target.get("tokens") is not None):
         raise _invalid("compute", "give either compute or n_params and tokens, not both")
     served_warnings: tuple[str, ...] = ()
     if fit_id is not None:
-        stored = await to_thread.run_sync(lambda: fit_by_id(engine, study_name, fit_id))
+        stored = await to_thread.run_sync(lambda: pins.fit_or_gone(engine, study_name, fit_id))
     else:
         # Never waits on a refit: the newest completed fit, with a warning if runs arrived since.
         served = await served_fit_async(
             engine, study_name, bootstrap=bootstrap, created_by=created_by, fresh=fresh, wait_seconds=wait_seconds
         )
         stored, served_warnings = served.record, served.warnings
-    if stored.key not in _pinned:
-        await to_thread.run_sync(lambda: pin_fit(engine, stored))
+    if pins.needs_recording(stored):  # at most once an hour per fit: the hot path stays read-only
+        await to_thread.run_sync(lambda: pins.record_use(engine, stored))
     key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
     cached = _recommendations.get(key)
     if cached is None:

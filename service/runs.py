@@ -78,18 +78,20 @@ def check_extra_keys(conn: Connection, study: Study, runs: Sequence[RunIn]) -> N
 
 
 def check_extra_key_set(conn: Connection, study: Study, submitted: set[str]) -> None:
-    """`check_extra_keys` of the set of extra keys a submission uses."""
+    """`check_extra_keys` of the set of extra keys a submission uses, in its write transaction.
+
+    A submission that brings keys new to the study first locks the study's row (held to the
+    commit), then counts: two writers bringing new keys at once take turns, so they cannot
+    both pass the cap (on SQLite, write transactions take turns anyway)."""
     if not submitted:
         return
-    if len(submitted) <= 16:  # the usual few keys: one early-stopping EXISTS each
-        new = [key for key in sorted(submitted) if not queries.study_has_extra_key(conn, study.id, key)]
-        if not new:
-            return
-        existing = queries.study_extra_keys(conn, study.id)
-    else:  # many keys: one scan beats many
-        existing = queries.study_extra_keys(conn, study.id)
-        new = sorted(submitted - existing)
-    total = len(existing | set(new))
+    # The usual few keys: one early-stopping EXISTS each, and no lock when none is new.
+    if len(submitted) <= 16 and all(queries.study_has_extra_key(conn, study.id, key) for key in submitted):
+        return
+    queries.lock_study(conn, study.id)
+    existing = queries.study_extra_keys(conn, study.id)
+    new = sorted(submitted - existing)
+    total = len(existing) + len(new)
     if total > MAX_STUDY_EXTRA_KEYS:
         message = (
             f"a study may use at most {MAX_STUDY_EXTRA_KEYS} distinct extra keys (one runs.csv column each); "
@@ -269,15 +271,22 @@ def import_runs(
     )
     inserted = duplicates = done = 0
 
+    # Keys known to be in the study (a committed batch stored them): a batch bringing any other
+    # is checked again in its own transaction, since other writers may have added keys since.
+    known_keys: set[str] = set()
+
+    def write(conn: Connection, batch: list[dict[str, Any]], keys: set[str]) -> InsertResult:
+        if not keys <= known_keys:
+            check_extra_key_set(conn, study, keys)
+        result = queries.insert_runs(conn, study.id, batch, created_by, submission_id)
+        audit_replaced(conn, study, result, created_by)
+        return result
+
     def store(batch: list[dict[str, Any]]) -> None:
         nonlocal inserted, duplicates, done
-
-        def insert(conn: Connection) -> InsertResult:
-            result = queries.insert_runs(conn, study.id, batch, created_by, submission_id)
-            audit_replaced(conn, study, result, created_by)
-            return result
-
-        result = run_in_transaction(engine, insert)
+        keys = {key for row in batch for key in (row.get("extra") or ())}
+        result = run_in_transaction(engine, lambda conn: write(conn, batch, keys))
+        known_keys.update(keys)
         inserted += result.inserted
         metrics.RUNS_INGESTED.labels(source).inc(result.inserted)
         duplicates += result.duplicates

@@ -10,6 +10,7 @@ study has `loss_can_be_negative`) is checked by `service.runs.validate_runs`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -53,6 +54,26 @@ def _no_nul(value: str) -> str:
 
 SafeStr = Annotated[str, AfterValidator(_no_nul)]
 
+# Control characters (C0 but tab, DEL, C1) and Unicode line/paragraph separators: in a CSV
+# cell a reader may take any of them for a line break, a bare CR most of all (a new row
+# whose first cell is not neutralised), and they have no place in a key or a hyperparameter.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _csv_text(value: str) -> str:
+    """Text that becomes a runs.csv cell or column name: `_no_nul`, and no control characters."""
+    value = _no_nul(value)
+    found = _CONTROL.search(value)
+    if found is not None:
+        code = f"U+{ord(found.group()):04X}"
+        raise PydanticCustomError(
+            "control_character", f"must not contain control characters or line breaks (found {code}); tab is allowed"
+        )
+    return value
+
+
+CsvText = Annotated[str, AfterValidator(_csv_text)]
+
 
 def _extra_value(value: Any) -> float | str:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -60,7 +81,7 @@ def _extra_value(value: Any) -> float | str:
     if isinstance(value, str):
         if len(value) > 1024:
             raise PydanticCustomError("string_too_long", "must be at most 1024 characters")
-        return _no_nul(value)
+        return _csv_text(value)
     try:
         number = float(value)  # an int beyond ~1e308 overflows
     except OverflowError:
@@ -123,7 +144,7 @@ class RunIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    run_key: Annotated[SafeStr, Field(min_length=1, max_length=128)] | None = None
+    run_key: Annotated[CsvText, Field(min_length=1, max_length=128)] | None = None
     n_params: NParams
     tokens: Tokens
     width: Width | None = None
@@ -145,7 +166,7 @@ class RunIn(BaseModel):
     extra: (
         Annotated[
             dict[
-                Annotated[SafeStr, Field(min_length=1, max_length=128)],
+                Annotated[CsvText, Field(min_length=1, max_length=128)],
                 ExtraValue,
             ],
             Field(max_length=MAX_EXTRA_KEYS),

@@ -190,8 +190,22 @@ class Fit(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(64))
-    # Its id was handed to a client (a recommendation): pruning old fits keeps it.
+    # Its id was handed to a client (a recommendation): pruning old fits keeps it while the
+    # pin policy does (store.queries.prune_fits); pinned_at is when an answer last used it.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ExpiredFit(Base):
+    """A fit that pruning removed: asking for it by id is 410 Gone (it existed), not 404."""
+
+    __tablename__ = "expired_fits"
+    __table_args__ = (Index("ix_expired_fits_study_id_fit_id", "study_id", "fit_id"),)
+
+    fit_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    expired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class ApiToken(Base):

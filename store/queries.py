@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from store.models import ApiToken, AuditEntry, Fit, Run, Study, Submission, utcnow
+from store.models import ApiToken, AuditEntry, ExpiredFit, Fit, Run, Study, Submission, utcnow
 
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
@@ -504,9 +504,15 @@ def list_audit(conn: Connection, study: str | None = None, limit: int = 1000) ->
 
 # --- fits ---------------------------------------------------------------------------
 
-# Fits kept per study when a new one finishes: the newest KEEP_FITS plus every pinned one
-# (a fit whose id a recommendation handed out: a launcher may ask for it again).
+# Fits kept per study when a new one finishes or one is pinned: the newest KEEP_FITS, and
+# besides them the pinned fits (whose id a recommendation handed out: a launcher may ask
+# for it again) that an answer used within PIN_KEEP_DAYS, at most MAX_PINNED_FITS of them,
+# least recently used pruned first. A pruned fit's id goes to expired_fits (at most
+# MAX_EXPIRED_FITS per study, the oldest forgotten first), so asking for it is 410, not 404.
 KEEP_FITS = 20
+PIN_KEEP_DAYS = 30
+MAX_PINNED_FITS = 50
+MAX_EXPIRED_FITS = 10_000
 
 _FIT_COLUMNS = Fit.__table__.c
 # Fit rows are looked up on every recommendation; the (large) result is read only when a
@@ -628,32 +634,62 @@ def delete_fit(conn: Connection, fit_id: int) -> None:
     conn.execute(cast(Table, Fit.__table__).delete().where(_FIT_COLUMNS.id == fit_id))
 
 
-def pin_fit(conn: Connection, fit_id: int) -> None:
-    """Keep this fit through pruning: its id was handed to a client."""
-    conn.execute(update(Fit).where(_FIT_COLUMNS.id == fit_id, _FIT_COLUMNS.pinned == false()).values(pinned=True))
+def pin_fit(conn: Connection, fit_id: int, now: datetime | None = None) -> None:
+    """Record that an answer handed out (or used) this fit: pinned, used now; then prune the
+    study's fits to the pin policy (KEEP_FITS above)."""
+    now = now or utcnow()
+    study_id = conn.execute(
+        update(Fit).where(_FIT_COLUMNS.id == fit_id).values(pinned=True, pinned_at=now).returning(_FIT_COLUMNS.study_id)
+    ).scalar_one_or_none()
+    if study_id is not None:
+        prune_fits(conn, study_id, KEEP_FITS, now=now)
 
 
-def prune_fits(conn: Connection, study_id: int, keep: int) -> int:
-    """Delete the study's finished or failed fits older than its newest `keep`, except pinned
-    ones (a 'running' fit is never touched); how many went."""
-    newest = (
-        select(_FIT_COLUMNS.id)
+def prune_fits(conn: Connection, study_id: int, keep: int, now: datetime | None = None) -> int:
+    """Delete the study's finished or failed fits beyond its newest `keep`, except the pinned
+    ones the policy keeps (KEEP_FITS above); a 'running' fit is never touched. Each deleted
+    fit is recorded in expired_fits. How many went."""
+    now = now or utcnow()
+    rows = conn.execute(
+        select(_FIT_COLUMNS.id, _FIT_COLUMNS.pinned, _FIT_COLUMNS.pinned_at)
         .where(_FIT_COLUMNS.study_id == study_id, _FIT_COLUMNS.status != "running")
         .order_by(_FIT_COLUMNS.id.desc())
-        .limit(keep)
+    ).all()
+    used_since = now - timedelta(days=PIN_KEEP_DAYS)
+    recent_pins = sorted(
+        (row for row in rows[keep:] if row.pinned and row.pinned_at is not None and row.pinned_at >= used_since),
+        key=lambda row: (row.pinned_at, row.id),
+        reverse=True,
     )
-    kept = set(conn.execute(newest).scalars().all())
-    old = conn.execute(
-        select(_FIT_COLUMNS.id).where(
-            _FIT_COLUMNS.study_id == study_id,
-            _FIT_COLUMNS.status != "running",
-            _FIT_COLUMNS.pinned == false(),
-        )
-    ).scalars()
-    doomed = [fit_id for fit_id in old if fit_id not in kept]
+    kept = {row.id for row in rows[:keep]} | {row.id for row in recent_pins[:MAX_PINNED_FITS]}
+    doomed = [row for row in rows if row.id not in kept]
     if doomed:
-        conn.execute(delete(Fit).where(_FIT_COLUMNS.id.in_(doomed)))
+        ids = [row.id for row in doomed]
+        conn.execute(delete(Fit).where(_FIT_COLUMNS.id.in_(ids)))
+        # Another process may be pruning the same fits at this moment: one record each.
+        conn.execute(
+            _dialect_insert(conn, ExpiredFit).on_conflict_do_nothing(index_elements=["fit_id"]),
+            [{"fit_id": row.id, "study_id": study_id, "pinned": bool(row.pinned), "expired_at": now} for row in doomed],
+        )
+        # The record of pruned fits is bounded too: the oldest are forgotten (then 404).
+        forgotten = (
+            select(ExpiredFit.fit_id)
+            .where(ExpiredFit.study_id == study_id)
+            .order_by(ExpiredFit.fit_id.desc())
+            .offset(MAX_EXPIRED_FITS)
+        )
+        conn.execute(delete(ExpiredFit).where(ExpiredFit.fit_id.in_(forgotten)))
     return len(doomed)
+
+
+def expired_fit(conn: Connection, study_id: int, fit_id: int) -> dict[str, Any] | None:
+    """The record of this study's fit `fit_id` if pruning removed it: {"pinned", "expired_at"}."""
+    row = conn.execute(
+        select(ExpiredFit.pinned, ExpiredFit.expired_at).where(
+            ExpiredFit.study_id == study_id, ExpiredFit.fit_id == fit_id
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
 
 
 # --- tokens -------------------------------------------------------------------------
@@ -729,6 +765,13 @@ def study_has_extra_key(conn: Connection, study_id: int, key: str) -> bool:
             "SELECT EXISTS (SELECT 1 FROM runs, json_each(runs.extra) AS j WHERE runs.study_id = :sid AND j.key = :key)"
         )
     return bool(conn.execute(text(sql), {"sid": study_id, "key": key}).scalar())
+
+
+def lock_study(conn: Connection, study_id: int) -> None:
+    """Lock the study's row until the transaction ends (PostgreSQL; SQLite's write
+    transactions are serialised already): writers that must count the study's extra keys
+    before adding new ones take turns."""
+    conn.execute(select(Study.id).where(Study.id == study_id).with_for_update())
 
 
 def study_extra_keys(conn: Connection, study_id: int) -> set[str]:

@@ -60,7 +60,7 @@ def test_csv_round_trip(database_url: str, engine: Engine, client: TestClient, t
     assert client.post("/v1/studies/orig/runs", json={"runs": runs}).status_code == 201
     exported = tmp_path / "orig.csv"
     assert main(["export", "--study", "orig", "--database-url", database_url, "-o", str(exported)]) == 0
-    assert exported.read_text() == client.get("/v1/studies/orig/runs.csv").text
+    assert exported.read_bytes() == client.get("/v1/studies/orig/runs.csv").content
     assert (
         main(["import", str(exported), "--study", "copy", "--create", "--database-url", database_url, "--quiet"]) == 0
     )

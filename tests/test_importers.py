@@ -213,6 +213,32 @@ def test_a_bad_mlflow_run_is_named_and_nothing_is_written(
     assert "no MLflow experiment 'no-such-experiment'" in capsys.readouterr().err
 
 
+# --- credentials in a source's URL never reach an error message (issue 19) ------------------
+
+SECRET = "TopSecret-" + uuid.uuid4().hex[:8]
+
+
+def test_an_unreachable_optuna_storage_is_reported_without_its_password(database_url: str, capsys) -> None:
+    storage = f"postgresql+psycopg://hpscale:{SECRET}@127.0.0.1:{free_port()}/optuna"  # nothing listens there
+    assert optuna_import(database_url, storage) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the Optuna storage at postgresql+psycopg://hpscale:***@127.0.0.1" in err, err
+    assert SECRET not in err
+
+
+def test_an_unreachable_mlflow_server_is_reported_without_its_credentials(
+    database_url: str, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://ci:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens there
+    assert mlflow_import(database_url, uri, "proxies") == 2
+    err = capsys.readouterr().err
+    assert "cannot read the MLflow tracking server at http://ci:***@127.0.0.1" in err, err
+    assert SECRET not in err
+
+
 # --- W&B: offline run directories written by the real wandb package, and a runs-table CSV ---
 
 WANDB_SCRIPT = """

@@ -4,6 +4,7 @@ runs ingested, fits computed; open or behind --metrics-token; summed across 2 wo
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,11 +76,12 @@ def test_metrics_count_requests_by_route_template(client: TestClient) -> None:
 
 
 def test_metrics_token(engine: Engine, database_url: str) -> None:
-    app = create_app(Settings(database_url=database_url, metrics_token="scrape-secret-123"), engine=engine)
+    secret = "scrape-" + secrets.token_urlsafe(32)
+    app = create_app(Settings(database_url=database_url, metrics_token=secret), engine=engine)
     with TestClient(app) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers=bearer("wrong")).status_code == 401
-        assert client.get("/metrics", headers=bearer("scrape-secret-123")).status_code == 200
+        assert client.get("/metrics", headers=bearer(secret)).status_code == 200
 
 
 @pytest.fixture

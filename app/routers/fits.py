@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
 from app.schemas import FIT_ERRORS
 from app.security import OffLoopJSONRoute
-from service import fits, recommendations
+from service import fits, pins, recommendations
 from service.errors import InvalidInput, field_detail
 from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS, bootstrap_refusal
 
@@ -50,7 +50,7 @@ def latest_fit(name: str, _: Reader, engine: EngineDep) -> dict[str, Any]:
 def show_fit(
     name: str, fit_id: Annotated[int, Path(ge=1, le=INT32_MAX)], _: Reader, engine: EngineDep
 ) -> dict[str, Any]:
-    return fits.fit_by_id(engine, name, fit_id).to_contract()
+    return pins.fit_or_gone(engine, name, fit_id).to_contract()
 
 
 @router.get("/{name}/recommendation", responses=FIT_ERRORS, response_class=Response)

@@ -11,11 +11,13 @@ per run), and two names mapped onto one field are refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from service.csv_io import REQUIRED_FIELDS, number_or_text
-from service.errors import InvalidArgument
+from service.errors import DomainError, InvalidArgument
 from service.limits import MAX_EXTRA_KEYS
 from store.queries import RUN_FIELDS
 
@@ -33,6 +35,39 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "final_loss": ("final_loss", "val_loss", "eval_loss", "eval/loss", "validation_loss", "loss", "train_loss"),
 }
 _MAPPABLE = frozenset(RUN_FIELDS) - {"run_key", "status", "loss_curve", "extra"}
+
+# user:password@ (or a bare token@) after a URL scheme, and secret-looking query parameters.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+_SECRET_PARAMETER = re.compile(
+    r"(?i)(?P<name>[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|key)=)[^&;\s'\"]*"
+)
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the credentials of any URL in it hidden: `postgresql://u:***@host/db`,
+    `https://***@host`, `?password=***`. For importer errors, which name the source's URL."""
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+    return _SECRET_PARAMETER.sub(r"\g<name>***", _USERINFO.sub(userinfo, text))
+
+
+@contextmanager
+def source_errors(what: str, location: str) -> Iterator[None]:
+    """Any failure of a tracker's own library while reading `location` (a storage URL, a
+    tracking URI) as one InvalidArgument without credentials, instead of a traceback that
+    prints the URL's password."""
+    try:
+        yield
+    except DomainError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a foreign library's failure, reported without secrets
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidArgument(
+            f"cannot read {what} at {redact_credentials(location)}: {redact_credentials(reason)[:500]}"
+        ) from None
 
 
 def check_mapping(mapping: Mapping[str, str]) -> None:

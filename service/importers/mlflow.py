@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidArgument
-from service.importers.common import check_mapping, map_runs
+from service.importers.common import check_mapping, map_runs, redact_credentials, source_errors
 
 _STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed"}
 _PAGE = 1000
@@ -28,19 +28,23 @@ def _runs(tracking_uri: str, experiment: str) -> list[Any]:
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise InvalidArgument("importing from MLflow needs the mlflow package: pip install 'hpscale[mlflow]'") from None
-    client = MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = ", ".join(e.name for e in client.search_experiments()) or "(none)"
-        raise InvalidArgument(f"no MLflow experiment {experiment!r} at {tracking_uri}; its experiments are: {names}")
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=_PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    with source_errors("the MLflow tracking server", tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = ", ".join(e.name for e in client.search_experiments()) or "(none)"
+            raise InvalidArgument(
+                f"no MLflow experiment {experiment!r} at {redact_credentials(tracking_uri)}; "
+                f"its experiments are: {names}"
+            )
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = client.search_runs([found.experiment_id], max_results=_PAGE, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
 
 def read_runs(

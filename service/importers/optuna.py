@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.errors import InvalidArgument
-from service.importers.common import check_mapping, flatten, map_runs
+from service.importers.common import check_mapping, flatten, map_runs, redact_credentials, source_errors
 
 _STATUS = {"COMPLETE": "completed", "PRUNED": "failed", "FAIL": "failed"}
 
@@ -28,11 +28,14 @@ def _load(storage: str, study_name: str) -> Any:
     except ImportError:
         raise InvalidArgument("importing from Optuna needs the optuna package: pip install 'hpscale[optuna]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "(none)"
-        raise InvalidArgument(f"no Optuna study {study_name!r} in {storage}; its studies are: {names}") from None
+    with source_errors("the Optuna storage", storage):
+        try:
+            return optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "(none)"
+            raise InvalidArgument(
+                f"no Optuna study {study_name!r} in {redact_credentials(storage)}; its studies are: {names}"
+            ) from None
 
 
 def trial_values(trial: Any) -> dict[str, Any]:
@@ -53,7 +56,8 @@ def read_runs(
     mapping = dict(mapping or {})
     check_mapping(mapping)
     study = _load(storage, study_name)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _STATUS]
+    with source_errors("the Optuna storage", storage):
+        trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _STATUS]
     return map_runs(
         ((f"optuna:{t.number}:{study_name}", _STATUS[t.state.name], trial_values(t)) for t in trials),
         mapping,
