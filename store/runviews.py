@@ -1,0 +1,233 @@
+"""Runs as a person browses them: a study's runs sorted by any column and filtered by how the
+latest fit used each run, on the server, in keyset pages; and the table of those fit states.
+
+`run_fit_states` holds, per run, the state the study's latest fit gives it (near_optimal,
+used, diverged, outlier, failed; `service.run_states` computes and refreshes them);
+exclusion is the run's own `excluded` column, read live. A state filter walks the
+(study_id, state, run_id) index, so a page of a rare state in a 100k-run study costs about
+what a page of the unfiltered listing does (`bench/runs_listing.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, and_, case, delete, false, func, or_, select, true
+
+from store.models import Fit, Run, RunFitState, RunStateMark, utcnow
+from store.queries import _RUN_COLUMNS, _RUNS_WITH_LOSS, RunFilters, _dialect_insert, _filtered
+
+# Columns a listing may be sorted by (each a column of `runs`).
+SORTABLE: tuple[str, ...] = (
+    "id",
+    "run_key",
+    "n_params",
+    "tokens",
+    "width",
+    "depth",
+    "seq_len",
+    "learning_rate",
+    "batch_size",
+    "weight_decay",
+    "status",
+    "final_loss",
+    "seed",
+    "created_at",
+    "created_by",
+    "submission_id",
+)
+# What the latest fit made of a run; "excluded" (a user's decision) is not among them.
+STORED_STATES: tuple[str, ...] = ("near_optimal", "used", "diverged", "outlier", "failed")
+EXCLUDED = "excluded"
+
+_RUNS = cast(Table, Run.__table__)
+_STATES = cast(Table, RunFitState.__table__)
+_MARKS = cast(Table, RunStateMark.__table__)
+_CHUNK = 900
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a listing shows: filters, a fit state (or "excluded"), and the order."""
+
+    filters: RunFilters = field(default_factory=RunFilters)
+    state: str | None = None
+    sort: str = "id"
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page ends: the sort column's value and the id of its last run (keyset)."""
+
+    value: Any
+    id: int
+
+
+def _state_column() -> Any:
+    # Exclusion is live (the run's own column); every other state is the latest fit's.
+    return case((_RUNS.c.excluded == true(), EXCLUDED), else_=_STATES.c.state).label("fit_state")
+
+
+def _listing_stmt(study_id: int, listing: Listing) -> tuple[Any, Any, Any]:
+    """(statement, sort column, id column) of a listing, before paging."""
+    joined = _RUNS_WITH_LOSS.outerjoin(_STATES, _STATES.c.run_id == _RUNS.c.id)
+    stmt = _filtered(select(*_RUN_COLUMNS, _state_column()).select_from(joined), study_id, listing.filters)
+    id_column = _RUNS.c.id
+    if listing.state == EXCLUDED:
+        stmt = stmt.where(_RUNS.c.excluded == true())
+    elif listing.state is not None:
+        stmt = stmt.where(_STATES.c.study_id == study_id, _STATES.c.state == listing.state)
+        stmt = stmt.where(_RUNS.c.excluded == false())
+        # Walk the (study_id, state, run_id) index in its own order: equal to runs.id here.
+        id_column = _STATES.c.run_id
+    sort_column = id_column if listing.sort == "id" else _RUNS.c[listing.sort]
+    return stmt, sort_column, id_column
+
+
+def list_page(
+    conn: Connection, study_id: int, listing: Listing, *, after: Position | None, limit: int
+) -> tuple[list[dict[str, Any]], Position | None]:
+    """One page of the listing after `after`, and where the next page starts (None: no more).
+
+    NULLs sort last in both directions; ties are broken by id (in the same direction)."""
+    stmt, column, id_column = _listing_stmt(study_id, listing)
+    desc = listing.descending
+    if listing.sort == "id":
+        if after is not None:
+            stmt = stmt.where(id_column < after.id if desc else id_column > after.id)
+        stmt = stmt.order_by(id_column.desc() if desc else id_column)
+    else:
+        if after is not None:
+            beyond_id = id_column < after.id if desc else id_column > after.id
+            if after.value is None:
+                stmt = stmt.where(column.is_(None), beyond_id)
+            else:
+                beyond = column < after.value if desc else column > after.value
+                stmt = stmt.where(or_(column.is_(None), beyond, and_(column == after.value, beyond_id)))
+        stmt = stmt.order_by(
+            column.is_(None), column.desc() if desc else column, id_column.desc() if desc else id_column
+        )
+    rows = conn.execute(stmt.limit(limit + 1)).all()
+    page = [dict(row._mapping) for row in rows[:limit]]
+    if len(rows) <= limit or not page:
+        return page, None
+    last = page[-1]
+    return page, Position(last[listing.sort], int(last["id"]))
+
+
+def get_run_with_state(conn: Connection, study_id: int, run_id: int) -> dict[str, Any] | None:
+    stmt, _, _ = _listing_stmt(study_id, Listing())
+    row = conn.execute(stmt.where(_RUNS.c.id == run_id)).first()
+    return None if row is None else dict(row._mapping)
+
+
+# --- the states table ---------------------------------------------------------------------
+
+
+def state_mark(conn: Connection, study_id: int) -> tuple[int, int] | None:
+    """(fit id, data version) the study's stored states describe, if any."""
+    row = conn.execute(select(_MARKS.c.fit_id, _MARKS.c.data_version).where(_MARKS.c.study_id == study_id)).first()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def set_state_mark(conn: Connection, study_id: int, fit_id: int, data_version: int) -> None:
+    values = {"study_id": study_id, "fit_id": fit_id, "data_version": data_version, "computed_at": utcnow()}
+    stmt = _dialect_insert(conn, RunStateMark).values(**values)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["study_id"],
+            set_={"fit_id": fit_id, "data_version": data_version, "computed_at": values["computed_at"]},
+        )
+    )
+
+
+_STATE_INPUTS = ("id", "n_params", "tokens", "width", "depth", "status", "final_loss")
+
+
+def state_inputs(conn: Connection, study_id: int, *, missing_only: bool) -> list[dict[str, Any]]:
+    """What a run's fit state depends on, for every run of the study (or only for those with no
+    stored state: runs stored since the states were computed)."""
+    columns = [_RUNS.c[name] for name in _STATE_INPUTS]
+    stmt = select(*columns).where(_RUNS.c.study_id == study_id)
+    if missing_only:
+        stmt = stmt.select_from(_RUNS.outerjoin(_STATES, _STATES.c.run_id == _RUNS.c.id)).where(
+            _STATES.c.run_id.is_(None)
+        )
+    return [dict(row._mapping) for row in conn.execute(stmt.order_by(_RUNS.c.id))]
+
+
+def stored_states(conn: Connection, study_id: int) -> dict[int, str]:
+    stmt = select(_STATES.c.run_id, _STATES.c.state).where(_STATES.c.study_id == study_id)
+    return {int(run_id): state for run_id, state in conn.execute(stmt)}
+
+
+def write_states(
+    conn: Connection, study_id: int, states: Mapping[int, str], *, remove: Sequence[int] = (), replace: bool = False
+) -> None:
+    """Store these runs' states (inserting or, with `replace`, updating them) and drop `remove`'s.
+    In run id order, so two processes refreshing one study lock rows in one order."""
+    for start in range(0, len(remove), _CHUNK):
+        conn.execute(delete(_STATES).where(_STATES.c.run_id.in_(list(remove[start : start + _CHUNK]))))
+    rows = [{"run_id": run_id, "study_id": study_id, "state": states[run_id]} for run_id in sorted(states)]
+    if not rows:
+        return
+    stmt = _dialect_insert(conn, RunFitState)
+    if replace:
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id"], set_={"state": stmt.excluded.state})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id"])
+    for start in range(0, len(rows), 5000):
+        conn.execute(stmt, rows[start : start + 5000])
+
+
+def forget_states(conn: Connection, study_id: int) -> None:
+    """Drop the study's stored states (its fits are gone)."""
+    conn.execute(delete(_STATES).where(_STATES.c.study_id == study_id))
+    conn.execute(delete(_MARKS).where(_MARKS.c.study_id == study_id))
+
+
+# --- counts for listings of studies ------------------------------------------------------------
+
+
+def run_counts(conn: Connection) -> dict[int, int]:
+    """Every study's number of runs, in one query (`GET /v1/studies`)."""
+    stmt = select(_RUNS.c.study_id, func.count()).group_by(_RUNS.c.study_id)
+    return {int(study_id): int(count) for study_id, count in conn.execute(stmt)}
+
+
+def latest_fit_ids(conn: Connection) -> dict[int, int]:
+    """Every study's newest finished fit id, in one query."""
+    fits = cast(Table, Fit.__table__)
+    stmt = select(fits.c.study_id, func.max(fits.c.id)).where(fits.c.status == "done").group_by(fits.c.study_id)
+    return {int(study_id): int(fit_id) for study_id, fit_id in conn.execute(stmt)}
+
+
+def parse_position_value(sort: str, value: Any) -> Any:
+    """A cursor's sort value back as the column's type (timestamps travel as ISO text)."""
+    if sort == "created_at" and isinstance(value, str):
+        return datetime.fromisoformat(value)
+    return value
+
+
+__all__ = [
+    "EXCLUDED",
+    "SORTABLE",
+    "STORED_STATES",
+    "Listing",
+    "Position",
+    "forget_states",
+    "get_run_with_state",
+    "latest_fit_ids",
+    "list_page",
+    "parse_position_value",
+    "run_counts",
+    "set_state_mark",
+    "state_inputs",
+    "state_mark",
+    "stored_states",
+    "write_states",
+]
