@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from service import metrics, run_curves, run_states
+from service import run_curves, run_states
 from service.csv_io import csv_blocks
 from service.errors import InsufficientData, InvalidQuery, InvalidRuns, RunNotFound, field_detail
 from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
@@ -164,9 +164,7 @@ def submit_runs(
             )
         return result
 
-    result = run_in_transaction(engine, store)
-    metrics.RUNS_INGESTED.labels("http").inc(result.inserted)
-    return result
+    return run_in_transaction(engine, store)
 
 
 def audit_replaced(conn: Connection, study: Study, result: InsertResult, actor: str | None) -> None:
@@ -569,7 +567,6 @@ def import_runs(
             raise
         known_keys.update(keys)
         inserted += result.inserted
-        metrics.RUNS_INGESTED.labels(source).inc(result.inserted)
         duplicates += result.duplicates
         done += len(batch)
         if progress is not None:

@@ -82,8 +82,10 @@ def test_optuna_trials_round_trip_idempotently(database_url: str, engine: Engine
     done = runs["optuna:3:lr-sweep"]
     assert done.status == "completed" and done.final_loss == pytest.approx(3.03)
     assert done.learning_rate == lr_of(3) and done.batch_size == 64 and done.n_params == 4e8
-    assert done.width == 512 and done.tokens == 2e9 and done.extra == {"warmup": 100}
+    assert done.width == 512 and done.tokens == 2e9 and done.extra == {"warmup": 100, "optuna_state": "COMPLETE"}
+    assert done.weight_decay is None  # the trials never say: unknown, not a measured 0
     assert runs["optuna:9:lr-sweep"].status == "failed"  # pruned
+    assert runs["optuna:9:lr-sweep"].extra["optuna_state"] == "PRUNED"
     assert runs["optuna:14:lr-sweep"].status == "failed" and runs["optuna:14:lr-sweep"].final_loss is None
     completed = [i for i in range(120) if i % 10 != 9 and i % 15 != 14]
     assert sorted(int(k.split(":")[1]) for k, r in runs.items() if r.status == "completed") == completed
@@ -194,7 +196,8 @@ def test_mlflow_runs_round_trip_idempotently(database_url: str, engine: Engine, 
     run = runs[f"mlflow:{ids[3]}"]
     assert run.status == "completed" and run.final_loss == pytest.approx(3.03)  # val_loss before train_loss
     assert run.learning_rate == lr_of(3) and run.batch_size == 128 and run.width == 512 and run.tokens == 2e9
-    assert run.extra == {"optimizer": "adamw", "train_loss": 3.5}
+    assert run.extra == {"optimizer": "adamw", "train_loss": 3.5, "run_name": "proxy-3"}
+    assert run.weight_decay is None
     assert runs[f"mlflow:{ids[11]}"].status == "failed" and runs[f"mlflow:{ids[24]}"].status == "failed"
     assert mlflow_import(database_url, mlflow_server, experiment) == 0
     assert "imported 0 runs" in capsys.readouterr().out and count_rows(engine) == 110
@@ -320,7 +323,7 @@ def test_wandb_runs_table_csv(database_url: str, engine: Engine, tmp_path: Path,
     assert len(runs) == 119  # the running one waits for a later import
     assert runs["wandb:id0003"].final_loss == pytest.approx(3.03) and runs["wandb:id0003"].width == 512
     assert runs["wandb:id0019"].status == "failed"
-    assert runs["wandb:id0003"].extra == {"warmup": 100}
+    assert runs["wandb:id0003"].extra == {"warmup": 100, "run_name": "proxy-3"}  # the W&B run name is kept
     assert wandb_import(database_url, table) == 0
     assert count_rows(engine) == 119
     bad = tmp_path / "bad.csv"
