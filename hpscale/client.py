@@ -263,9 +263,7 @@ class Client:
 
     # --- the training-loop hook ------------------------------------------------------------
 
-    def track(
-        self, study: str, *, run_key: str | None = None, check: bool | str = True, **fields: Any
-    ) -> TrackedRun:
+    def track(self, study: str, *, run_key: str | None = None, check: bool | str = True, **fields: Any) -> TrackedRun:
         """A context manager that submits one run when the training loop ends:
 
             with hp.track("gpt-proxies", n_params=1.2e8, tokens=2.4e9, learning_rate=3e-3,

@@ -24,13 +24,17 @@ __all__ = ["LOSS_SERIES", "curve_rows", "downsample", "x_unit"]
 
 
 def downsample(points: Sequence[Sequence[float]], cap: int = MAX_STORED_CURVE_POINTS) -> list[list[float]]:
-    """At most `cap` of `points`: the first, the last, the lowest value and an even spread."""
+    """`points`, or exactly `cap` of them when there are more: the first, the last, the lowest
+    value and an even spread."""
     n = len(points)
     if n <= cap:
         return [[float(x), float(y)] for x, y in points]
     lowest = int(np.argmin(np.array([float(p[1]) for p in points])))
     # cap - 1 evenly spaced positions (the first and the last among them) and the lowest value.
     chosen = sorted({*np.round(np.linspace(0, n - 1, cap - 1)).astype(int).tolist(), lowest})
+    if len(chosen) < cap:  # the lowest was among them already: one more, in the widest gap
+        gap = max(range(len(chosen) - 1), key=lambda i: chosen[i + 1] - chosen[i])
+        chosen.insert(gap + 1, (chosen[gap] + chosen[gap + 1]) // 2)
     return [[float(points[i][0]), float(points[i][1])] for i in chosen]
 
 

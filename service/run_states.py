@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fitting.curves import run_states
+from fitting.curves import run_states_of_rows
 from service.fits import fit_by_id
 from store import queries, runviews
 from store.db import Connection, Engine, read_connection, run_in_transaction
@@ -50,7 +50,7 @@ def ensure_states(engine: Engine, study: Study) -> int | None:
         # next or found missing by the next listing, never marked as covered without a state.
         version = queries.get_study_by_id(conn, study.id).data_version
         inputs = runviews.state_inputs(conn, study.id, missing_only=not full)
-        states = run_states(fit, inputs)
+        states = run_states_of_rows(fit, inputs)
         if full:
             stored = runviews.stored_states(conn, study.id)
             changed = {run_id: state for run_id, state in states.items() if stored.get(run_id) != state}

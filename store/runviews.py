@@ -72,10 +72,14 @@ def _state_column() -> Any:
     return case((_RUNS.c.excluded == true(), EXCLUDED), else_=_STATES.c.state).label("fit_state")
 
 
-def _listing_stmt(study_id: int, listing: Listing) -> tuple[Any, Any, Any]:
-    """(statement, sort column, id column) of a listing, before paging."""
+def _listing_stmt(study_id: int, listing: Listing) -> tuple[Any, Any]:
+    """(statement selecting a listing's runs with their loss curve and state, its id column)."""
     joined = _RUNS_WITH_LOSS.outerjoin(_STATES, _STATES.c.run_id == _RUNS.c.id)
     stmt = _filtered(select(*_RUN_COLUMNS, _state_column()).select_from(joined), study_id, listing.filters)
+    return _state_filter(stmt, study_id, listing)
+
+
+def _state_filter(stmt: Any, study_id: int, listing: Listing) -> tuple[Any, Any]:
     id_column = _RUNS.c.id
     if listing.state == EXCLUDED:
         stmt = stmt.where(_RUNS.c.excluded == true())
@@ -84,8 +88,39 @@ def _listing_stmt(study_id: int, listing: Listing) -> tuple[Any, Any, Any]:
         stmt = stmt.where(_RUNS.c.excluded == false())
         # Walk the (study_id, state, run_id) index in its own order: equal to runs.id here.
         id_column = _STATES.c.run_id
-    sort_column = id_column if listing.sort == "id" else _RUNS.c[listing.sort]
-    return stmt, sort_column, id_column
+    return stmt, id_column
+
+
+def _sorted_ids(
+    conn: Connection, study_id: int, listing: Listing, after: Position | None, limit: int
+) -> list[tuple[Any, int]]:
+    """The next `limit` (value, id) of a listing sorted by a column, NULLs last, ties by id.
+
+    Two ranges, each in one index order: the non-null values (after the cursor), then the NULLs
+    by id; only ids and the sort column are read (rows are fetched for the page alone), so a
+    sorted page of a 100k-run study reads no curves or extras of the runs it passes."""
+    column = _RUNS.c[listing.sort]
+    desc = listing.descending
+    base = _filtered(select(column, _RUNS.c.id), study_id, listing.filters)
+    if listing.state not in (None, EXCLUDED):
+        base = base.select_from(_RUNS.join(_STATES, _STATES.c.run_id == _RUNS.c.id))
+    base, _ = _state_filter(base, study_id, listing)
+    out: list[tuple[Any, int]] = []
+    if after is None or after.value is not None:
+        stmt = base.where(column.is_not(None))
+        if after is not None:
+            beyond = column < after.value if desc else column > after.value
+            tie = and_(column == after.value, _RUNS.c.id < after.id if desc else _RUNS.c.id > after.id)
+            stmt = stmt.where(or_(beyond, tie))
+        order = (column.desc(), _RUNS.c.id.desc()) if desc else (column, _RUNS.c.id)
+        out = [(value, int(run_id)) for value, run_id in conn.execute(stmt.order_by(*order).limit(limit))]
+    if len(out) < limit:
+        stmt = base.where(column.is_(None))
+        if after is not None and after.value is None:
+            stmt = stmt.where(_RUNS.c.id < after.id if desc else _RUNS.c.id > after.id)
+        stmt = stmt.order_by(_RUNS.c.id.desc() if desc else _RUNS.c.id).limit(limit - len(out))
+        out += [(None, int(run_id)) for _, run_id in conn.execute(stmt)]
+    return out
 
 
 def list_page(
@@ -94,33 +129,30 @@ def list_page(
     """One page of the listing after `after`, and where the next page starts (None: no more).
 
     NULLs sort last in both directions; ties are broken by id (in the same direction)."""
-    stmt, column, id_column = _listing_stmt(study_id, listing)
+    stmt, id_column = _listing_stmt(study_id, listing)
     desc = listing.descending
     if listing.sort == "id":
         if after is not None:
             stmt = stmt.where(id_column < after.id if desc else id_column > after.id)
-        stmt = stmt.order_by(id_column.desc() if desc else id_column)
+        rows = conn.execute(stmt.order_by(id_column.desc() if desc else id_column).limit(limit + 1)).all()
+        page = [dict(row._mapping) for row in rows[:limit]]
+        more = len(rows) > limit
     else:
-        if after is not None:
-            beyond_id = id_column < after.id if desc else id_column > after.id
-            if after.value is None:
-                stmt = stmt.where(column.is_(None), beyond_id)
-            else:
-                beyond = column < after.value if desc else column > after.value
-                stmt = stmt.where(or_(column.is_(None), beyond, and_(column == after.value, beyond_id)))
-        stmt = stmt.order_by(
-            column.is_(None), column.desc() if desc else column, id_column.desc() if desc else id_column
-        )
-    rows = conn.execute(stmt.limit(limit + 1)).all()
-    page = [dict(row._mapping) for row in rows[:limit]]
-    if len(rows) <= limit or not page:
+        ids = _sorted_ids(conn, study_id, listing, after, limit + 1)
+        more = len(ids) > limit
+        wanted = [run_id for _, run_id in ids[:limit]]
+        by_id = {}
+        if wanted:
+            by_id = {row.id: dict(row._mapping) for row in conn.execute(stmt.where(_RUNS.c.id.in_(wanted)))}
+        page = [by_id[run_id] for run_id in wanted if run_id in by_id]
+    if not more or not page:
         return page, None
     last = page[-1]
     return page, Position(last[listing.sort], int(last["id"]))
 
 
 def get_run_with_state(conn: Connection, study_id: int, run_id: int) -> dict[str, Any] | None:
-    stmt, _, _ = _listing_stmt(study_id, Listing())
+    stmt, _ = _listing_stmt(study_id, Listing())
     row = conn.execute(stmt.where(_RUNS.c.id == run_id)).first()
     return None if row is None else dict(row._mapping)
 
@@ -148,16 +180,17 @@ def set_state_mark(conn: Connection, study_id: int, fit_id: int, data_version: i
 _STATE_INPUTS = ("id", "n_params", "tokens", "width", "depth", "status", "final_loss")
 
 
-def state_inputs(conn: Connection, study_id: int, *, missing_only: bool) -> list[dict[str, Any]]:
-    """What a run's fit state depends on, for every run of the study (or only for those with no
-    stored state: runs stored since the states were computed)."""
+def state_inputs(conn: Connection, study_id: int, *, missing_only: bool) -> list[tuple[Any, ...]]:
+    """What a run's fit state depends on, as rows (id, n_params, tokens, width, depth, status,
+    final_loss), for every run of the study (or only for those with no stored state: runs stored
+    since the states were computed). Plain tuples: a 100k-run study is read in ~0.3 s."""
     columns = [_RUNS.c[name] for name in _STATE_INPUTS]
     stmt = select(*columns).where(_RUNS.c.study_id == study_id)
     if missing_only:
         stmt = stmt.select_from(_RUNS.outerjoin(_STATES, _STATES.c.run_id == _RUNS.c.id)).where(
             _STATES.c.run_id.is_(None)
         )
-    return [dict(row._mapping) for row in conn.execute(stmt.order_by(_RUNS.c.id))]
+    return [tuple(row) for row in conn.execute(stmt.order_by(_RUNS.c.id))]
 
 
 def stored_states(conn: Connection, study_id: int) -> dict[int, str]:
@@ -172,16 +205,16 @@ def write_states(
     In run id order, so two processes refreshing one study lock rows in one order."""
     for start in range(0, len(remove), _CHUNK):
         conn.execute(delete(_STATES).where(_STATES.c.run_id.in_(list(remove[start : start + _CHUNK]))))
-    rows = [{"run_id": run_id, "study_id": study_id, "state": states[run_id]} for run_id in sorted(states)]
+    rows = [(run_id, study_id, states[run_id]) for run_id in sorted(states)]
     if not rows:
         return
-    stmt = _dialect_insert(conn, RunFitState)
-    if replace:
-        stmt = stmt.on_conflict_do_update(index_elements=["run_id"], set_={"state": stmt.excluded.state})
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=["run_id"])
-    for start in range(0, len(rows), 5000):
-        conn.execute(stmt, rows[start : start + 5000])
+    # Plain DB-API executemany (a 100k-run study's first refresh writes 100k rows; SQLAlchemy's
+    # per-row statement handling tripled that time). The same SQL on SQLite and PostgreSQL.
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conflict = "DO UPDATE SET state = excluded.state" if replace else "DO NOTHING"
+    sql = f"INSERT INTO run_fit_states (run_id, study_id, state) VALUES ({mark}, {mark}, {mark}) ON CONFLICT (run_id) {conflict}"
+    for start in range(0, len(rows), 10_000):
+        conn.exec_driver_sql(sql, rows[start : start + 10_000])
 
 
 def forget_states(conn: Connection, study_id: int) -> None:

@@ -9,6 +9,8 @@ filters, weight decay that may be unknown.
   `GET …/runs?state=…` pages on the server (derived data, filled on first use).
 - `runs.weight_decay` may be NULL: a source that never gave a weight decay no longer reads
   as a measured 0.
+- Two indexes on `runs`: (study_id, final_loss, id) for listings sorted by loss, and a partial
+  (study_id, id) of the excluded runs.
 
 The new tables have no foreign key to `runs`: on SQLite, altering `runs` later (Alembic's
 batch mode copies and drops the table) would cascade a drop into them. The queries that
@@ -67,6 +69,7 @@ def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:
         batch.alter_column("weight_decay", existing_type=sa.Double(), nullable=True)
         batch.drop_column("loss_curve")
+    op.create_index("ix_runs_study_id_final_loss_id", "runs", ["study_id", "final_loss", "id"])
     op.create_index(
         "ix_runs_study_id_excluded_id",
         "runs",
@@ -92,6 +95,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_runs_study_id_excluded_id", table_name="runs")
+    op.drop_index("ix_runs_study_id_final_loss_id", table_name="runs")
     op.drop_table("run_state_marks")
     op.drop_index("ix_run_fit_states_study_id_state_run_id", table_name="run_fit_states")
     op.drop_table("run_fit_states")
