@@ -91,6 +91,9 @@ class RunPage(BaseModel):
     items: list[RunOut]
     next_cursor: str | None
     fit_id: Annotated[int | None, Field(description="the fit whose view of the runs fit_state gives")] = None
+    total: Annotated[
+        int | None, Field(description="how many runs match the filters (on the first page; null after it)")
+    ] = None
 
 
 class CurveOut(BaseModel):

@@ -243,6 +243,8 @@ class RunPage:
     next_cursor: str | None
     # The fit whose view of the runs `fit_state` gives (the study's newest finished fit).
     fit_id: int | None = None
+    # How many runs the listing shows in all (on its first page; None on the pages after it).
+    total: int | None = None
 
 
 def _states_for(engine: Engine, study: Study, listing: Listing) -> int | None:
@@ -272,7 +274,8 @@ def list_runs(
     after = decode_position(cursor, listing) if cursor else None
     with read_connection(engine) as conn:
         page, last = runviews.list_page(conn, study.id, listing, after=after, limit=limit)
-    return RunPage(page, None if last is None else encode_position(last, listing), fit_id)
+        total = runviews.count(conn, study.id, listing) if after is None else None
+    return RunPage(page, None if last is None else encode_position(last, listing), fit_id, total)
 
 
 def run_detail(engine: Engine, study_name: str, run_id: int) -> dict[str, Any]:

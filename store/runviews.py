@@ -151,6 +151,15 @@ def list_page(
     return page, Position(last[listing.sort], int(last["id"]))
 
 
+def count(conn: Connection, study_id: int, listing: Listing) -> int:
+    """How many runs the listing shows (an index range for each filter alone)."""
+    stmt = _filtered(select(func.count()).select_from(_RUNS), study_id, listing.filters)
+    if listing.state not in (None, EXCLUDED):
+        stmt = stmt.select_from(_RUNS.join(_STATES, _STATES.c.run_id == _RUNS.c.id))
+    stmt, _ = _state_filter(stmt, study_id, listing)
+    return int(conn.execute(stmt).scalar_one())
+
+
 def get_run_with_state(conn: Connection, study_id: int, run_id: int) -> dict[str, Any] | None:
     stmt, _ = _listing_stmt(study_id, Listing())
     row = conn.execute(stmt.where(_RUNS.c.id == run_id)).first()
@@ -252,6 +261,7 @@ __all__ = [
     "STORED_STATES",
     "Listing",
     "Position",
+    "count",
     "forget_states",
     "get_run_with_state",
     "latest_fit_ids",

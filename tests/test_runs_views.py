@@ -61,6 +61,11 @@ def test_the_state_filter_covers_the_whole_study(client: TestClient, steplaw: di
         assert all(r["fit_state"] == state for r in listed)
     diverged = every_page(client, "/v1/studies/steplaw/runs", state="diverged", limit=1000)
     assert max(r["id"] for r in diverged) > first_page["items"][-1]["id"]  # beyond the first page
+    # the first page says how many runs the view has in all
+    page1 = client.get("/v1/studies/steplaw/runs", params={"state": "diverged", "limit": 50}).json()
+    assert page1["total"] == len(diverged) == steplaw["counts"]["diverged"] and first_page["total"] == 1746
+    page2 = client.get("/v1/studies/steplaw/runs", params={"state": "diverged", "cursor": page1["next_cursor"]})
+    assert page2.json()["total"] is None
 
     # Exclusion is the run's own, at once: the run leaves its state and is listed as excluded.
     victim = diverged[0]["id"]

@@ -109,7 +109,9 @@ def list_runs(
     """A page of the study's runs, filtered and sorted on the server over the whole study; each run
     with its state in the latest fit. Pass `next_cursor` back as `cursor` with the same filters."""
     page = runs.list_runs(engine, name, cursor=cursor, limit=limit, filters=view.filters, listing=view)
-    return RunPage(items=[RunOut(**row) for row in page.items], next_cursor=page.next_cursor, fit_id=page.fit_id)
+    return RunPage(
+        items=[RunOut(**row) for row in page.items], next_cursor=page.next_cursor, fit_id=page.fit_id, total=page.total
+    )
 
 
 @router.get(

@@ -144,10 +144,7 @@ function describePage() {
   if (f.excluded) described.push(f.excluded === "true" ? "excluded" : "not excluded");
   if (f.width) described.push("width " + f.width);
   if (f.depth) described.push("depth " + f.depth);
-  let total = "";
-  if (!described.length) total = " of " + Number(state.study ? state.study.run_count : 0).toLocaleString("en-US");
-  else if (f.state && Object.keys(f).filter(k => k !== "limit").length === 1 && state.stateCounts)
-    total = " of " + Number(state.stateCounts[f.state] ?? 0).toLocaleString("en-US");
+  const total = runsState.total == null ? "" : " of " + Number(runsState.total).toLocaleString("en-US");
   const order =
     runsState.sort !== "id" || runsState.order !== "asc" ? " · by " + runsState.sort + " " + runsState.order : "";
   return (
@@ -175,6 +172,7 @@ export async function loadRunsPage(reset) {
     runsState.items = page.items;
     runsState.next = page.next_cursor;
     runsState.fitId = page.fit_id;
+    if (page.total != null) runsState.total = page.total; // (given on a first page)
   } catch (e) {
     runsState.items = [];
     runsState.next = null;
