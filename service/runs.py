@@ -29,10 +29,11 @@ from store import curves as stored_curves
 from store.db import Connection, Engine, read_connection, run_in_transaction
 from store.models import Study
 from store.queries import InsertResult, RunFilters
-from store.runviews import Listing, Position
+from store.runviews import SORTABLE, Listing, Position
 
 __all__ = [
     "DEFAULT_IMPORT_BATCH",
+    "SORTABLE",
     "ImportResult",
     "InsertResult",
     "Listing",

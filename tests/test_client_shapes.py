@@ -89,7 +89,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 from hpscale.client import Client
-hp = Client(f"http://127.0.0.1:{server.server_address[1]}")
+import gc
+
+def ask():  # a launcher's helper: the client goes when the function returns, unclosed
+    return Client(f"http://127.0.0.1:{server.server_address[1]}").studies()
+
+assert ask() == []
+gc.collect()
+hp = Client(f"http://127.0.0.1:{server.server_address[1]}")  # and one left open until exit
 assert hp.studies() == []
 print("done")
 """

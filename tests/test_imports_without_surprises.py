@@ -20,9 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from hpscale.cli import SORTABLE_COLUMNS, build_parser, main
+from hpscale.cli import build_parser, main
 from store.models import Run
-from store.runviews import SORTABLE
 from tests.conftest import SHARED_DATA, count_rows, steplaw_import_argv
 
 MARIN_MAP = [
@@ -249,6 +248,9 @@ def test_runs_list_and_the_top_level_help(database_url: str, engine: Engine, cap
     assert main([*base, "--csv", "--status", "completed"]) == 0
     assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 1746
     # the help names every command, and the sort columns are the server's
+    from hpscale.cli import SORTABLE_COLUMNS
+    from service.runs import SORTABLE
+
     assert SORTABLE_COLUMNS == SORTABLE
     help_text = build_parser().format_help()
     for command in (

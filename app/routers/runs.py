@@ -26,9 +26,8 @@ from app.security import OffLoopJSONRoute
 from service import runs, undo
 from service.limits import DEFAULT_PAGE_SIZE, INT32_MAX, MAX_PAGE_SIZE
 from service.run_states import FIT_STATES
-from service.runs import Listing, RunFilters
+from service.runs import SORTABLE, Listing, RunFilters
 from service.schemas import RunBatch, RunStatus, RunSubmission
-from store.runviews import SORTABLE
 
 # `?state=`: a fit state (the dashboard's "near-optimal" spelling is accepted too).
 StateQuery = Literal[(*FIT_STATES, "near-optimal")]  # type: ignore[valid-type]
