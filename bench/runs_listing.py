@@ -10,7 +10,8 @@ For each database (SQLite, plus PostgreSQL when HPSCALE_TEST_POSTGRES_URL is set
    - baseline: `GET .../runs?limit=100`;
    - `?state=<s>` for every state the fit gave, page 1 and the page after it;
    - `?sort=final_loss`, `?state=used&sort=final_loss&order=desc`;
-4. after 1,000 more runs arrive: the first state page (only the new runs get a state), then warm.
+4. after 1,000 more runs arrive: the first state page (only the new runs get a state), then warm;
+5. after 50 runs are excluded: `?state=excluded`.
 
 The target (issue 21): a state-filtered page in ≤ 50 ms at 100k runs. Servers listen on
 127.0.0.1; every loop is bounded. Run from the repo root:
@@ -111,6 +112,11 @@ def bench(database_url: str, label: str, n_runs: int, directory: Path) -> list[t
         rows.append(("first state page after 1,000 new runs (states of the new ones)", first, first, first / base50))
         p50, p99, _ = timed(client, path, {"state": "used", "limit": 100})
         rows.append(("state=used page 1, warm again", p50, p99, p50 / base50))
+        for run in client.get(path, params={"state": "diverged", "limit": 50}).json()["items"]:
+            client.post(f"{path}/{run['id']}/exclude", json={"reason": "bench"}).raise_for_status()
+        client.get(path, params={"state": "used", "limit": 1}).raise_for_status()  # states after the change
+        p50, p99, _ = timed(client, path, {"state": "excluded", "limit": 100})
+        rows.append(("state=excluded page 1 (50 runs)", p50, p99, p50 / base50))
     print(f"{'request':<66} {'p50 ms':>8} {'p99 ms':>8} {'p50/base':>9}")
     for name, p50, p99, ratio in rows:
         print(f"{name:<66} {p50:>8.1f} {p99:>8.1f} {ratio:>9.2f}")

@@ -111,11 +111,13 @@ class Run(Base):
         # The dashboard's "best (or worst) runs first": a sort by final loss walks this index.
         Index("ix_runs_study_id_final_loss_id", "study_id", "final_loss", "id"),
         # Excluded runs are few: a partial index finds them without a scan (`?state=excluded`).
+        # SQLite uses a partial index only for a query whose WHERE names its predicate as written:
+        # `excluded = 1` is how `Run.excluded == true()` reads there (PostgreSQL reads it as `excluded`).
         Index(
             "ix_runs_study_id_excluded_id",
             "study_id",
             "id",
-            sqlite_where=text("excluded"),
+            sqlite_where=text("excluded = 1"),
             postgresql_where=text("excluded"),
         ),
     )
@@ -188,6 +190,9 @@ class RunStateMark(Base):
     fit_id: Mapped[int] = mapped_column(Integer)
     data_version: Mapped[int] = mapped_column(BigInteger)
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # {state: runs} of the stored states when they were computed: a state filter's total without
+    # counting tens of thousands of index entries on every first page.
+    counts: Mapped[dict[str, int] | None] = mapped_column(FloatJSON)
 
 
 class Submission(Base):

@@ -152,7 +152,16 @@ def list_page(
 
 
 def count(conn: Connection, study_id: int, listing: Listing) -> int:
-    """How many runs the listing shows (an index range for each filter alone)."""
+    """How many runs the listing shows. A state alone is its stored count less the excluded runs
+    in that state (few, found by the partial index); other views are counted."""
+    if listing.state not in (None, EXCLUDED) and listing.filters == RunFilters():
+        counts = state_counts(conn, study_id)
+        if counts is not None:
+            excluded = select(func.count()).select_from(_RUNS.join(_STATES, _STATES.c.run_id == _RUNS.c.id))
+            excluded = excluded.where(
+                _RUNS.c.study_id == study_id, _RUNS.c.excluded == true(), _STATES.c.state == listing.state
+            )
+            return int(counts.get(listing.state, 0)) - int(conn.execute(excluded).scalar_one())
     stmt = _filtered(select(func.count()).select_from(_RUNS), study_id, listing.filters)
     if listing.state not in (None, EXCLUDED):
         stmt = stmt.select_from(_RUNS.join(_STATES, _STATES.c.run_id == _RUNS.c.id))
@@ -176,14 +185,21 @@ def state_mark(conn: Connection, study_id: int) -> tuple[int, int] | None:
 
 
 def set_state_mark(conn: Connection, study_id: int, fit_id: int, data_version: int) -> None:
-    values = {"study_id": study_id, "fit_id": fit_id, "data_version": data_version, "computed_at": utcnow()}
-    stmt = _dialect_insert(conn, RunStateMark).values(**values)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["study_id"],
-            set_={"fit_id": fit_id, "data_version": data_version, "computed_at": values["computed_at"]},
+    """Record which fit and data version the study's stored states describe, with their counts."""
+    counts = {
+        state: int(n)
+        for state, n in conn.execute(
+            select(_STATES.c.state, func.count()).where(_STATES.c.study_id == study_id).group_by(_STATES.c.state)
         )
-    )
+    }
+    values = {"fit_id": fit_id, "data_version": data_version, "computed_at": utcnow(), "counts": counts}
+    stmt = _dialect_insert(conn, RunStateMark).values(study_id=study_id, **values)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["study_id"], set_=values))
+
+
+def state_counts(conn: Connection, study_id: int) -> dict[str, int] | None:
+    """The stored states' counts per state (as of the last refresh), if any."""
+    return conn.execute(select(RunStateMark.counts).where(RunStateMark.study_id == study_id)).scalar_one_or_none()
 
 
 _STATE_INPUTS = ("id", "n_params", "tokens", "width", "depth", "status", "final_loss")
@@ -200,6 +216,12 @@ def state_inputs(conn: Connection, study_id: int, *, missing_only: bool) -> list
             _STATES.c.run_id.is_(None)
         )
     return [tuple(row) for row in conn.execute(stmt.order_by(_RUNS.c.id))]
+
+
+def excluded_ids(conn: Connection, study_id: int) -> list[int]:
+    """The study's excluded runs (the partial index)."""
+    stmt = select(_RUNS.c.id).where(_RUNS.c.study_id == study_id, _RUNS.c.excluded == true())
+    return [int(run_id) for run_id in conn.execute(stmt).scalars()]
 
 
 def stored_states(conn: Connection, study_id: int) -> dict[int, str]:
@@ -262,6 +284,7 @@ __all__ = [
     "Listing",
     "Position",
     "count",
+    "excluded_ids",
     "forget_states",
     "get_run_with_state",
     "latest_fit_ids",
@@ -269,6 +292,7 @@ __all__ = [
     "parse_position_value",
     "run_counts",
     "set_state_mark",
+    "state_counts",
     "state_inputs",
     "state_mark",
     "stored_states",

@@ -73,6 +73,8 @@ def test_the_state_filter_covers_the_whole_study(client: TestClient, steplaw: di
     assert [r["id"] for r in every_page(client, "/v1/studies/steplaw/runs", state="excluded")] == [victim]
     again = every_page(client, "/v1/studies/steplaw/runs", state="diverged", limit=1000)
     assert victim not in {r["id"] for r in again} and len(again) == len(diverged) - 1
+    assert client.get("/v1/studies/steplaw/runs", params={"state": "diverged"}).json()["total"] == len(again)
+    assert client.get("/v1/studies/steplaw/runs", params={"state": "excluded"}).json()["total"] == 1
     # the dashboard's spelling works too; a state that is not one is a 422 naming it
     near = client.get("/v1/studies/steplaw/runs", params={"state": "near-optimal"}).json()["items"]
     assert near and all(r["fit_state"] == "near_optimal" for r in near)

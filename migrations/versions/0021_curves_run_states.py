@@ -74,7 +74,7 @@ def upgrade() -> None:
         "ix_runs_study_id_excluded_id",
         "runs",
         ["study_id", "id"],
-        sqlite_where=sa.text("excluded"),
+        sqlite_where=sa.text("excluded = 1"),  # as SQLAlchemy writes `excluded == true()` there
         postgresql_where=sa.text("excluded"),
     )
     op.create_table(
@@ -90,6 +90,7 @@ def upgrade() -> None:
         sa.Column("fit_id", sa.Integer(), nullable=False),
         sa.Column("data_version", sa.BigInteger(), nullable=False),
         sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("counts", sa.Text(), nullable=True),
     )
 
 
