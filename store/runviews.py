@@ -248,12 +248,6 @@ def write_states(
         conn.exec_driver_sql(sql, rows[start : start + 10_000])
 
 
-def forget_states(conn: Connection, study_id: int) -> None:
-    """Drop the study's stored states (its fits are gone)."""
-    conn.execute(delete(_STATES).where(_STATES.c.study_id == study_id))
-    conn.execute(delete(_MARKS).where(_MARKS.c.study_id == study_id))
-
-
 # --- counts for listings of studies ------------------------------------------------------------
 
 
@@ -285,7 +279,6 @@ __all__ = [
     "Position",
     "count",
     "excluded_ids",
-    "forget_states",
     "get_run_with_state",
     "latest_fit_ids",
     "list_page",

@@ -47,6 +47,7 @@ def every_page(client: TestClient, path: str, **params: object) -> list[dict]:
     raise AssertionError("no end of pages")
 
 
+@pytest.mark.slow  # imports and fits the Step Law sweep
 def test_the_state_filter_covers_the_whole_study(client: TestClient, steplaw: dict) -> None:
     """Issue item 11: "treated as diverged" found none on page 1 of 1,748 while the fit had 168."""
     states = {int(k): v for k, v in steplaw["states"].items()}
@@ -82,6 +83,7 @@ def test_the_state_filter_covers_the_whole_study(client: TestClient, steplaw: di
     assert error["details"][0]["field"] == "state"
 
 
+@pytest.mark.slow  # imports and fits the Step Law sweep
 def test_states_follow_new_runs_and_new_fits(client: TestClient, steplaw: dict) -> None:
     before = every_page(client, "/v1/studies/steplaw/runs", state="used", limit=1000)
     run = {**make_run(0, run_key="late"), **SMALLEST}
@@ -98,6 +100,7 @@ def test_states_follow_new_runs_and_new_fits(client: TestClient, steplaw: dict) 
     assert len(before) > 1000
 
 
+@pytest.mark.slow  # imports and fits the Step Law sweep
 def test_sorting_by_any_column_over_the_whole_study(client: TestClient, steplaw: dict) -> None:
     everything = every_page(client, "/v1/studies/steplaw/runs", limit=1000)
     for column in ("final_loss", "learning_rate", "batch_size", "run_key", "created_at", "weight_decay"):
@@ -121,6 +124,7 @@ def test_sorting_by_any_column_over_the_whole_study(client: TestClient, steplaw:
     assert_error(client.get("/v1/studies/steplaw/runs", params={"sort": "extra"}), 422, "validation_error")
 
 
+@pytest.mark.slow  # imports and fits the Step Law sweep
 def test_the_csv_of_a_filtered_view(client: TestClient, steplaw: dict) -> None:
     diverged = every_page(client, "/v1/studies/steplaw/runs", state="diverged", sort="final_loss", limit=1000)
     response = client.get("/v1/studies/steplaw/runs.csv", params={"state": "diverged", "sort": "final_loss"})
@@ -148,6 +152,7 @@ def curve(n: int, x0: float = 1e7) -> list[list[float]]:
     return [[x0 * (k + 1), 3.0 + 2.0 / math.sqrt(k + 1) + (0.01 if k % 7 else 0.0)] for k in range(n)]
 
 
+@pytest.mark.slow  # imports and fits the Step Law sweep
 def test_a_runs_page_has_curves_state_submission_and_history(client: TestClient, steplaw: dict) -> None:
     run = {**make_run(0, run_key="curvy"), **SMALLEST}
     run.update(
