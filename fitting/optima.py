@@ -223,6 +223,9 @@ class SweepAnalysis:
     # NaN where the optimum is measured (or the axis is not swept there); an open side is NaN too.
     bounds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     bound_softness: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (S, d) log sd of each bound
+    # (S, d) how far (in grid steps of its own sweep) each bowl centre lies beyond the values swept
+    # at its scale: 0 inside; NaN where the axis is not swept there or has no centre.
+    overshoot: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
@@ -1004,7 +1007,26 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         noise,
         bounds,
         softness,
+        centre_overshoot(ev),
     )
+
+
+def centre_overshoot(ev: _Evidence) -> np.ndarray:
+    """(S, d) distance of each bowl centre beyond its scale's swept values, in that sweep's grid steps."""
+    S, d = ev.centre.shape
+    out = np.full((S, d), np.nan)
+    for s in range(S):
+        m = ev.usable & (ev.sidx == s)
+        for j, a in enumerate(ev.axes):
+            c = ev.centre[s, j]
+            vals = ev.hp[a][m]
+            if not np.isfinite(c) or distinct_log_values(vals, _TOL) < 2:
+                continue
+            u = np.sort(np.log(vals[vals > 0]))
+            u = u[np.concatenate([[True], np.diff(u) > _TOL])]
+            step = float(np.median(np.diff(u)))
+            out[s, j] = max(0.0, u[0] - c, c - u[-1]) / step
+    return out
 
 
 def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:
