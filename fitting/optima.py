@@ -847,15 +847,20 @@ def _line_through(ev: _Evidence, a: str, m: np.ndarray, ib: int) -> np.ndarray:
     return line
 
 
+def _distinct_logs(values: np.ndarray) -> np.ndarray:
+    """Sorted logs of the positive `values`, values within _TOL (log) of the previous one merged."""
+    u = np.sort(np.log(values[values > 0]))
+    distinct: np.ndarray = u[np.concatenate([[True], np.diff(u) > _TOL])]
+    return distinct
+
+
 def _bracket(values: np.ndarray, best: float, log_cap: float) -> tuple[float, float, bool]:
     """(low, high, at_edge): log bounds half-way from `best` to its neighbouring distinct `values`.
 
     An end of the sweep leaves that side open (−inf / +inf; a learning rate is still bounded by
     its divergence cap `log_cap`), and `at_edge` says so.
     """
-    u = np.log(values[values > 0])
-    u = np.sort(u)
-    uniq = u[np.concatenate([[True], np.diff(u) > _TOL])]
+    uniq = _distinct_logs(values)
     lb = math.log(best)
     i = int(np.argmin(np.abs(uniq - lb)))
     lo = (uniq[i - 1] + uniq[i]) / 2 if i > 0 else -math.inf
@@ -896,8 +901,7 @@ def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.
             if o is None or o.status in ("bracketed", "not_swept") or distinct_log_values(vals, _TOL) < 2:
                 continue
             cap = float(ev.log_lr_cap[s]) if a == "learning_rate" else math.inf
-            u = np.sort(np.log(vals[vals > 0]))
-            u = u[np.concatenate([[True], np.diff(u) > _TOL])]
+            u = _distinct_logs(vals)
             if not (ev.coordinate_wise or _one_axis_swept(ev, a, m)):
                 # In a grid over several coupled axes the best run's value of one axis is the optimum
                 # *at its values of the others* (e.g. along the LR–batch valley): no bound on the
@@ -1022,8 +1026,7 @@ def centre_overshoot(ev: _Evidence) -> np.ndarray:
             vals = ev.hp[a][m]
             if not np.isfinite(c) or distinct_log_values(vals, _TOL) < 2:
                 continue
-            u = np.sort(np.log(vals[vals > 0]))
-            u = u[np.concatenate([[True], np.diff(u) > _TOL])]
+            u = _distinct_logs(vals)
             step = float(np.median(np.diff(u)))
             out[s, j] = max(0.0, u[0] - c, c - u[-1]) / step
     return out
