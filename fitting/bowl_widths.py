@@ -193,7 +193,8 @@ def _scale_stretch(
 
     def resid(p: np.ndarray) -> np.ndarray:
         w = z * np.exp(unpack(p))
-        return (p[0] + 0.5 * np.einsum("ni,ij,nj->n", w, H, w) + (w**3) @ K - y) * root
+        r: np.ndarray = (p[0] + 0.5 * np.einsum("ni,ij,nj->n", w, H, w) + (w**3) @ K - y) * root
+        return r
 
     def jac(p: np.ndarray) -> np.ndarray:
         w = z * np.exp(unpack(p))
@@ -257,8 +258,8 @@ def width_law(axis: str, j: int, scales: Sequence[ScaleWidth]) -> WidthLaw | Non
     prec0 = np.array([1.0 / CONSTANT_PRIOR_SD**2] + [1.0 / SLOPE_PRIOR_SD**2] * len(variables))
     w = 1.0 / (se**2 + tau2)
     P = (X * w[:, None]).T @ X + np.diag(prec0)
-    cov = np.linalg.inv(P)
-    coef = cov @ ((X * w[:, None]).T @ y)
+    cov: FloatArray = np.linalg.inv(P).astype(float)
+    coef: FloatArray = (cov @ ((X * w[:, None]).T @ y)).astype(float)
     return WidthLaw(axis, variables, centre, coef, cov, math.sqrt(tau2), len(ok))
 
 

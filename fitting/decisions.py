@@ -27,7 +27,7 @@ the batch law's predictive, g_b from the width law's, the profile root per boots
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,9 +234,7 @@ def _batch_width(fit: StudyResult, t: Mapping[str, float], n: int) -> tuple[np.n
     if widths is not None and "batch_size" in widths.laws and "n_params" in t and "tokens" in t:
         law = widths.laws["batch_size"]
         mean, sd = law.predict(t)
-        slopes = ", ".join(
-            f"{v} {s[0]:+.2f} ± {s[1]:.2f}" for v in law.variables if (s := law.slope(v)) is not None
-        )
+        slopes = ", ".join(f"{v} {s[0]:+.2f} ± {s[1]:.2f}" for v in law.variables if (s := law.slope(v)) is not None)
         how = f"width law over {law.n_scales} proxy scales (slope of g in log {slopes})"
         return mean + sd * rng.standard_normal(n), mean, how
     if widths is not None and (i := widths.nearest(t)) is not None and "batch_size" in widths.axes:
@@ -278,7 +276,9 @@ def tolerance_batch(
     ib = shape.axes.index("batch_size")
     level = math.log1p(max_loss_increase)
     warnings: list[str] = []
-    if not shape.cross_identified[max(ib, shape.axes.index("learning_rate")), min(ib, shape.axes.index("learning_rate"))]:
+    if not shape.cross_identified[
+        max(ib, shape.axes.index("learning_rate")), min(ib, shape.axes.index("learning_rate"))
+    ]:
         warnings.append(
             "no runs vary learning rate and batch together: the LR–batch valley is not identified, so the learning "
             "rate is not re-optimised along the batch"
@@ -362,7 +362,9 @@ def recommendation_penalties(
         }
         b["expected_loss_penalty"] = model.penalty(alt).to_dict()
         b["penalty_settings"] = "its learning rate and batch; weight decay as recommended" + (
-            "" if b.get("batch_size") is not None else "; batch as recommended (the baseline gives none without seq_len)"
+            ""
+            if b.get("batch_size") is not None
+            else "; batch as recommended (the baseline gives none without seq_len)"
         )
     largest = largest_proxy_settings(fit)
     if largest is not None:

@@ -138,9 +138,7 @@ def recommend(
     warnings.extend(penalty_warnings)
     tolerance = None
     if max_loss_increase is not None:
-        tolerance = tolerance_batch(
-            fit, target, t, max_loss_increase, seq_len=seq_len, batch_multiple=batch_multiple
-        )
+        tolerance = tolerance_batch(fit, target, t, max_loss_increase, seq_len=seq_len, batch_multiple=batch_multiple)
         if not tolerance.get("available"):
             warnings.append(f"tolerance_batch unavailable: {tolerance['reason']}")
     return Recommendation(

@@ -130,14 +130,13 @@ def path_slopes(fit: StudyResult, axis: str, variables: Sequence[str]) -> tuple[
                 keys = sorted(per_shape)
                 A = np.array([[1.0, k[0], k[1]] for k in keys])
                 y = np.array([next(iter(per_shape[k])) for k in keys])
-                beta = np.linalg.lstsq(A, y, rcond=None)[0] if full else None
-                if beta is None:
+                if not full:
                     # One of width, depth is constant among the proxies: regress on the one that moves.
                     moving = 1 if np.ptp(A[:, 1]) > 1e-6 else 2
                     b = np.linalg.lstsq(A[:, [0, moving]], y, rcond=None)[0]
                     slopes[v] = float(b[1]) if moving == col else 0.0
                 else:
-                    slopes[v] = float(beta[col])
+                    slopes[v] = float(np.linalg.lstsq(A, y, rcond=None)[0][col])
                 notes.append(
                     f"the proxies tie tokens to the model shape (one budget per shape): tokens move as "
                     f"{axis}^{slopes[v]:.2g}, so a token-horizon effect shows as {axis} drift; one shape at two "
@@ -292,6 +291,7 @@ def _base_scale(fit: StudyResult, base_width: float | None, base_depth: float | 
     if not fit.optima:
         return None
     if base_width or base_depth:
+
         def dist(o: Any) -> float:
             d = 0.0
             for v, b in (("width", base_width), ("depth", base_depth)):
