@@ -307,10 +307,12 @@ def simulate(
 def uniform_design(
     fit: Any, truth: SyntheticTruth, target: dict[str, float], budget: float
 ) -> list[tuple[dict[str, float], dict[str, float | None]]]:
-    """Two new scales log-evenly between the largest proxy and t_max of the way to the target, each with a full grid
-    (5 learning rates ×2, 3 batches ×2, 3 weight decays ×2 where swept) centred on the fit's prediction; t_max chosen
-    by bisection so that the design costs the budget (one scale if two never fit)."""
-    big = max(truth.proxy_scales(), key=flops)
+    """m new scales log-evenly spaced on the segment from the smallest proxy to the point t of the way from the largest
+    proxy to the target, each with a full grid (5 learning rates ×2 apart, 3 batches ×2, 3 weight decays ×2 where
+    swept) centred on the fit's prediction; m = 3, 2 or 1 and t (or, when even the proxies' own range costs too much,
+    how far along it the segment ends) chosen by bisection so that the design costs the budget."""
+    proxies = truth.proxy_scales()
+    small, big = min(proxies, key=flops), max(proxies, key=flops)
     counts = {
         "learning_rate": 5,
         "batch_size": 3 if "batch_size" in truth.swept else 1,
@@ -318,19 +320,20 @@ def uniform_design(
     }
     per_scale = math.prod(counts.values())
 
-    def scales(m: int, t_max: float) -> list[dict[str, float]]:
-        out = []
-        for i in range(1, m + 1):
-            t = t_max * i / m
-            out.append({k: math.exp((1 - t) * math.log(big[k]) + t * math.log(target[k])) for k in KEYS})
-        return out
+    def lerp(a: dict[str, float], b: dict[str, float], t: float) -> dict[str, float]:
+        return {k: math.exp((1 - t) * math.log(a[k]) + t * math.log(b[k])) for k in KEYS}
 
-    def cost(m: int, t_max: float) -> float:
-        return sum(per_scale * flops(s) for s in scales(m, t_max))
+    def scales(m: int, end: float) -> list[dict[str, float]]:
+        # end in [0, 1]: along smallest → largest proxy; in (1, 2]: beyond, toward the target.
+        stop = lerp(small, big, end) if end <= 1 else lerp(big, target, end - 1)
+        return [lerp(small, stop, i / m) for i in range(1, m + 1)]
 
-    m = 2 if cost(2, 1e-3) <= budget else 1
-    lo, hi = 1e-3, 1.0
-    for _ in range(40):
+    def cost(m: int, end: float) -> float:
+        return sum(per_scale * flops(s) for s in scales(m, end))
+
+    m = next((m for m in (3, 2, 1) if cost(m, 1.0) <= budget), 1)
+    lo, hi = 0.0, 2.0
+    for _ in range(50):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(m, mid) <= budget else (lo, mid)
     points = []

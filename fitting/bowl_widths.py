@@ -155,12 +155,11 @@ class BowlWidths:
         """(g, se) of scale i along `axis`: measured there, else its width law's value; None if neither."""
         j = self.axes.index(axis)
         s = self.scales[i]
-        if math.isfinite(s.g[j]) and math.isfinite(s.se[j]):
-            return s.g[j], s.se[j]
         law = self.laws.get(axis)
-        if law is None:
-            return None
-        return law.predict({"n_params": s.n_params, "tokens": s.tokens})
+        predicted = None if law is None else law.predict({"n_params": s.n_params, "tokens": s.tokens})
+        if math.isfinite(s.g[j]) and math.isfinite(s.se[j]) and (predicted is None or s.se[j] <= predicted[1]):
+            return s.g[j], s.se[j]
+        return predicted
 
     def to_state(self) -> dict[str, Any]:
         return {

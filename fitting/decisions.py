@@ -33,11 +33,19 @@ from typing import Any
 
 import numpy as np
 
-from fitting.bowl_widths import excess
+from fitting.bowl_widths import STRETCH_BOUND, excess
 from fitting.common import AXIS_LABEL, Interval, percentile_bounds
+from fitting.optima import LEFT_BASIN
 from fitting.study_fit import StudyResult, predict
 
 PENALTY_DRAWS = 2000
+# A draw whose settings sit so far from the optimum that the bowl puts them more than 20% above it is
+# counted as 20%: the engine's own threshold for a run that left the basin (`fitting.optima.LEFT_BASIN`:
+# diverged or useless). The bowl, fitted near the bottom, says nothing more precise out there, and
+# without the cap a heavy-tailed law's rare wild draws would make the expectation meaningless.
+# A scale's own width is used only when its standard error is below MAX_STRETCH_SE (else the width
+# law's value at that scale, when that is as precise, else the shared bowl).
+MAX_STRETCH_SE = 0.5
 # ε of the tolerance batch: the bowls are fitted on runs within 1–5% of each scale's best loss
 # (`fitting.surface.DEFAULT_BAND`, `MAX_BAND`); a larger tolerance would read the bowl where no run was.
 MAX_LOSS_INCREASE = 0.05
@@ -67,9 +75,10 @@ class Penalty:
     value: float
     low: float
     high: float
+    beyond_basin: float = 0.0  # share of the draws 20% or more above the optimum (counted as 20%)
 
     def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
+        return {"value": self.value, "low": self.low, "high": self.high, "beyond_basin": self.beyond_basin}
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,14 +113,14 @@ class PenaltyModel:
         """Per draw, the relative loss increase at `settings` over the target's optimum."""
         z = (self.coordinates(settings)[None, :] - self.mu) * self.known
         f = excess(z * np.exp(self.stretch), self.H, self.K)
-        out: np.ndarray = np.expm1(np.minimum(f, 50.0))
+        out: np.ndarray = np.minimum(np.expm1(np.minimum(f, 50.0)), LEFT_BASIN)
         return out
 
     def penalty(self, settings: Mapping[str, float | None]) -> Penalty:
         p = self.draws(settings)
         lo, hi = (float(b) for b in percentile_bounds(p))
         mean = float(np.mean(p))
-        return Penalty(mean, min(lo, mean), max(hi, mean))
+        return Penalty(mean, min(lo, mean), max(hi, mean), float(np.mean(p >= LEFT_BASIN)))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -136,6 +145,8 @@ def penalty_model(fit: StudyResult, t: Mapping[str, float], n: int = PENALTY_DRA
     assumptions = [
         "the bowl's shape in log hyperparameters at the target is the nearest proxy scale's (its width measured there)",
         "the laws' errors are independent of each other; unswept hyperparameters are as in the proxies",
+        f"a draw {100 * LEFT_BASIN:.0f}% or more above the optimum counts as {100 * LEFT_BASIN:.0f}% (the run has left "
+        "the basin: diverged or useless; `beyond_basin` is their share)",
     ]
     for j, a in enumerate(axes):
         if not known[j]:
@@ -160,8 +171,12 @@ def penalty_model(fit: StudyResult, t: Mapping[str, float], n: int = PENALTY_DRA
         rng = np.random.default_rng(_seed("stretch"))
         for j, a in enumerate(axes):
             got = widths.stretch_at_scale(i, a) if a in widths.axes else None
-            if got is not None:
-                stretch[:, j] = got[0] + got[1] * rng.standard_normal(n)
+            if got is not None and got[1] <= MAX_STRETCH_SE:
+                stretch[:, j] = np.clip(got[0] + got[1] * rng.standard_normal(n), -STRETCH_BOUND, STRETCH_BOUND)
+            elif got is not None:
+                assumptions.append(
+                    f"{AXIS_LABEL[a]}: the nearest scale's bowl width is too uncertain; shared bowl used"
+                )
     else:
         o = _nearest_optimum(fit, t)
         nearest = {} if o is None else {"n_params": o[0], "tokens": o[1]}
