@@ -57,21 +57,20 @@ class Pattern:
 
 
 def _patterns(swept: Sequence[str]) -> list[Pattern]:
+    # Five learning rates at least: with three, the best run often sits at an edge and the scale
+    # gives only a bound (the engine then needs the bowl shared with other scales to place it).
     out = [
-        Pattern("learning-rate line of 3", {"learning_rate": 3}),
         Pattern("learning-rate line of 5", {"learning_rate": 5}),
+        Pattern("learning-rate line of 7", {"learning_rate": 7}),
     ]
     if "batch_size" in swept:
-        out += [
-            Pattern("LR × batch grid 3×3", {"learning_rate": 3, "batch_size": 3}),
-            Pattern("LR × batch grid 5×3", {"learning_rate": 5, "batch_size": 3}),
-        ]
+        out.append(Pattern("LR × batch grid 5×3", {"learning_rate": 5, "batch_size": 3}))
     if "weight_decay" in swept:
-        out.append(Pattern("LR × weight-decay grid 3×3", {"learning_rate": 3, "weight_decay": 3}))
+        out.append(Pattern("LR × weight-decay grid 5×3", {"learning_rate": 5, "weight_decay": 3}))
         if "batch_size" in swept:
             out.append(
                 Pattern(
-                    "LR × batch × weight-decay grid 3×3×3", {"learning_rate": 3, "batch_size": 3, "weight_decay": 3}
+                    "LR × batch × weight-decay grid 5×3×3", {"learning_rate": 5, "batch_size": 3, "weight_decay": 3}
                 )
             )
     return out
