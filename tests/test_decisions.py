@@ -160,7 +160,7 @@ def width_lr(check: dict) -> dict:
 def test_transfer_check_tells_a_transferring_mup_study_from_a_drifting_one() -> None:
     flat = width_lr(transfer_check(mup_fit(0, 0.0), "mup"))
     assert flat["verdict"] == "transfers", flat
-    assert -0.1 <= flat["exponent"]["low"] and flat["exponent"]["high"] <= 0.1
+    assert flat["exponent"]["low"] >= -0.1 and flat["exponent"]["high"] <= 0.1
     drift = width_lr(transfer_check(mup_fit(0, -0.3), "mup"))
     assert drift["verdict"] == "drifts" and drift["direction"] == "falls"
     assert drift["exponent"]["low"] <= -0.3 <= drift["exponent"]["high"]
