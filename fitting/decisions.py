@@ -367,6 +367,12 @@ def recommendation_penalties(
         return None, None, [f"expected_loss_penalty is null: {model}"]
     warnings: list[str] = []
     rec = model.penalty(settings)
+    if rec.beyond_basin >= 0.05:
+        warnings.append(
+            f"expected_loss_penalty: {100 * rec.beyond_basin:.0f}% of the posterior draws put these settings "
+            f"{100 * LEFT_BASIN:.0f}% or more above the target's optimum (counted as {100 * LEFT_BASIN:.0f}%): the laws "
+            "are too uncertain here for the bowl to price being wrong; read the penalty as a floor"
+        )
     for b in baselines.values():
         if not isinstance(b, dict) or not b.get("available") or b.get("learning_rate") is None:
             continue
