@@ -6,6 +6,7 @@ const { api, el, dataTable, clear, fmt, describeError } = HP;
 
 const VERDICT_CLASS = { transfers: "ok", drifts: "bad", undetermined: "warn" };
 const pct = x => (x == null ? "—" : fmt(100 * x) + "%");
+const exp2 = x => (x >= 0 ? "+" : "") + x.toFixed(2);
 
 async function loadTransferCheck() {
   const out = document.getElementById("transfer-body");
@@ -44,8 +45,16 @@ export function renderTransferCheck(tc) {
         { "data-axis": c.axis, "data-hp": c.hyperparameter, "data-verdict": c.verdict },
         el("td", { text: c.axis }),
         el("td", { text: c.hyperparameter.replace(/_/g, " ") }),
-        el("td", null, el("span", { class: "pill " + (VERDICT_CLASS[c.verdict] || "muted"), text: c.verdict })),
-        el("td", { class: "num", text: fmt(e.value) + " [" + fmt(e.low) + ", " + fmt(e.high) + "]" }),
+        el(
+          "td",
+          null,
+          el("span", {
+            // Under SP a drift is expected: shown as information, not as a fault.
+            class: "pill " + (tc.parameterization === "sp" ? "info" : VERDICT_CLASS[c.verdict] || "muted"),
+            text: c.verdict,
+          }),
+        ),
+        el("td", { class: "num", text: exp2(e.value) + " [" + exp2(e.low) + ", " + exp2(e.high) + "]" }),
         el("td", { class: "small", text: path }),
         el("td", { class: "small", text: c.message + (c.what_to_run ? " — to decide: " + c.what_to_run : "") }),
       ),
