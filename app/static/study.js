@@ -8,6 +8,7 @@ import { lawXVar, renderOptimum, renderLossLaw } from "./laws.js";
 import { renderDiagnostics } from "./diagnostics.js";
 import { loadRunsPage, renderRunsBody } from "./runs.js";
 import "./recommend.js";
+import "./transfer.js";
 
 const { api, ApiError, el, clear, fmtDate, banner, describeError } = HP;
 
@@ -33,6 +34,7 @@ async function loadAll() {
   loadRunsPage(true); // the table does not wait for the plots
   const runsPromise = loadPlotRuns();
   await loadFit();
+  if (hooks.transferCheck) hooks.transferCheck();
   renderCharts(); // optima and laws at once; the loss-vs-LR plot fills in as its pages arrive
   await runsPromise;
   renderLossVsLr(scaleTable());
