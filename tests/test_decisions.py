@@ -87,8 +87,11 @@ def test_expected_penalty_tracks_the_true_penalty_over_studies() -> None:
             "batch_size": None if rec.batch_size is None else rec.batch_size.value,
             "weight_decay": None if rec.prediction.weight_decay is None else rec.prediction.weight_decay.value,
         }
+        if rec.expected_loss_penalty["beyond_basin"] >= 0.05:
+            continue  # the answer itself says its penalty is only a floor there (draws beyond the basin)
         reported.append(rec.expected_loss_penalty["value"])
         true.append(truth.regret(target, settings))
+    assert len(reported) >= 9
     ratio = float(np.mean(reported) / np.mean(true))
     assert 0.5 < ratio < 2.0, (ratio, reported, true)
 
@@ -149,7 +152,9 @@ def mup_fit(seed: int, width_exponent: float) -> StudyResult:
     tr = random_truth(seed, "mup")
     lr = tr.laws["learning_rate"]
     laws = {**tr.laws, "learning_rate": TrueLaw(lr.const, {"width": width_exponent, "depth": lr.exponents["depth"]})}
-    runs, _ = sample_runs(replace(tr, laws=laws), np.random.default_rng(seed))
+    # Optima 2% off the law (the generator draws up to 15%, as real files show): a clean study, so a
+    # transfer within the ±0.1 tolerance can be told from noise with the generator's 4–5 widths.
+    runs, _ = sample_runs(replace(tr, laws=laws, scatter=(0.02, 0.0, 0.0)), np.random.default_rng(seed))
     return fit_study(runs, bootstrap=60, loss_law=False, seed=seed, parameterization="mup")
 
 
