@@ -21,7 +21,7 @@ from app import dashboard, docs
 from app.cache import RepeatedGetCache
 from app.errors import DatabaseUnavailableGuard, error_response, install_error_handlers
 from app.metrics import MetricsMiddleware, metrics_endpoint
-from app.routers import curves, fits, runs, studies
+from app.routers import curves, decisions, fits, runs, studies
 from app.security import SecurityGate
 from service.database import Engine, open_database, readiness_async
 from service.fits import stop_background_refits
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(runs.router)
     app.include_router(fits.router)
     app.include_router(curves.router)
+    app.include_router(decisions.router)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
     app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]

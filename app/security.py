@@ -54,7 +54,13 @@ MAX_FAILED_AUTH = 20
 FAILED_AUTH_WINDOW_S = 60.0
 # In-flight requests one token may have on each expensive route (a fit, suggestions).
 MAX_EXPENSIVE_PER_TOKEN = 2
-EXPENSIVE_ROUTES = frozenset({("POST", "/v1/studies/{name}/fits"), ("GET", "/v1/studies/{name}/suggestions")})
+EXPENSIVE_ROUTES = frozenset(
+    {
+        ("POST", "/v1/studies/{name}/fits"),
+        ("GET", "/v1/studies/{name}/suggestions"),
+        ("GET", "/v1/studies/{name}/transfer-check"),
+    }
+)
 # JSON bodies larger than this are parsed in a worker thread, off the event loop.
 THREADED_JSON_BYTES = 64 * 1024
 # A body larger than this (or of unknown length) is "large": parsing one costs up to ~15x its

@@ -66,6 +66,9 @@ RECOMMENDATION = f"/v1/studies/{STUDY}/recommendation?n_params=7e9&tokens=1.4e12
 HEALTHZ = "/healthz"
 RATIO_TARGET = 0.8
 P99_TARGET_MS = 20.0
+# Issue 20: every answer now carries the expected loss penalty (and larger baselines); a cached one must
+# stay within this factor of the same question's latency on the revision before (--baseline-rev).
+BASELINE_RATIO_TARGET = 1.2
 IMPORT_MAPS = (
     "h=width", "numl=depth", "N=n_params", "D=tokens", "lr=learning_rate", "bs=batch_size",
     "smooth loss=final_loss", "exp_name=run_key",
@@ -120,7 +123,8 @@ class Server:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
-def start_server(database_url: str, workers: int, no_auth: bool, directory: Path) -> Server:
+def start_server(database_url: str, workers: int, no_auth: bool, directory: Path, code: Path | None = None) -> Server:
+    """`hpscale serve` of this checkout, or (`code`) of another tree put first on PYTHONPATH."""
     port = _free_port()
     log_path = directory / f"server-{port}.log"
     command = [
@@ -128,8 +132,11 @@ def start_server(database_url: str, workers: int, no_auth: bool, directory: Path
         "--port", str(port), "--workers", str(workers), "--log-level", "warning",
         *(["--no-auth"] if no_auth else []),
     ]  # fmt: skip
+    env = _env() if code is None else {**_env(), "PYTHONPATH": str(code)}
+    if code is not None:
+        command = [sys.executable, "-m", "hpscale.cli", *command[command.index("serve") :]]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_env())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=directory)
     server = Server(process, port, log_path)
     deadline = time.monotonic() + 60.0
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
@@ -455,6 +462,71 @@ def bench_variant(database_url: str, token: str | None, args: argparse.Namespace
     return totals
 
 
+def extract_revision(rev: str, directory: Path) -> Path:
+    """The tree of git revision `rev` (e.g. main before issue 20) in `directory`/rev, for a baseline server."""
+    import tarfile
+    from io import BytesIO
+
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
+    target = directory / f"rev-{rev}"
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def bench_against_baseline(
+    database_url: str, baseline_url: str, token: str, code: Path, args: argparse.Namespace, directory: Path
+) -> dict[str, Load]:
+    """This checkout's server and a baseline revision's, each on its own copy of the database, measured in
+    alternating rounds of the same load (which goes first alternates): the cached recommendation of each."""
+    servers = {
+        "this checkout": start_server(database_url, args.workers, False, directory),
+        f"baseline {args.baseline_rev}": start_server(baseline_url, args.workers, False, directory, code),
+    }
+    try:
+        lengths = {}
+        for name, server in servers.items():
+            print(f"  {name}:")
+            lengths[name] = warm_up(server, token, args)
+        totals = {name: Load() for name in servers}
+        names = list(servers)
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                server = servers[name]
+                load = run_load(
+                    server.port, RECOMMENDATION, token, connections=args.connections, processes=args.processes,
+                    duration=args.duration, server_pid=server.process.pid, expect_length=lengths[name],
+                )  # fmt: skip
+                _check(load, RECOMMENDATION, server)
+                print(
+                    f"  round {round_ + 1} {name:<24} {load.ok:>8,} req {load.rate:>9,.0f} req/s "
+                    f"p50 {load.percentile_ms(0.5):6.2f} ms  p99 {load.percentile_ms(0.99):6.2f} ms"
+                )
+                totals[name].merge(load)
+    finally:
+        for server in servers.values():
+            stop_server(server)
+    return totals
+
+
+def report_baseline(totals: dict[str, Load]) -> None:
+    (mine, ours), (base_name, base) = totals.items()
+    print(f"\ncached recommendation, {mine} against {base_name} (same run, same load):")
+    print(f"{'server':<26} {'requests':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    for name, load in totals.items():
+        print(
+            f"{name:<26} {load.ok:>9,} {load.rate:>9,.0f} {load.percentile_ms(0.5):>8.2f} "
+            f"{load.percentile_ms(0.99):>8.2f} {statistics.fmean(load.latencies) * 1e3:>8.2f}"
+        )
+    mean_ratio = statistics.fmean(ours.latencies) / statistics.fmean(base.latencies)
+    p50_ratio = ours.percentile_ms(0.5) / base.percentile_ms(0.5)
+    print(
+        f"latency ratio {mine} / {base_name}: mean {mean_ratio:.3f}, p50 {p50_ratio:.3f}, "
+        f"p99 {ours.percentile_ms(0.99) / base.percentile_ms(0.99):.3f} (target mean <= {BASELINE_RATIO_TARGET}) "
+        f"{'PASS' if mean_ratio <= BASELINE_RATIO_TARGET else 'MISS'}"
+    )
+
+
 def report(name: str, totals: dict[str, Load], args: argparse.Namespace) -> None:
     print(
         f"\n{name}: {args.connections} connections, {args.workers} worker(s), {args.rounds} x {args.duration:g} s per endpoint"
@@ -501,6 +573,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="hpscale serve --workers")
     parser.add_argument("--warmup", type=int, default=400, help="warm-up requests per endpoint after the first")
     parser.add_argument("--no-auth", action="store_true", help="also measure a `serve --no-auth` server (no token)")
+    parser.add_argument(
+        "--baseline-rev",
+        help="also compare the cached recommendation with this git revision's server (e.g. dfdd94b), same run",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"no data file at {args.data}; pass --data")
@@ -520,13 +596,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         token = prepare_database(database_url, args.data)
         print(f"imported {args.data.name} and created a read token in {time.perf_counter() - started:.1f} s")
+        shutil.copyfile(directory / "bench.db", directory / "pristine.db")  # no fit yet: for the baseline pair
         print("\nwith a bearer token (read scope):")
         results.append(("bearer token", bench_variant(database_url, token, args, directory)))
         if args.no_auth:
             print("\n--no-auth:")
             results.append(("--no-auth", bench_variant(database_url, None, args, directory)))
+        compared = None
+        if args.baseline_rev:
+            print(f"\nthis checkout against {args.baseline_rev}, alternating rounds:")
+            code = extract_revision(args.baseline_rev, directory)
+            baseline_db = directory / "baseline.db"
+            shutil.copyfile(directory / "pristine.db", baseline_db)  # each server fits its own copy
+            fresh_db = directory / "mine.db"
+            shutil.copyfile(directory / "pristine.db", fresh_db)
+            compared = bench_against_baseline(
+                f"sqlite:///{fresh_db}", f"sqlite:///{baseline_db}", token, code, args, directory
+            )
     for name, totals in results:
         report(name, totals, args)
+    if compared is not None:
+        report_baseline(compared)
     return 0
 
 

@@ -60,6 +60,9 @@ PREDICTIVE_SAMPLES = 2000
 # Expectation propagation for censored optima: sweeps and damping.
 EP_SWEEPS = 12
 EP_DAMPING = 0.7
+# A scale's optimum is not a measurement when a coupled axis's centre lies more than this many grid
+# steps beyond that axis's sweep (the joint optimum was extrapolated along the valley).
+MAX_COUPLED_OVERSHOOT = 1.0
 # A published exponent whose heavy tail carries more than this posterior weight "lost" to the data.
 CONFLICT_SHARE = 0.5
 _SYMBOL = {"learning_rate": "lr*", "batch_size": "bs*", "weight_decay": "wd*"}
@@ -705,10 +708,17 @@ def observations(analysis: SweepAnalysis, j: int) -> LawObservations:
     lo = analysis.bounds[:, j, 0].copy()
     hi = analysis.bounds[:, j, 1].copy()
     cens = ~np.isnan(lo) | ~np.isnan(hi)
-    # Only a bowl centre inside its sweep is a measurement; one beyond it is a bound or nothing.
-    bracketed = np.array(
-        [o.optimum.get(axis) is not None and o.optimum[axis].status == "bracketed" for o in analysis.optima]
-    )
+    # Only a bowl centre inside its sweep is a measurement; one beyond it is a bound or nothing. So is
+    # a centre coupled (an identified cross term) to another axis whose centre ran more than a grid
+    # step beyond its sweep: the joint optimum moves along the valley, and this coordinate was placed
+    # at that extrapolation.
+    status = [{a: o.optimum[a].status for a in analysis.axes if a in o.optimum} for o in analysis.optima]
+    cross = analysis.data.cross if analysis.data is not None else np.zeros((len(analysis.axes),) * 2, bool)
+    coupled = [k for k in range(len(analysis.axes)) if k != j and (cross[j, k] or cross[k, j])]
+    runaway = np.zeros(len(status), dtype=bool)
+    if coupled and analysis.overshoot.size:
+        runaway = np.any(np.nan_to_num(analysis.overshoot[:, coupled]) > MAX_COUPLED_OVERSHOOT, axis=1)
+    bracketed = np.array([st.get(axis) == "bracketed" for st in status]) & ~runaway
     y[cens | ~bracketed] = np.nan
     se[cens] = analysis.bound_softness[cens, j]
     meas = np.isfinite(y)
@@ -767,13 +777,22 @@ def _too_few(analysis: SweepAnalysis, j: int, obs: LawObservations) -> str:
     """Why axis j has no law: how many scales sweep it, how many of them resolve an optimum, what to run."""
     axis = analysis.axes[j]
     n_meas, n_bound = int(obs.measured.sum()), int(obs.censored.sum())
-    swept = n_meas + n_bound
+    swept = sum(1 for o in analysis.optima if axis in o.optimum and o.optimum[axis].status != "not_swept")
     what = f"{AXIS_LABEL[axis]} is swept at {swept} scale(s)"
     if n_bound:
         what += f"; at {n_bound} of them the optimum is only a bound (best run at the sweep's edge or not resolved)"
+    unresolved = swept - n_meas - n_bound
+    if unresolved:
+        what += (
+            f"; at {unresolved} the loss surface puts the optimum beyond the sweep in coupled hyperparameters "
+            "(no single one bounds it)"
+        )
     if n_meas < 1 and swept:
         return f"{what}; need the optimum bracketed (a worse run on each side of the best) at ≥ 1 scale"
-    return f"{what}; need ≥ {MIN_SCALES} scales with an optimum to fit a law: sweep it at another model size or token budget"
+    return (
+        f"{what}; need ≥ {MIN_SCALES} scales with an optimum to fit a law: sweep it at another model size "
+        "or token budget, around where its best runs were"
+    )
 
 
 def _mixture(avg: _Average) -> tuple[list[Component], LawModel]:

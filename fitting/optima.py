@@ -223,6 +223,9 @@ class SweepAnalysis:
     # NaN where the optimum is measured (or the axis is not swept there); an open side is NaN too.
     bounds: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     bound_softness: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (S, d) log sd of each bound
+    # (S, d) how far (in grid steps of its own sweep) each bowl centre lies beyond the values swept
+    # at its scale: 0 inside; NaN where the axis is not swept there or has no centre.
+    overshoot: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
@@ -844,15 +847,20 @@ def _line_through(ev: _Evidence, a: str, m: np.ndarray, ib: int) -> np.ndarray:
     return line
 
 
+def _distinct_logs(values: np.ndarray) -> np.ndarray:
+    """Sorted logs of the positive `values`, values within _TOL (log) of the previous one merged."""
+    u = np.sort(np.log(values[values > 0]))
+    distinct: np.ndarray = u[np.concatenate([[True], np.diff(u) > _TOL])]
+    return distinct
+
+
 def _bracket(values: np.ndarray, best: float, log_cap: float) -> tuple[float, float, bool]:
     """(low, high, at_edge): log bounds half-way from `best` to its neighbouring distinct `values`.
 
     An end of the sweep leaves that side open (−inf / +inf; a learning rate is still bounded by
     its divergence cap `log_cap`), and `at_edge` says so.
     """
-    u = np.log(values[values > 0])
-    u = np.sort(u)
-    uniq = u[np.concatenate([[True], np.diff(u) > _TOL])]
+    uniq = _distinct_logs(values)
     lb = math.log(best)
     i = int(np.argmin(np.abs(uniq - lb)))
     lo = (uniq[i - 1] + uniq[i]) / 2 if i > 0 else -math.inf
@@ -893,8 +901,7 @@ def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.
             if o is None or o.status in ("bracketed", "not_swept") or distinct_log_values(vals, _TOL) < 2:
                 continue
             cap = float(ev.log_lr_cap[s]) if a == "learning_rate" else math.inf
-            u = np.sort(np.log(vals[vals > 0]))
-            u = u[np.concatenate([[True], np.diff(u) > _TOL])]
+            u = _distinct_logs(vals)
             if not (ev.coordinate_wise or _one_axis_swept(ev, a, m)):
                 # In a grid over several coupled axes the best run's value of one axis is the optimum
                 # *at its values of the others* (e.g. along the LR–batch valley): no bound on the
@@ -1004,7 +1011,25 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         noise,
         bounds,
         softness,
+        centre_overshoot(ev),
     )
+
+
+def centre_overshoot(ev: _Evidence) -> np.ndarray:
+    """(S, d) distance of each bowl centre beyond its scale's swept values, in that sweep's grid steps."""
+    S, d = ev.centre.shape
+    out = np.full((S, d), np.nan)
+    for s in range(S):
+        m = ev.usable & (ev.sidx == s)
+        for j, a in enumerate(ev.axes):
+            c = ev.centre[s, j]
+            vals = ev.hp[a][m]
+            if not np.isfinite(c) or distinct_log_values(vals, _TOL) < 2:
+                continue
+            u = _distinct_logs(vals)
+            step = float(np.median(np.diff(u)))
+            out[s, j] = max(0.0, u[0] - c, c - u[-1]) / step
+    return out
 
 
 def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:

@@ -15,9 +15,18 @@ from typing import Any
 
 from fitting.baselines import baselines
 from fitting.common import InsufficientData, Interval
+from fitting.decisions import recommendation_penalties, tolerance_batch
 from fitting.loss_law import ComputeOptimal, compute_optimal
 from fitting.published import is_adam_type
-from fitting.study_fit import NO_LOSS_LAW, MissingTarget, Prediction, StudyResult, predict
+from fitting.study_fit import (
+    NO_LOSS_LAW,
+    SHAPE_ASSUMED,
+    MissingTarget,
+    Prediction,
+    StudyResult,
+    predict,
+    target_variables,
+)
 from fitting.transfer import per_layer_multipliers
 
 MUP_FAMILY = ("mup", "depth-mup", "completep")
@@ -44,6 +53,10 @@ class Recommendation:
     compute_optimal: ComputeOptimal | None
     baselines: dict[str, Any]
     warnings: tuple[str, ...]
+    # Issue 20: what acting on the answer costs (`fitting.decisions`), and the largest batch within a loss tolerance.
+    expected_loss_penalty: dict[str, float] | None = None
+    penalty_model: dict[str, Any] | None = None
+    tolerance_batch: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's recommendation fields (the app adds fit_id and data_version)."""
@@ -56,6 +69,9 @@ class Recommendation:
             "target": dict(self.target),
             "compute_optimal": None if self.compute_optimal is None else self.compute_optimal.to_dict(),
             "baselines": self.baselines,
+            "expected_loss_penalty": self.expected_loss_penalty,
+            "penalty_model": self.penalty_model,
+            **({} if self.tolerance_batch is None else {"tolerance_batch": self.tolerance_batch}),
             "warnings": list(self.warnings),
         }
 
@@ -75,11 +91,14 @@ def recommend(
     batch_size: float | None = None,
     batch_multiple: int | None = None,
     compute: float | None = None,
+    max_loss_increase: float | None = None,
 ) -> Recommendation:
     """lr*, bs*, wd* (90% intervals) at `target`; lr conditioned on the batch actually used.
 
     log lr*(target | bs) from the fitted laws and bowl; with `compute` = C FLOPs the target's
-    n_params and tokens are the loss law's compute-optimal N*, D* with 6·N*·D* = C.
+    n_params and tokens are the loss law's compute-optimal N*, D* with 6·N*·D* = C. Every answer
+    carries the expected loss penalty of acting on it and on each baseline (`fitting.decisions`);
+    `max_loss_increase` adds the largest batch within that fraction of the optimal loss.
     Raises InsufficientData (a needed law is missing), MissingTarget, or ValueError.
     """
     target = {k: float(v) for k, v in target.items() if v is not None}
@@ -109,7 +128,16 @@ def recommend(
                 *prediction.warnings,
                 *warnings,
                 "per_layer is null: there is no learning rate to scale per layer",
+                "expected_loss_penalty is null: with no learning-rate law there is no setting to price",
+                *(
+                    ["tolerance_batch unavailable: no batch-size answer without a learning-rate law"]
+                    if max_loss_increase is not None
+                    else []
+                ),
             ),
+            tolerance_batch=None
+            if max_loss_increase is None
+            else {"available": False, "reason": "no learning-rate law, so no batch-size answer"},
         )
     for name, interval in (("learning rate", prediction.learning_rate), ("batch size", prediction.batch_size)):
         if interval is not None and not all(0 < x < math.inf for x in (interval.low, interval.value, interval.high)):
@@ -127,6 +155,20 @@ def recommend(
 
     published = baselines({**target, **({"seq_len": seq_len} if seq_len else {})})
     warnings.extend(baseline_disagreements(published, prediction, study))
+    t = target_variables(fit, target)
+    t.pop(SHAPE_ASSUMED, None)
+    settings = {
+        "learning_rate": prediction.learning_rate.value,
+        "batch_size": None if chosen is None else chosen.value,
+        "weight_decay": None if prediction.weight_decay is None else prediction.weight_decay.value,
+    }
+    penalty, penalty_model, penalty_warnings = recommendation_penalties(fit, t, settings, published)
+    warnings.extend(penalty_warnings)
+    tolerance = None
+    if max_loss_increase is not None:
+        tolerance = tolerance_batch(fit, target, t, max_loss_increase, seq_len=seq_len, batch_multiple=batch_multiple)
+        if not tolerance.get("available"):
+            warnings.append(f"tolerance_batch unavailable: {tolerance['reason']}")
     return Recommendation(
         prediction=prediction,
         target=target,
@@ -136,6 +178,9 @@ def recommend(
         compute_optimal=allocation,
         baselines=published,
         warnings=tuple(warnings),
+        expected_loss_penalty=penalty,
+        penalty_model=penalty_model,
+        tolerance_batch=tolerance,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fitting.bowl_widths import BowlWidths, fit_bowl_widths
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, percentile_bounds, scale_variables
 from fitting.laws import BowlShape, LawSpec, PowerLaw, fit_laws
 from fitting.loss_law import LossLaw, fit_loss_law
@@ -66,6 +67,9 @@ class StudyResult:
     bootstrap: int = 0
     outliers: tuple[Mapping[str, Any], ...] = ()
     priors: str = "published"
+    # Per-scale widths of the shared bowl and how they move with scale (`fitting.bowl_widths`); None in
+    # fits stored before they were measured (the decisions that need them then use the shared bowl).
+    bowl_widths: BowlWidths | None = None
 
     def no_loss_law_reason(self) -> str | None:
         """Why the study has no loss law, from its "no loss law: …" warning (None if none was recorded)."""
@@ -96,6 +100,7 @@ class StudyResult:
             "shape": None if self.shape is None else self.shape.to_state(),
             "seq_len": self.seq_len,
             "bootstrap": self.bootstrap,
+            "bowl_widths": None if self.bowl_widths is None else self.bowl_widths.to_state(),
         }
         return d
 
@@ -118,6 +123,7 @@ class StudyResult:
             bootstrap=int(st.get("bootstrap", 0)),
             outliers=tuple(d.get("outliers") or ()),
             priors=str(d.get("priors", "published")),
+            bowl_widths=None if not st.get("bowl_widths") else BowlWidths.from_state(st["bowl_widths"]),
         )
 
 
@@ -228,6 +234,7 @@ def fit_study(
         bootstrap,
         outliers,
         priors,
+        fit_bowl_widths(analysis) if law_set.laws else None,
     )
 
 

@@ -19,7 +19,7 @@ Model (natural logs; reference scale N0 = 1e8 parameters, D0 = 2e9 tokens, W0 = 
   rule, LR–wd coupling toward η·λ invariance); |a_lr| + |a_bs| < 1 so f > 0 away from z = 0 and
   the minimum is exactly the true optimum. An axis a kind does not sweep is held at a fixed value
   (its "law" is that constant), so z = 0 on it and the swept optima are conditional on it.
-* **Scatter**: each scale's true optimum sits off its law by N(0, τ²) in log, τ ~ U(0, 0.08) per axis
+* **Scatter**: each scale's true optimum sits off its law by N(0, τ²) in log, τ ~ U(0, 0.15) per axis
   (a fixed function of the study and the scale, targets included): real optima scatter around
   any power law by a few percent.
 * **Divergence**: a run with lr > r·lr* diverges (status "diverged", no loss), r ~ U(3, 4).
@@ -67,9 +67,10 @@ WIDTHS = (256.0, 384.0, 512.0, 640.0, 768.0, 1024.0, 1280.0, 1536.0)
 DEPTHS = (4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0)
 TOKEN_MULTIPLES = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 CHINCHILLA = 20.0
-# True optima scatter around their law by up to this (log sd): real sweeps' optima sit a few percent off
-# any power law (Step Law's residuals are ~5–10%), so an exactly-on-law truth would flatter no one.
-MAX_SCATTER = 0.08
+# True optima scatter around their law by up to this (log sd): real sweeps' optima sit off any power
+# law — the laws fitted to the shared real files put that scatter at 0.05–0.17 (Step Law: lr 0.09,
+# batch 0.05; the 11 Marin optimizers: 0.07–0.17) — so an exactly-on-law truth would flatter no one.
+MAX_SCATTER = 0.15
 _REF = {"n_params": N0, "tokens": D0, "width": W0, "depth": DEPTH0}
 
 

@@ -16,6 +16,9 @@ On the server's database (--database-url, else $HPSCALE_DATABASE_URL, else ./hps
                         API tokens (printed once; only a hash is stored)
 Against a running server (--url, $HPSCALE_URL; token from $HPSCALE_TOKEN or --token-file):
   recommend             hyperparameters at a target scale, with 90% intervals
+  transfer-check        do the study's optima transfer across width and depth (or drift)?
+  suggest               the proxy runs that would most narrow the answer (within a FLOP budget),
+                        as a table, JSON, an Optuna study or a W&B sweep
   submit                post runs saved as JSON (a tracked run saved when the server was down)
 
 `hpscale COMMAND --help` explains every option.
@@ -824,6 +827,87 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_call(args: argparse.Namespace, call: Callable[[Any], Any]) -> tuple[int, Any]:
+    """Run `call(client)` against the server of a client command; (exit code, answer)."""
+    from hpscale.client import Client, HpscaleError
+
+    url, token = _server(args)
+    try:
+        with Client(url, token) as client:
+            return 0, call(client)
+    except HpscaleError as error:
+        return _client_error(error), None
+    except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeout: say what and where
+        print(f"error: cannot reach {url}: {error}", file=sys.stderr)
+        return 1, None
+
+
+def _target_query(args: argparse.Namespace) -> dict[str, Any]:
+    return {"n_params": args.n_params, "tokens": args.tokens, "width": args.width, "depth": args.depth}
+
+
+def cmd_transfer_check(args: argparse.Namespace) -> int:
+    """Does the study's transfer work: the drift of each optimum along width and depth (contract 1.2)."""
+    import json
+
+    from hpscale.handoff import format_transfer_check
+
+    query = {**_target_query(args), "tolerance": args.tolerance, "fit_id": args.fit_id}
+    code, answer = _client_call(args, lambda client: client.transfer_check(args.study, **query))
+    if code == 0:
+        print(json.dumps(answer, indent=2) if args.json else format_transfer_check(args.study, answer))
+    return code
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """The next proxies for a budget, printed or handed to Optuna, a W&B sweep or a launcher (JSON)."""
+    from hpscale import handoff
+
+    if args.to == "optuna" and not (args.storage and args.optuna_study):
+        print("error: --to optuna needs --storage URL and --optuna-study NAME", file=sys.stderr)
+        return 2
+    if args.to == "wandb-sweep" and args.output is None:
+        print("error: --to wandb-sweep needs --output FILE (the sweep YAML to write)", file=sys.stderr)
+        return 2
+    query = {
+        **_target_query(args),
+        "count": args.count,
+        "budget_flops": args.budget_flops,
+        "max_n_params": args.max_n_params,
+        "max_tokens": args.max_tokens,
+    }
+    code, answer = _client_call(args, lambda client: client.suggest(args.study, **query))
+    if code != 0:
+        return code
+    runs = handoff.suggested_runs(args.study, answer, seq_len=args.seq_len)
+    if args.to == "table":
+        print(handoff.format_suggestions(args.study, answer))
+    elif args.to == "json":
+        text = handoff.to_json(args.study, answer, runs)
+        if args.output is None:
+            print(text)
+        else:
+            args.output.write_text(text + "\n", encoding="utf-8")
+            print(f"{len(runs)} run(s) written to {args.output}", file=sys.stderr)
+    elif args.to == "optuna":
+        from service.importers.common import redact_credentials
+
+        added = handoff.to_optuna(args.study, answer, runs, args.storage, args.optuna_study)
+        print(
+            f"{added} trial(s) enqueued in Optuna study {args.optuna_study!r} at {redact_credentials(args.storage)} "
+            f"({len(runs) - added} already there); when they finish: hpscale import --from optuna --storage … "
+            f"--source-study {args.optuna_study} --study {args.study}"
+        )
+    else:
+        config = handoff.wandb_sweep_config(args.study, answer, runs, program=args.program)
+        handoff.write_wandb_sweep(args.output, config)
+        print(
+            f"W&B sweep over {len(runs)} run(s) written to {args.output}: wandb sweep {args.output}; "
+            f"then hpscale import --from wandb wandb/ --study {args.study}"
+        )
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------
 
 
@@ -1027,6 +1111,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--json", action="store_true", help="print the raw JSON answer")
     rec.set_defaults(func=cmd_recommend)
+
+    tc = sub.add_parser(
+        "transfer-check",
+        parents=[server],
+        help="does the study's transfer work: each optimum's drift along width and depth, with a verdict",
+    )
+    tc.add_argument("--study", required=True, help="the study")
+    tc.add_argument("--n-params", type=float, help="target parameters (for the cost of reusing the base optimum)")
+    tc.add_argument("--tokens", type=float, help="target training tokens")
+    tc.add_argument("--width", type=float, help="target width")
+    tc.add_argument("--depth", type=float, help="target depth")
+    tc.add_argument("--tolerance", type=float, help="|drift exponent| that still 'transfers' (default 0.1)")
+    tc.add_argument("--fit-id", type=int, help="answer from this fit")
+    tc.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    tc.set_defaults(func=cmd_transfer_check)
+
+    sug = sub.add_parser(
+        "suggest",
+        parents=[server],
+        help="the next proxy runs (for a FLOP budget), printed or handed to Optuna, a W&B sweep or a launcher",
+    )
+    sug.add_argument("--study", required=True, help="the study")
+    sug.add_argument("--n-params", type=float, help="target parameters")
+    sug.add_argument("--tokens", type=float, help="target training tokens")
+    sug.add_argument("--width", type=float, help="target width (if the laws use it)")
+    sug.add_argument("--depth", type=float, help="target depth (if the laws use it)")
+    sug.add_argument(
+        "--budget-flops", type=float, help="FLOPs to spend (6·N·D per run); without it: today's suggestions"
+    )
+    sug.add_argument("--max-n-params", type=float, help="with --budget-flops: no proxy larger than this")
+    sug.add_argument("--max-tokens", type=float, help="with --budget-flops: no proxy trained on more tokens")
+    sug.add_argument("--count", type=int, help="at most this many scales (default 5; with a budget 40)")
+    sug.add_argument(
+        "--to",
+        choices=("table", "json", "optuna", "wandb-sweep"),
+        default="table",
+        help="print a table (default), JSON runs for a launcher, enqueue Optuna trials, or write a W&B sweep",
+    )
+    sug.add_argument("--output", "-o", type=Path, help="--to json: file (default stdout); --to wandb-sweep: the YAML")
+    sug.add_argument("--storage", help="--to optuna: the Optuna storage URL (e.g. sqlite:///optuna.db)")
+    sug.add_argument("--optuna-study", help="--to optuna: the Optuna study to enqueue into (created if needed)")
+    sug.add_argument("--program", help="--to wandb-sweep: the training script the sweep's agents run")
+    sug.add_argument("--seq-len", type=int, help="sequence length to put in each run")
+    sug.set_defaults(func=cmd_suggest)
 
     subm = sub.add_parser(
         "submit",

@@ -244,6 +244,18 @@ class Client:
         params = {"count": count, **{k: v for k, v in target.items() if v is not None}}
         return ItemsAnswer(self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params))
 
+    def suggest(self, study: str, **query: Any) -> dict[str, Any]:
+        """The whole `/suggestions` answer: target (n_params, tokens, width, depth), `count`, and for a
+        budget plan `budget_flops` (with `max_n_params`, `max_tokens`): items with their runs, and `budget`."""
+        params = {k: v for k, v in query.items() if v is not None}
+        return self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params)
+
+    def transfer_check(self, study: str, **query: Any) -> dict[str, Any]:
+        """Does the study's transfer work: per width/depth and law, the drift exponent, verdict and hints;
+        with a target (n_params, tokens, width, depth), the cost of reusing the base model's optimum."""
+        params = {k: v for k, v in query.items() if v is not None}
+        return self._request("GET", f"/v1/studies/{_segment(study)}/transfer-check", params=params)
+
     # --- exclusion and undo (contract 1.1) ------------------------------------------------
 
     def exclude(self, study: str, run_id: int, reason: str) -> dict[str, Any]:

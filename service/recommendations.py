@@ -94,6 +94,7 @@ async def recommendation_json(
     fit_id: int | None = None,
     fresh: bool = False,
     wait_seconds: float = FIRST_FIT_WAIT_SECONDS,
+    max_loss_increase: float | None = None,
 ) -> bytes:
     """The contract's recommendation, JSON-encoded: lr, batch, wd at `target` with 90% intervals.
 
@@ -105,6 +106,9 @@ async def recommendation_json(
     launcher restarted later can ask for the answer it launched with; a pruned one is 410.
     """
     check_target({**target, "batch_size": batch_size, "batch_multiple": batch_multiple, "compute": compute})
+    from service.decisions import check_loss_increase  # contract 1.2 (issue 20); imported late: it imports this module
+
+    check_loss_increase(max_loss_increase)
     if compute is not None and (target.get("n_params") is not None or target.get("tokens") is not None):
         raise _invalid("compute", "give either compute or n_params and tokens, not both")
     served_warnings: tuple[str, ...] = ()
@@ -118,7 +122,7 @@ async def recommendation_json(
         stored, served_warnings = served.record, served.warnings
     if pins.needs_recording(stored):  # at most once an hour per fit: the hot path stays read-only
         await to_thread.run_sync(lambda: pins.record_use(engine, stored))
-    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute)
+    key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute, max_loss_increase)
     cached = _recommendations.get(key)
     if cached is None:
         with _engine_refusals():
@@ -130,6 +134,7 @@ async def recommendation_json(
                     batch_size=batch_size,
                     batch_multiple=batch_multiple,
                     compute=compute,
+                    max_loss_increase=max_loss_increase,
                 )
             )
         document = json_safe({**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)})

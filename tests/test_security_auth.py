@@ -39,6 +39,7 @@ REQUIRED_SCOPE: dict[tuple[str, str], str] = {
     ("GET", "/v1/studies/{name}/fits/{fit_id}"): "read",
     ("GET", "/v1/studies/{name}/recommendation"): "read",
     ("GET", "/v1/studies/{name}/suggestions"): "read",
+    ("GET", "/v1/studies/{name}/transfer-check"): "read",
     ("GET", "/v1/studies/{name}/compute-optimal"): "read",
     ("DELETE", "/v1/studies/{name}"): "admin",
     ("GET", "/v1/studies/{name}/runs/{fit_id}"): "read",

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
 from app.schemas import FIT_ERRORS
 from app.security import OffLoopJSONRoute
-from service import fits, pins, recommendations
+from service import decisions, fits, pins, recommendations
+from service.decisions import MAX_DESIGNS
 from service.errors import InvalidInput, field_detail
 from service.limits import INT32_MAX, MAX_BOOTSTRAP, MAX_SUGGESTIONS, bootstrap_refusal
 
@@ -76,6 +78,10 @@ async def recommendation(
     fresh: Annotated[
         bool, Query(description="wait for a fit of the current runs instead of answering from the newest fit")
     ] = False,
+    max_loss_increase: Annotated[
+        float | None,
+        Query(allow_inf_nan=False, description="also the largest batch within this fraction of the optimal loss"),
+    ] = None,
 ) -> Response:
     """Learning rate, batch size and weight decay at a target scale, with 90% intervals."""
     body = await recommendations.recommendation_json(
@@ -90,26 +96,52 @@ async def recommendation(
         fit_id=fit_id,
         fresh=fresh,
         wait_seconds=settings.fit_wait_seconds,
+        max_loss_increase=max_loss_increase,
     )
     return Response(content=body, media_type="application/json")
 
 
 @router.get("/{name}/suggestions", responses=FIT_ERRORS)
-def suggestions(
+async def suggestions(
     name: str,
     principal: Reader,
     engine: EngineDep,
     settings: SettingsDep,
-    count: Annotated[int, Query(ge=1, le=MAX_SUGGESTIONS)] = 5,
+    count: Annotated[
+        int | None, Query(ge=1, le=MAX_SUGGESTIONS, description="suggestions (default 5; with budget_flops: up to 40)")
+    ] = None,
     n_params: Quantity = None,
     tokens: Quantity = None,
     width: Quantity = None,
     depth: Quantity = None,
+    budget_flops: Annotated[
+        Quantity, Query(description="FLOPs to spend (6·N·D per run): the designs that cut the target's penalty most")
+    ] = None,
+    max_n_params: Annotated[Quantity, Query(description="with budget_flops: no proxy larger than this")] = None,
+    max_tokens: Annotated[Quantity, Query(description="with budget_flops: no proxy trained on more tokens")] = None,
 ) -> dict[str, Any]:
-    """The proxy runs that would most shrink the recommendation's uncertainty at the target."""
+    """The proxy runs that would most shrink the recommendation's uncertainty at the target; with
+    `budget_flops`, the scales and LR × batch (× wd) runs within each that remove the most expected
+    loss penalty per FLOP within that budget (contract 1.2)."""
     target = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth}
-    return recommendations.suggestions(
-        engine, name, target, count, bootstrap=settings.bootstrap, created_by=principal.name
+    decisions.check_budget(budget_flops, max_n_params, max_tokens)
+    if budget_flops is not None:
+        return await decisions.budget_suggestions(
+            engine,
+            name,
+            target,
+            budget_flops=budget_flops,
+            max_n_params=max_n_params,
+            max_tokens=max_tokens,
+            count=count or MAX_DESIGNS,
+            bootstrap=settings.bootstrap,
+            created_by=principal.name,
+            wait_seconds=settings.fit_wait_seconds,
+        )
+    return await run_in_threadpool(
+        lambda: recommendations.suggestions(
+            engine, name, target, count or 5, bootstrap=settings.bootstrap, created_by=principal.name
+        )
     )
 
 

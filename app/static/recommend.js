@@ -3,7 +3,16 @@ import { base, state, hooks } from "./studystate.js";
 
 const { api, el, dataTable, clear, fmt, human, describeError } = HP;
 
-const REC_FIELDS = ["n_params", "tokens", "width", "depth", "batch_size", "batch_multiple", "compute"];
+const REC_FIELDS = [
+  "n_params",
+  "tokens",
+  "width",
+  "depth",
+  "batch_size",
+  "batch_multiple",
+  "compute",
+  "max_loss_increase",
+];
 const INT_FIELDS = new Set(["width", "depth", "batch_size", "batch_multiple"]);
 
 document.getElementById("rec-form").addEventListener("submit", async ev => {
@@ -38,6 +47,7 @@ document.getElementById("rec-form").addEventListener("submit", async ev => {
     if (query.compute) t.compute = Number(query.compute);
     state.target = t;
     renderRecommendation(rec);
+    if (hooks.transferCheck) hooks.transferCheck();
     if (!state.fit || state.fit.id !== rec.fit_id) {
       await hooks.loadFit(rec.fit_id);
       state.study = await api(base).catch(() => state.study);
@@ -52,6 +62,11 @@ document.getElementById("rec-form").addEventListener("submit", async ev => {
     btn.disabled = false;
   }
 });
+
+/** An expected penalty as "0.12% [0.01–0.3%]", or — */
+function pen(p) {
+  return p ? fmt(100 * p.value) + "% [" + fmt(100 * p.low) + "–" + fmt(100 * p.high) + "%]" : "—";
+}
 
 export function renderRecommendation(r) {
   const out = clear(document.getElementById("rec-result"));
@@ -73,8 +88,30 @@ export function renderRecommendation(r) {
     tile("Batch [tokens]", r.batch_tokens, "rec-bt", human),
     tile("Weight decay", r.weight_decay, "rec-wd"),
     tile("Predicted loss", r.predicted_loss, "rec-loss"),
+    tile("Expected loss penalty", r.expected_loss_penalty, "rec-penalty", v => fmt(100 * v) + "%"),
   );
   out.append(main);
+  const tbatch = r.tolerance_batch;
+  if (tbatch && tbatch.available)
+    out.append(
+      el("p", {
+        id: "rec-tolerance",
+        text:
+          "Largest batch within +" +
+          fmt(100 * tbatch.max_loss_increase) +
+          "% of the optimal loss: " +
+          fmt(Math.round(tbatch.batch_size.value)) +
+          " sequences (90%: " +
+          fmt(Math.round(tbatch.batch_size.low)) +
+          " – " +
+          fmt(Math.round(tbatch.batch_size.high)) +
+          "), learning rate " +
+          fmt(tbatch.learning_rate.value) +
+          (tbatch.steps ? ", " + fmt(Math.round(tbatch.steps.value)) + " steps" : "") +
+          (tbatch.steps_at_optimal_batch ? " instead of " + fmt(Math.round(tbatch.steps_at_optimal_batch)) : "") +
+          (tbatch.capped ? " (a lower bound: the bowl never reaches the tolerance where the runs describe it)" : ""),
+      }),
+    );
   const levelClass = ext.level === "interpolation" ? "ok" : ext.level === "far" ? "bad" : "warn";
   out.append(
     el(
@@ -111,6 +148,7 @@ export function renderRecommendation(r) {
         el("td", { class: "num", text: fmt(r.learning_rate && r.learning_rate.value) }),
         el("td", { class: "num", text: r.batch_size ? fmt(Math.round(r.batch_size.value)) : "—" }),
         el("td", { class: "num", text: human(r.batch_tokens) }),
+        el("td", { class: "num", text: pen(r.expected_loss_penalty) }),
         el("td", { text: "" }),
       ),
     );
@@ -125,6 +163,7 @@ export function renderRecommendation(r) {
           el("td", { class: "num", text: ok ? fmt(b.learning_rate) : "—" }),
           el("td", { class: "num", text: ok && b.batch_size != null ? fmt(Math.round(b.batch_size)) : "—" }),
           el("td", { class: "num", text: ok ? human(b.batch_tokens) : "—" }),
+          el("td", { class: "num", text: ok ? pen(b.expected_loss_penalty) : "—" }),
           el("td", {
             class: "small",
             text: ok
@@ -151,6 +190,7 @@ export function renderRecommendation(r) {
           { class: "num", text: "Learning rate" },
           { class: "num", text: "Batch [seq.]" },
           { class: "num", text: "Batch [tokens]" },
+          { class: "num", text: "Expected loss penalty [90%]" },
           "Notes",
         ],
         tb,

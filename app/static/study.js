@@ -8,6 +8,7 @@ import { lawXVar, renderOptimum, renderLossLaw } from "./laws.js";
 import { renderDiagnostics } from "./diagnostics.js";
 import { loadRunsPage } from "./runs.js";
 import "./recommend.js";
+import "./transfer.js";
 
 const { api, ApiError, el, clear, fmtDate, banner, describeError } = HP;
 
@@ -37,6 +38,7 @@ async function loadAll() {
   loadRunsPage(true); // the table does not wait for the plots
   const runsPromise = loadPlotRuns();
   await loadFit(state.study.latest_fit_id);
+  if (hooks.transferCheck) hooks.transferCheck();
   renderCharts(); // optima and laws at once; the loss-vs-LR plot fills in as its pages arrive
   await runsPromise;
   renderLossVsLr(scaleTable());
@@ -44,7 +46,10 @@ async function loadAll() {
 
 /** A study without runs: how to add some, instead of empty cards and buttons that can only fail. */
 function emptyStudy() {
-  for (const id of ["recommend", "diagnostics", "runs"]) document.getElementById(id).hidden = true;
+  for (const id of ["recommend", "transfer", "diagnostics", "runs"]) {
+    const section = document.getElementById(id);
+    if (section) section.hidden = true;
+  }
   document.querySelector(".charts").hidden = true;
   document.getElementById("fit-now").hidden = true;
   document.getElementById("fit-status-text").textContent = "No runs, so no fit.";
