@@ -13,8 +13,9 @@ themselves are `no-cache` (revalidated with their ETag) so a new release shows a
 Scripts: `common.js` (API client, DOM and number helpers: the global `HP`) and `charts.js`
 (SVG plots: `Charts`) are classic scripts; everything else is an ES module (`study.js` loads
 and wires the study page; `studystate.js` its state; one module per view: `recommend.js`,
-`laws.js`, `landscape.js`, `diagnostics.js`, `runs.js`, `runstates.js`; `index.js` the
-overview), and their relative imports are versioned the same way. The
+`laws.js`, `landscape.js`, `diagnostics.js`, `runs.js`, `runstates.js`, `exclude.js`;
+`index.js` the overview; `run.js` a run's page at `/studies/{name}/runs/{id}`), and their
+relative imports are versioned the same way. The
 dashboard computes no statistics: curves, bands and run states come from the API
 (`GET /v1/studies/{name}/fits/{id}/curves`, `.../run-states`). Style: prettier at 120 columns
 and eslint, configured in `.ci/js/` (`tests/test_dashboard_static.py`).
@@ -118,7 +119,7 @@ def _render_page(template: str) -> Asset:
     return Asset(body, _CONTENT_TYPES[".html"], f'"{digest[:32]}"', digest[:12])
 
 
-PAGES = {"index": _render_page("index.html"), "study": _render_page("study.html")}
+PAGES = {"index": _render_page("index.html"), "study": _render_page("study.html"), "run": _render_page("run.html")}
 
 router = APIRouter(include_in_schema=False)
 
@@ -145,6 +146,12 @@ def index_page(request: Request) -> Response:
 def study_page(request: Request, name: str) -> Response:
     """One study; the page reads the name from its own URL and asks the API."""
     return _page(request, PAGES["study"])
+
+
+@router.api_route("/studies/{name}/runs/{run_id}", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def run_page(request: Request, name: str, run_id: str) -> Response:
+    """One run; the page reads the study and run id from its own URL and asks the API."""
+    return _page(request, PAGES["run"])
 
 
 @router.api_route("/static/{filename}", methods=["GET", "HEAD"])

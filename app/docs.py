@@ -10,6 +10,13 @@ assets carry the dashboard's security headers with one relaxation: inline *style
 allowed (`style-src 'self' 'unsafe-inline'`), because ReDoc's styled-components writes its
 CSS into <style> elements and fails without them (Swagger UI sets style attributes).
 Scripts stay `script-src 'self'`, and every fetch stays on the service (`connect-src 'self'`).
+Two more things keep `/redoc` free of refused loads (console errors): ReDoc's search index runs
+in a Web Worker it creates from a `blob:` URL of its own code, so these pages allow
+`worker-src 'self' blob:` (a worker can only come from a script that already runs here); and
+its sidebar's "API docs by Redocly" logo, fetched from cdn.redoc.ly, is served by the app
+instead (the bundle's one outside URL is rewritten to `/docs-assets/redoc-logo.svg`).
+`/openapi.json` declares the bearer-token scheme (`app.main`), so Swagger UI's "Authorize" sends
+the token on every "Try it out".
 """
 
 from __future__ import annotations
@@ -26,7 +33,15 @@ from app.dashboard import _SECURITY_HEADERS
 
 _PACKAGED = Path(fastapi_offline.__file__).resolve().parent / "static"
 _OURS = Path(__file__).resolve().parent / "docs_assets"
-_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png"}
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
+# ReDoc's only request to another origin, and what it becomes.
+_REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+_REDOC_LOCAL_LOGO = b"/docs-assets/redoc-logo.svg"
 
 
 def _assets() -> dict[str, tuple[bytes, str, str]]:
@@ -36,6 +51,8 @@ def _assets() -> dict[str, tuple[bytes, str, str]]:
         for path in sorted(directory.iterdir()):
             if path.suffix in _TYPES:
                 body = path.read_bytes()
+                if path.name == "redoc.standalone.js":
+                    body = body.replace(_REDOC_CDN_LOGO, _REDOC_LOCAL_LOGO)
                 found[path.name] = (body, _TYPES[path.suffix], '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
     return found
 
@@ -46,7 +63,8 @@ _HEADERS = {
     **_SECURITY_HEADERS,
     "Content-Security-Policy": _SECURITY_HEADERS["Content-Security-Policy"].replace(
         "style-src 'self'", "style-src 'self' 'unsafe-inline'"
-    ),
+    )
+    + "; worker-src 'self' blob:",
 }
 assert "'unsafe-inline'" in _HEADERS["Content-Security-Policy"]
 

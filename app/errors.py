@@ -36,6 +36,7 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.TokenNotFound: 404,
     errors.StudyExists: 409,
     errors.TokenExists: 409,
+    errors.SubmissionUndone: 409,
     errors.InsufficientData: 409,
     errors.InvalidInput: 422,
     errors.InvalidRuns: 422,

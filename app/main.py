@@ -9,8 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -126,4 +128,32 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(decisions.router)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
+    app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     return app
+
+
+BEARER_SCHEME = "bearerAuth"
+
+
+def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with the bearer-token scheme declared and required by every /v1
+    operation, so /docs offers "Authorize" and its "Try it out" sends the token (the routes read
+    the header themselves, so FastAPI would not declare it)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes, description=app.description
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            BEARER_SCHEME: {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "a token from `hpscale tokens create --scope read|write|admin` "
+                "(not needed when the server runs with --no-auth)",
+            }
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{BEARER_SCHEME: []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

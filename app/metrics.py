@@ -51,7 +51,7 @@ def metrics_endpoint() -> Any:
     (the same bearer check and failed-lookup limit as every /v1 route)."""
 
     async def endpoint(request: Request) -> Response:
-        body, content_type = metrics.exposition()
+        body, content_type = metrics.exposition(request.app.state.engine)
         return Response(body, media_type=content_type)
 
     return endpoint

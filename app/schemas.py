@@ -67,7 +67,7 @@ class RunOut(BaseModel):
     seq_len: int | None
     learning_rate: float
     batch_size: int
-    weight_decay: float
+    weight_decay: Annotated[float | None, Field(description="null: unknown (an import whose source had none)")]
     status: str
     final_loss: float | None
     loss_curve: list[list[float]] | None
@@ -78,11 +78,37 @@ class RunOut(BaseModel):
     submission_id: int | None = None
     excluded: bool = False
     excluded_reason: str | None = None
+    fit_state: Annotated[
+        str | None,
+        Field(
+            description="how the study's latest fit used the run: near_optimal, used, diverged, outlier, failed, "
+            "or excluded (null: no fit yet)"
+        ),
+    ] = None
 
 
 class RunPage(BaseModel):
     items: list[RunOut]
     next_cursor: str | None
+    fit_id: Annotated[int | None, Field(description="the fit whose view of the runs fit_state gives")] = None
+    total: Annotated[
+        int | None, Field(description="how many runs match the filters (on the first page; null after it)")
+    ] = None
+
+
+class CurveOut(BaseModel):
+    name: Annotated[str, Field(description="'loss' (the run's loss_curve) or the name of another series")]
+    x_unit: Annotated[str, Field(description="'tokens' or 'steps'")]
+    n_points: Annotated[int, Field(description="points submitted; more than len(points) when downsampled")]
+    downsampled: bool
+    points: list[list[float]]
+
+
+class SubmissionOut(BaseModel):
+    id: int
+    source: str | None
+    created_at: datetime
+    created_by: str | None
 
 
 class SubmitResult(BaseModel):
@@ -134,6 +160,16 @@ class AuditOut(BaseModel):
 
 class AuditList(BaseModel):
     items: list[AuditOut]
+
+
+class RunDetail(RunOut):
+    """One run with everything its page shows."""
+
+    curves: list[CurveOut]
+    fit_id: int | None
+    state_reason: Annotated[str | None, Field(description="why the run has its fit_state, in one sentence")]
+    submission: SubmissionOut | None
+    audit: list[AuditOut]
 
 
 class ErrorDetail(BaseModel):

@@ -25,7 +25,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -285,26 +285,55 @@ def run_states(fit: StudyResult, runs: Sequence[Mapping[str, Any]]) -> dict[int,
     - used: any other completed run with a loss at a scale of the fit;
     - failed: no final loss, or a scale the fit has no optimum for (e.g. added since the fit).
     """
+    rows = [
+        (
+            int(r["id"]),
+            r.get("n_params"),
+            r.get("tokens"),
+            r.get("width"),
+            r.get("depth"),
+            r.get("status"),
+            r.get("final_loss"),
+        )
+        for r in runs
+    ]
+    out = run_states_of_rows(fit, rows)
+    for r in runs:
+        if r.get("excluded"):
+            out[int(r["id"])] = "excluded"
+    return out
+
+
+StateRow = tuple[int, Any, Any, Any, Any, Any, Any]  # id, n_params, tokens, width, depth, status, final_loss
+
+
+def run_states_of_rows(fit: StudyResult, rows: Iterable[StateRow]) -> dict[int, str]:
+    """`run_states` of plain rows (id, n_params, tokens, width, depth, status, final_loss), whatever
+    the runs' exclusion: the fast path for a whole study (a loop of tuple lookups, no dicts)."""
     from fitting.optima import LEFT_BASIN, NEAR_OPTIMAL  # the fit's own thresholds
 
     outliers = {int(o["run_id"]) for o in fit.outliers if o.get("run_id") is not None}
     best = {_scale_key(o.scale.to_dict()): o.loss for o in fit.optima}
+    high, near = 1 + LEFT_BASIN, 1 + NEAR_OPTIMAL
+    isfinite = math.isfinite
     out: dict[int, str] = {}
-    for r in runs:
-        rid = int(r["id"])
-        b = best.get(_scale_key(r))
-        loss = r.get("final_loss")
-        if r.get("excluded"):
-            out[rid] = "excluded"
-        elif rid in outliers:
+    for rid, n_params, tokens, width, depth, status, loss in rows:
+        key = (
+            None if n_params is None else float(n_params),
+            None if tokens is None else float(tokens),
+            None if width is None else float(width),
+            None if depth is None else float(depth),
+        )
+        b = best.get(key)
+        if rid in outliers:
             out[rid] = "outlier"
-        elif r.get("status") == "diverged":
+        elif status == "diverged":
             out[rid] = "diverged"
-        elif r.get("status") != "completed" or loss is None or not math.isfinite(loss) or b is None:
+        elif status != "completed" or loss is None or not isfinite(loss) or b is None:
             out[rid] = "failed"
-        elif math.isfinite(b) and loss > (1 + LEFT_BASIN) * b:
+        elif isfinite(b) and loss > high * b:
             out[rid] = "diverged"
-        elif math.isfinite(b) and loss <= (1 + NEAR_OPTIMAL) * b:
+        elif isfinite(b) and loss <= near * b:
             out[rid] = "near_optimal"
         else:
             out[rid] = "used"

@@ -325,6 +325,7 @@ def tolerance_batch(
             "describe it: the batch returned is a lower bound (sweep larger batches at the proxies to measure it)"
         )
     cond = predict(fit, target, value)
+    assert cond.learning_rate is not None  # both laws exist (checked above)
     optimum = predict(fit, target)
     tokens = t.get("tokens")
     steps = steps_opt = None

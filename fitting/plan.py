@@ -252,7 +252,8 @@ def _suggestion(
     lr = bs = wd = None
     try:
         p = predict(fit, scale)
-        lr, wd = p.learning_rate.value, None if p.weight_decay is None else p.weight_decay.value
+        lr = None if p.learning_rate is None else p.learning_rate.value
+        wd = None if p.weight_decay is None else p.weight_decay.value
         bs = None if p.batch_size is None else p.batch_size.value
     except (ValueError, KeyError):
         pass

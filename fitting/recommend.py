@@ -112,6 +112,33 @@ def recommend(
     warnings: list[str] = [] if allocation is None else list(allocation.warnings)
 
     prediction = predict(fit, target, batch_size)
+    if prediction.learning_rate is None:  # a loss-law-only answer: nothing to round or scale per layer
+        if batch_multiple is not None:
+            warnings.append("batch_multiple was given, but there is no batch size to round (no learning-rate law)")
+        published = baselines({**target, **({"seq_len": seq_len} if seq_len else {})})
+        return Recommendation(
+            prediction=prediction,
+            target=target,
+            batch_size=None,
+            batch_tokens=None,
+            per_layer=None,
+            compute_optimal=allocation,
+            baselines=published,
+            warnings=(
+                *prediction.warnings,
+                *warnings,
+                "per_layer is null: there is no learning rate to scale per layer",
+                "expected_loss_penalty is null: with no learning-rate law there is no setting to price",
+                *(
+                    ["tolerance_batch unavailable: no batch-size answer without a learning-rate law"]
+                    if max_loss_increase is not None
+                    else []
+                ),
+            ),
+            tolerance_batch=None
+            if max_loss_increase is None
+            else {"available": False, "reason": "no learning-rate law, so no batch-size answer"},
+        )
     for name, interval in (("learning rate", prediction.learning_rate), ("batch size", prediction.batch_size)):
         if interval is not None and not all(0 < x < math.inf for x in (interval.low, interval.value, interval.high)):
             raise OverflowError(f"the {name} law gives no finite positive value at this target")
@@ -121,6 +148,7 @@ def recommend(
         warnings.extend(rounding)
     warnings = list(prediction.warnings) + warnings
 
+    assert prediction.learning_rate is not None  # (a re-conditioned prediction keeps its law)
     per_layer, per_layer_warning = _per_layer(study, target, prediction.learning_rate.value)
     if per_layer_warning is not None:
         warnings.append(per_layer_warning)

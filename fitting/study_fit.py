@@ -275,7 +275,7 @@ class Extrapolation:
 class Prediction:
     """Recommendation at a target scale (contract fields minus fit_id/data_version/per_layer)."""
 
-    learning_rate: Interval
+    learning_rate: Interval | None  # None: no learning-rate law (a loss-law-only answer; warnings say why)
     batch_size: Interval | None
     batch_tokens: float | None
     weight_decay: Interval | None
@@ -287,7 +287,7 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "learning_rate": self.learning_rate.to_dict(),
+            "learning_rate": None if self.learning_rate is None else self.learning_rate.to_dict(),
             "batch_size": None if self.batch_size is None else self.batch_size.to_dict(),
             "batch_tokens": self.batch_tokens,
             "weight_decay": None if self.weight_decay is None else self.weight_decay.to_dict(),
@@ -354,10 +354,11 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
 
     log h*(x) ~ the law's posterior mixture plus its scatter τ; conditional optimum: minimise
     the bowl over the free axes with z_bs = log bs − log bs*(x), per draw.
-    Raises InsufficientData (no learning-rate law) or MissingTarget (a law variable absent).
+    Without a learning-rate law the loss law still answers (`_loss_only`). Raises
+    InsufficientData (neither law) or MissingTarget (a law variable absent).
     """
     if "learning_rate" not in fit.laws:
-        raise InsufficientData(fit.missing.get("learning_rate", "no learning-rate law could be fitted"))
+        return _loss_only(fit, target, batch_size)
     t = target_variables(fit, target)
     warnings: list[str] = _evidence_warnings(fit)
     if t.pop(SHAPE_ASSUMED, None):
@@ -400,6 +401,51 @@ def predict(fit: StudyResult, target: Mapping[str, float], batch_size: float | N
     return Prediction(
         lr, bs, bt, wd, loss, ext, {a: law.cv_error for a, law in fit.laws.items()}, tuple(warnings), conditioned
     )
+
+
+def _loss_only(fit: StudyResult, target: Mapping[str, float], batch_size: float | None) -> Prediction:
+    """The answer of a fit with a loss law but no learning-rate law (one run per (N, D), as most
+    published scaling-law data): the predicted loss with its interval, the hyperparameters null,
+    each with why and what runs would give it. How far the target lies outside the data is
+    measured on the loss law's n_params and tokens ranges."""
+    why_lr = fit.missing.get("learning_rate", "no learning-rate law could be fitted")
+    law = fit.loss_law
+    if law is None:
+        why = fit.no_loss_law_reason()
+        raise InsufficientData(f"{why_lr}; and no loss law either ({'not fitted' if why is None else why})")
+    t = {k: float(v) for k, v in target.items() if v is not None}
+    for v, x in t.items():
+        if not (math.isfinite(x) and x > 0):
+            raise ValueError(f"target {v} must be a positive number")
+    for v in ("n_params", "tokens"):
+        if v not in t:
+            raise MissingTarget(v)
+    warnings = _evidence_warnings(fit)
+    per: dict[str, float] = {}
+    for v, (lo, hi) in (("n_params", law.n_params_range), ("tokens", law.tokens_range)):
+        if lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi):
+            dist = max(0.0, math.log(lo) - math.log(t[v]), math.log(t[v]) - math.log(hi))
+            per[v] = math.exp(min(dist, MAX_LOG_FACTOR))
+    factor = max(per.values(), default=1.0)
+    level = "interpolation" if factor <= 1.0 + 1e-9 else ("extrapolation" if factor <= FAR_FACTOR else "far")
+    ext = Extrapolation(level, factor, per)
+    if level != "interpolation":
+        worst = max(per, key=lambda v: per[v])
+        warnings.append(f"target is {factor:.3g}× outside the loss law's {worst} range ({level})")
+    warnings.append(
+        f"learning_rate is null: no learning-rate law ({why_lr}); sweep the learning rate over ≥ 3 values at "
+        "≥ 2 scales to get one. The predicted loss is the loss law's at this (n_params, tokens), at the "
+        "hyperparameters the runs used"
+    )
+    for axis in ("batch_size", "weight_decay"):
+        warnings.append(
+            f"{axis} is null: no learning-rate law to build its answer on "
+            f"({fit.missing.get(axis, 'no law of its own either')}); sweep it over ≥ 3 values at ≥ 2 scales"
+        )
+    if batch_size is not None:
+        warnings.append("batch_size was given, but with no learning-rate law there is nothing to condition on it")
+    loss = law.predict(t["n_params"], t["tokens"]).interval()
+    return Prediction(None, None, None, None, loss, ext, {a: l.cv_error for a, l in fit.laws.items()}, tuple(warnings))
 
 
 def _law_draws(fit: StudyResult, t: Mapping[str, float], warnings: list[str]) -> dict[str, tuple[float, np.ndarray]]:

@@ -322,6 +322,8 @@ def _reuse_costs(
     if isinstance(model, str):
         return {"_summary": {"available": False, "reason": model}}
     pred = predict(fit, target)
+    if pred.learning_rate is None:  # a loss-law-only fit: no setting to reuse or price
+        return {"_summary": {"available": False, "reason": "no learning-rate law"}}
     rec: dict[str, float | None] = {
         "learning_rate": pred.learning_rate.value,
         "batch_size": None if pred.batch_size is None else pred.batch_size.value,

@@ -1,4 +1,28 @@
-"""The `hpscale` command: serve, db upgrade, import/export CSV, tokens."""
+"""hpscale: a hyperparameter-transfer and scaling-law service, and its command line.
+
+On the server's database (--database-url, else $HPSCALE_DATABASE_URL, else ./hpscale.db):
+  serve                 run the HTTP API and the dashboard (upgrades the schema first)
+  db upgrade            migrate the database to the latest schema
+  studies create|list|delete
+                        make a study (its optimizer, parameterization, priors…), list them, delete one
+  import                load runs from a CSV, an Optuna study, an MLflow experiment or W&B runs;
+                        --undo a submission
+  export                write a study's runs as CSV (imports back exactly)
+  runs list|exclude|include
+                        list a study's runs (filtered, sorted, by their state in the latest fit);
+                        leave runs out of fits or let them back in
+  audit                 who submitted, imported, excluded, included or deleted what, when and why
+  tokens create|list|revoke
+                        API tokens (printed once; only a hash is stored)
+Against a running server (--url, $HPSCALE_URL; token from $HPSCALE_TOKEN or --token-file):
+  recommend             hyperparameters at a target scale, with 90% intervals
+  transfer-check        do the study's optima transfer across width and depth (or drift)?
+  suggest               the proxy runs that would most narrow the answer (within a FLOP budget),
+                        as a table, JSON, an Optuna study or a W&B sweep
+  submit                post runs saved as JSON (a tracked run saved when the server was down)
+
+`hpscale COMMAND --help` explains every option.
+"""
 
 from __future__ import annotations
 
@@ -280,6 +304,17 @@ def _progress(done: int, total: int, started: float, stream: TextIO = sys.stderr
     stream.flush()
 
 
+def _import_source(args: argparse.Namespace) -> str:
+    """What the import reads, in words (for messages and the audit log)."""
+    if args.source == "optuna":
+        return f"Optuna study '{args.source_study}'"
+    if args.source == "mlflow":
+        return f"MLflow experiment '{args.experiment}'"
+    if args.source == "wandb":
+        return "the W&B runs " + ", ".join(Path(p).name for p in args.paths[:3]) + (" …" if len(args.paths) > 3 else "")
+    return f"the file {Path(args.paths[0]).name}" if args.paths else "the file"
+
+
 def _import_rows(
     args: argparse.Namespace,
 ) -> list[tuple[Any, dict[str, Any]]] | Callable[[], Iterator[tuple[Any, dict[str, Any]]]]:
@@ -306,13 +341,15 @@ def _import_rows(
 
         if not args.storage or not args.source_study:
             raise InvalidArgument("--from optuna needs --storage URL and --source-study NAME")
-        return importer_optuna.read_runs(args.storage, args.source_study, mapping)
+        return importer_optuna.read_runs(args.storage, args.source_study, mapping, timeout=args.timeout)
     if source == "mlflow":
         from service.importers import mlflow as importer_mlflow
 
         if not args.tracking_uri or not args.experiment:
             raise InvalidArgument("--from mlflow needs --tracking-uri URI and --experiment NAME")
-        return importer_mlflow.read_runs(args.tracking_uri, args.experiment, mapping)
+        return importer_mlflow.read_runs(
+            args.tracking_uri, args.experiment, mapping, timeout=args.timeout, curves=not args.no_curves
+        )
     from service.importers import wandb as importer_wandb
 
     if not args.paths:
@@ -349,6 +386,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     progress = None if args.quiet else (lambda done, total: _progress(done, total, started))
     engine = _engine(args, create=args.create)
+    what = _import_source(args)
     result = import_runs(
         engine,
         args.study,
@@ -357,8 +395,30 @@ def cmd_import(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=progress,
         source=args.source,
+        what=what,
+        description=what,
+        skip_invalid=args.skip_invalid,
     )
     print(f"imported {result.inserted} runs into '{result.study.name}' ({result.duplicates} duplicates skipped)")
+    if result.skipped:
+        lines = sorted({str(d["index"]) for d in result.skipped}, key=lambda v: (len(v), v))
+        print(f"skipped {len(lines)} invalid run(s) of {what} (--skip-invalid):", file=sys.stderr)
+        for detail in result.skipped[:50]:
+            index = detail["index"]
+            where = f"line {index}" if isinstance(index, int) else str(index)
+            print(f"  {where}: {detail['field']}: {detail['message']}", file=sys.stderr)
+        if len(result.skipped) > 50:
+            print(f"  … and {len(result.skipped) - 50} more", file=sys.stderr)
+    if result.keyed_by_content:
+        print(
+            f"note: {result.keyed_by_content} run(s) had no run_key and got one from their content (as the Python "
+            "client does), so importing this file again adds nothing; map a column with --map COLUMN=run_key to "
+            "key them yourself",
+            file=sys.stderr,
+        )
+    if result.submissions:
+        moved = ", ".join(f"{old} → {new}" for old, new in sorted(result.submissions.items()))
+        print(f"the exported study's submissions are these submissions here: {moved}")
     if create is not None and result.created:
         print(f"created study {_describe_study(result.study)}", file=sys.stderr)
     elif create is not None and given:
@@ -439,6 +499,68 @@ def cmd_runs_set_excluded(args: argparse.Namespace) -> int:
             print(f"excluded run {run_id} of '{args.study}': no fit uses it until `hpscale runs include`")
         else:
             print(f"included run {run_id} of '{args.study}' again")
+    return 0
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    """A study's runs as a table (or CSV), filtered and sorted over the whole study."""
+    from service.run_states import FIT_STATES
+    from service.runs import Listing, RunFilters, export_csv, list_runs
+
+    state = "near_optimal" if args.state == "near-optimal" else args.state
+    if state is not None and state not in FIT_STATES:
+        raise InvalidArgument(f"--state must be one of {', '.join(FIT_STATES)}")
+    filters = RunFilters(status=args.status, width=args.width, depth=args.depth)
+    listing = Listing(filters, state, args.sort, args.desc)
+    engine = _engine(args)
+    if args.csv:
+        _, lines = export_csv(engine, args.study, listing)
+        for line in lines:
+            sys.stdout.write(line)
+        return 0
+    columns = [
+        ("id", ">7"),
+        ("run_key", "<24"),
+        ("fit_state", "<12"),
+        ("n_params", ">9"),
+        ("tokens", ">9"),
+        ("width", ">6"),
+        ("depth", ">5"),
+        ("learning_rate", ">10"),
+        ("batch_size", ">7"),
+        ("weight_decay", ">7"),
+        ("final_loss", ">9"),
+        ("status", "<9"),
+    ]
+    heads = {"fit_state": "state", "learning_rate": "lr", "batch_size": "batch", "weight_decay": "wd"}
+    print(" ".join(f"{heads.get(name, name):{fmt}}" for name, fmt in columns).rstrip())
+    shown, cursor = 0, None
+    while True:
+        want = args.limit - shown if args.limit else 1000
+        page = list_runs(engine, args.study, cursor=cursor, limit=min(1000, want), filters=filters, listing=listing)
+        for run in page.items:
+            cells = []
+            for name, fmt in columns:
+                text = _cell(run.get(name), 3 if name in ("n_params", "tokens") else 4)
+                if name == "run_key" and len(text) > 24:
+                    text = text[:23] + "…"
+                cells.append(f"{text:{fmt}}")
+            print(" ".join(cells).rstrip())
+        shown += len(page.items)
+        cursor = page.next_cursor
+        if cursor is None or (args.limit and shown >= args.limit):
+            break
+    more = " (more: raise --limit, or --limit 0 for all)" if cursor is not None else ""
+    fit = f"; states from fit {page.fit_id}" if page.fit_id is not None else "; no fit yet"
+    print(f"{shown} run(s){more}{fit}", file=sys.stderr)
     return 0
 
 
@@ -789,8 +911,31 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------
 
 
+# The columns `runs list --sort` takes (store.runviews.SORTABLE; the CLI does not import store).
+SORTABLE_COLUMNS = (
+    "id",
+    "run_key",
+    "n_params",
+    "tokens",
+    "width",
+    "depth",
+    "seq_len",
+    "learning_rate",
+    "batch_size",
+    "weight_decay",
+    "status",
+    "final_loss",
+    "seed",
+    "created_at",
+    "created_by",
+    "submission_id",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hpscale", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hpscale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--database-url",
@@ -857,6 +1002,22 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--create", action="store_true", help="create the study if it does not exist")
     _add_study_options(imp, "with --create")
     imp.add_argument("--batch-size", type=int, default=DEFAULT_IMPORT_BATCH, help="runs per transaction")
+    imp.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import the valid runs and list the invalid ones (by line or source id) instead of importing nothing",
+    )
+    imp.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds an Optuna database or MLflow server may take to answer before the import stops (default 10)",
+    )
+    imp.add_argument(
+        "--no-curves",
+        action="store_true",
+        help="with --from mlflow: skip the metric histories (one request per run and metric)",
+    )
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
     imp.add_argument(
         "--undo",
@@ -867,8 +1028,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--reason", help="with --undo: why (kept in the audit log)")
     imp.set_defaults(func=cmd_import)
 
-    runs = sub.add_parser("runs", help="exclude runs from fits or include them again (audited)")
+    runs = sub.add_parser("runs", help="list a study's runs; exclude runs from fits or include them again (audited)")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    rlist = runs_sub.add_parser(
+        "list", parents=[common], help="a study's runs, filtered and sorted over the whole study (table or --csv)"
+    )
+    rlist.add_argument("--study", required=True, help="the study")
+    rlist.add_argument(
+        "--state",
+        help="how the latest fit used the run: near_optimal, used, diverged, outlier, failed or excluded",
+    )
+    rlist.add_argument("--status", choices=("completed", "diverged", "failed"), help="the run's own status")
+    rlist.add_argument("--width", type=int, help="only this width")
+    rlist.add_argument("--depth", type=int, help="only this depth")
+    rlist.add_argument("--sort", default="id", choices=SORTABLE_COLUMNS, help="sort by this column (default id)")
+    rlist.add_argument("--desc", action="store_true", help="largest first")
+    rlist.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
+    rlist.add_argument("--csv", action="store_true", help="print the runs as CSV (every run of the view, all columns)")
+    rlist.set_defaults(func=cmd_runs_list)
     exclude = runs_sub.add_parser("exclude", parents=[common], help="leave runs out of every fit (they stay stored)")
     exclude.add_argument("run_ids", nargs="+", type=int, metavar="RUN_ID", help="run ids (the `id` of a listed run)")
     exclude.add_argument("--study", required=True, help="the study the runs belong to")
@@ -896,7 +1073,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--reason", help="why (kept in the audit log)")
     delete.set_defaults(func=cmd_studies_delete)
 
-    audit = sub.add_parser("audit", parents=[common], help="who excluded, included or deleted what, when and why")
+    audit = sub.add_parser(
+        "audit", parents=[common], help="who submitted, imported, excluded, included or deleted what, when and why"
+    )
     audit.add_argument("--study", help="only this study (deleted ones too)")
     audit.add_argument("--limit", type=int, default=1000, help="newest N records (default 1000)")
     audit.set_defaults(func=cmd_audit)

@@ -10,7 +10,8 @@
 Runs without a `run_key` get one derived from their content, so a retried submission
 (after a timeout, a crash, a rerun of the script) never stores a run twice. Transient
 failures (connection errors, 429, 502-504) are retried with backoff; any other error
-raises `HpscaleError` carrying the server's error body.
+raises `HpscaleError` carrying the server's error body. Every method returns the HTTP
+answer's own shape (`submit` adds `submission_ids` for submissions of more than one batch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import random
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,9 @@ class Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        # A client nobody closed still closes its connections when it goes (no unclosed-socket
+        # ResourceWarning at exit from a script that never called close()).
+        self._closer = weakref.finalize(self, self._http.close)
         self.timeout = timeout
         self.retries = retries
         if submit_deadline is None:
@@ -99,7 +104,7 @@ class Client:
         self.spool_dir = Path(spool_dir or os.environ.get("HPSCALE_SPOOL_DIR") or "hpscale-unsent")
 
     def close(self) -> None:
-        self._http.close()
+        self._closer()
 
     def __enter__(self) -> Client:
         return self
@@ -174,9 +179,19 @@ class Client:
     def submit(self, study: str, runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         """Store runs (in batches of ≤10,000, each atomic); safe to call again after a failure.
 
-        The answer's `submission_ids` (one per batch) undo it: `delete_submission`."""
+        The answer is the HTTP answer's shape (`inserted`, `duplicates`, `replaced`, `ids`,
+        `submission_id`), summed over batches; `submission_id` undoes it (`delete_submission`).
+        More than 10,000 runs are several submissions: `submission_id` is the first's and
+        `submission_ids` lists them all (also for one batch: the name earlier versions returned)."""
         keyed = [dict(run) if run.get("run_key") else {**run, "run_key": content_run_key(run)} for run in runs]
-        total: dict[str, Any] = {"inserted": 0, "duplicates": 0, "replaced": 0, "ids": [], "submission_ids": []}
+        total: dict[str, Any] = {
+            "inserted": 0,
+            "duplicates": 0,
+            "replaced": 0,
+            "ids": [],
+            "submission_id": None,
+            "submission_ids": [],
+        }
         for start in range(0, len(keyed), MAX_BATCH):
             result = self._request(
                 "POST", f"/v1/studies/{_segment(study)}/runs", json={"runs": keyed[start : start + MAX_BATCH]}
@@ -186,10 +201,13 @@ class Client:
             total["replaced"] += result.get("replaced", 0)
             total["ids"].extend(result["ids"])
             total["submission_ids"].append(result.get("submission_id"))
+            if total["submission_id"] is None:
+                total["submission_id"] = result.get("submission_id")
         return total
 
     def runs(self, study: str, *, page_size: int = 1000, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Every run of the study (optionally filtered by status, width, depth, created_by)."""
+        """Every run of the study (optionally filtered by status, width, depth, created_by, excluded,
+        `state` in the latest fit, and sorted: sort=column, order="desc"), each with its `fit_state`."""
         params: dict[str, Any] = {"limit": page_size, **filters}
         while True:
             page = self._request("GET", f"/v1/studies/{_segment(study)}/runs", params=params)
@@ -215,9 +233,16 @@ class Client:
         params = {key: value for key, value in {**target, "fit_id": fit_id}.items() if value is not None}
         return self._request("GET", f"/v1/studies/{_segment(study)}/recommendation", params=params)
 
-    def suggestions(self, study: str, count: int = 5, **target: Any) -> list[dict[str, Any]]:
+    def run(self, study: str, run_id: int) -> dict[str, Any]:
+        """One run with its curves, its state in the latest fit and why, its submission and audit trail."""
+        return self._request("GET", f"/v1/studies/{_segment(study)}/runs/{int(run_id)}")
+
+    def suggestions(self, study: str, count: int = 5, **target: Any) -> ItemsAnswer:
+        """The HTTP answer `{"items": [...], "fit_id", "data_version"}`. (Earlier versions returned
+        the list of items; iterating or indexing the answer by position still gives the items,
+        with a DeprecationWarning: use answer["items"].)"""
         params = {"count": count, **{k: v for k, v in target.items() if v is not None}}
-        return self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params)["items"]
+        return ItemsAnswer(self._request("GET", f"/v1/studies/{_segment(study)}/suggestions", params=params))
 
     def suggest(self, study: str, **query: Any) -> dict[str, Any]:
         """The whole `/suggestions` answer: target (n_params, tokens, width, depth), `count`, and for a
@@ -250,7 +275,7 @@ class Client:
 
     # --- the training-loop hook ------------------------------------------------------------
 
-    def track(self, study: str, *, run_key: str | None = None, **fields: Any) -> TrackedRun:
+    def track(self, study: str, *, run_key: str | None = None, check: bool | str = True, **fields: Any) -> TrackedRun:
         """A context manager that submits one run when the training loop ends:
 
             with hp.track("gpt-proxies", n_params=1.2e8, tokens=2.4e9, learning_rate=3e-3,
@@ -269,8 +294,38 @@ class Client:
         replace its failed first attempt (the server keeps a completed run, never two).
         The submission is bounded by the client's `submit_deadline`; past it the run is
         saved to a JSON file for `hpscale submit`.
+
+        Entering the block checks, before any training, that the study exists, the token may
+        write, and the server accepts the fields given (`POST …/runs?dry_run=true`): a refusal
+        raises `HpscaleError` there (`check="warn"` warns instead, `check=False` skips it); a
+        server that cannot be reached only warns (the run is saved at the end if it still
+        cannot be sent).
         """
-        return TrackedRun(self, study, run_key=run_key, **fields)
+        return TrackedRun(self, study, run_key=run_key, check=check, **fields)
+
+
+class ItemsAnswer(dict):  # type: ignore[type-arg]
+    """An HTTP answer `{"items": [...], ...}` that old code may still use as the list of items:
+    iterating it, `len()` and integer indexing reach `items`, with a DeprecationWarning."""
+
+    def _items(self) -> list[Any]:
+        warnings.warn(
+            'hpscale: this answer is the HTTP shape {"items": [...], ...} now; use answer["items"]',
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return list(dict.__getitem__(self, "items"))
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, slice)):
+            return self._items()[key]
+        return dict.__getitem__(self, key)
 
 
 RUN_FIELDS = frozenset(
@@ -310,9 +365,12 @@ def split_fields(fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
 class TrackedRun:
     """One training run being tracked by `Client.track` (see there)."""
 
-    def __init__(self, client: Client, study: str, *, run_key: str | None = None, **fields: Any) -> None:
+    def __init__(
+        self, client: Client, study: str, *, run_key: str | None = None, check: bool | str = False, **fields: Any
+    ) -> None:
         self.client = client
         self.study = study
+        self.check = check
         self.run_key = run_key or f"track-{uuid.uuid4().hex}"
         self.fields, self.extra = split_fields(fields)
         self.final_loss: float | None = None
@@ -396,7 +454,37 @@ class TrackedRun:
             return None
 
     def __enter__(self) -> TrackedRun:
+        if self.check:
+            self.validate()
         return self
+
+    def validate(self) -> None:
+        """Ask the server now whether it would take this run (see `Client.track`)."""
+        # No loss yet: a failed run needs none. Nothing of this object changes.
+        probe: dict[str, Any] = {**self.fields, "run_key": self.run_key, "status": "failed"}
+        extra = {k: v for k, v in self.extra.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        if extra:
+            probe["extra"] = extra
+        try:
+            self.client.check(self.study, [probe], deadline=min(self.client.submit_deadline, 10.0))
+        except HpscaleError as error:
+            if error.status_code >= 500 or self.check == "warn":
+                warnings.warn(f"hpscale: study {self.study!r}: {error}; training goes on", stacklevel=3)
+                return
+            detail = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in error.details if isinstance(d, dict))
+            raise HpscaleError(
+                error.status_code,
+                error.code,
+                f"study {self.study!r} would refuse this run ({error.message}{'; ' + detail if detail else ''}); "
+                "nothing was trained. Pass check='warn' to train anyway.",
+                error.details,
+            ) from None
+        except httpx.HTTPError as error:
+            warnings.warn(
+                f"hpscale: cannot reach {self.client.url} ({error}); training goes on and the run is saved "
+                "locally if it still cannot be sent at the end",
+                stacklevel=3,
+            )
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is not None:

@@ -1,12 +1,15 @@
 """Runs as CSV: the export format of `runs.csv` and what `hpscale import` reads back.
 
-One column per run field, `loss_curve` as JSON text, `extra.<key>` for each extra key; lines
-end in CRLF (RFC 4180), so a cell holding a CR or LF is always quoted. Text cells are
-escaped (`neutralise_formula`) so that no spreadsheet runs them and the import reads back
-exactly what was exported.
+One column per run field, `loss_curve` and `curves` as JSON text, `extra.<key>` for each
+extra key, and the run's `excluded`, `excluded_reason` and `submission_id`; lines end in CRLF
+(RFC 4180), so a cell holding a CR or LF is always quoted. Text cells are escaped
+(`neutralise_formula`) so that no spreadsheet runs them and the import reads back exactly
+what was exported. An unknown weight decay is an empty cell.
 On import, `--map csv_column=field` renames columns; a column that is neither a run
 field nor mapped goes into `extra` (so nothing in the file is silently dropped), and
-bookkeeping columns of our own export (`id`, `created_at`, `created_by`) are ignored.
+bookkeeping columns of our own export (`id`, `created_at`, `created_by`) are ignored;
+`excluded`, `excluded_reason` and `submission_id` are carried over (`service.runs.import_runs`).
+A file with no weight-decay column, or an empty cell in it, imports as an unknown weight decay.
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ from typing import Any
 from service.errors import InvalidArgument
 from store.queries import RUN_FIELDS
 
+# What an import carries besides the run's fields (see service.runs.CARRIED).
+CARRIED_COLUMNS: tuple[str, ...] = ("excluded", "excluded_reason", "submission_id")
 EXPORT_COLUMNS: tuple[str, ...] = (
     "id",
     *(field for field in RUN_FIELDS if field != "extra"),
     "created_at",
     "created_by",
+    *CARRIED_COLUMNS,
 )
 IGNORED_ON_IMPORT = frozenset({"id", "created_at", "created_by"})
-_INT_FIELDS = frozenset({"width", "depth", "seq_len", "batch_size", "seed"})
-_TEXT_FIELDS = frozenset({"run_key", "status"})
+_INT_FIELDS = frozenset({"width", "depth", "seq_len", "batch_size", "seed", "submission_id"})
+_JSON_FIELDS = frozenset({"loss_curve", "curves"})
+_TEXT_FIELDS = frozenset({"run_key", "status", "excluded", "excluded_reason"})
 
 
 # A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection").
@@ -75,6 +82,8 @@ def restore_formula(cell: str) -> tuple[str, bool]:
 def _format(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)  # shortest text that reads back to the same float
     if isinstance(value, (list, dict)):
@@ -92,6 +101,7 @@ _FAST_FORMAT: dict[type, Callable[[Any], str]] = {
     int: int.__str__,
     str: neutralise_formula,
     type(None): lambda _: "",
+    bool: lambda value: "true" if value else "false",
 }
 
 
@@ -179,7 +189,7 @@ def number_or_text(text: str) -> int | float | str:
 def _field_value(field: str, text: str) -> Any:
     if field in _TEXT_FIELDS:
         return text
-    if field == "loss_curve":
+    if field in _JSON_FIELDS:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
@@ -244,10 +254,13 @@ def read_runs(lines: Iterable[str], mapping: Mapping[str, str] | None = None) ->
         field = mapping.get(column, column)
         if field in IGNORED_ON_IMPORT and column not in mapping:
             continue
-        targets[column] = field if (field in RUN_FIELDS or field.startswith("extra.")) else f"extra.{field}"
+        known = field in RUN_FIELDS or field in CARRIED_COLUMNS or field.startswith("extra.")
+        targets[column] = field if known else f"extra.{field}"
     check_targets(targets, reader.fieldnames)
+    # No weight-decay column (or an empty cell): the source never said, so it is unknown, not 0.
+    unknown_weight_decay = {"weight_decay": None}
     for row in reader:
-        run: dict[str, Any] = {}
+        run: dict[str, Any] = dict(unknown_weight_decay)
         extra: dict[str, Any] = {}
         for column, field in targets.items():
             cell = row.get(column) or ""

@@ -96,6 +96,12 @@ class TokenExists(DomainError):
         self.name = name
 
 
+class SubmissionUndone(DomainError):
+    """The submission was undone already: undoing it again would do nothing (and say nothing)."""
+
+    code = "conflict"
+
+
 class TokenNotFound(DomainError):
     code = "not_found"
 

@@ -17,7 +17,10 @@ SCOPE_RANK: dict[str, int] = {scope: rank for rank, scope in enumerate(SCOPES)}
 # --- requests ---------------------------------------------------------------------------
 MAX_BATCH_RUNS = 10_000  # runs in one POST .../runs
 DEFAULT_IMPORT_BATCH = 5_000  # runs per transaction of `hpscale import`
-MAX_LOSS_CURVE_POINTS = 10_000
+MAX_LOSS_CURVE_POINTS = 10_000  # points of one submitted curve (loss_curve, each of `curves`)
+MAX_CURVE_SERIES = 16  # series in a run's `curves` besides the loss curve
+# Points kept of a stored series: a longer one is downsampled (`service.run_curves`).
+MAX_STORED_CURVE_POINTS = 1_000
 MAX_EXTRA_KEYS = 256
 # Distinct `extra` keys over all of a study's runs: each is a column of runs.csv, so a few
 # writes of fresh keys would otherwise make every export of the study huge. Checked at

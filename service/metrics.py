@@ -9,13 +9,17 @@ What is counted, and where:
 - requests and their latency per method, route template (`/v1/studies/{name}/runs`, never
   the concrete path, so labels stay few) and status: `app.metrics.MetricsMiddleware`;
 - fits computed, by outcome, and their duration: `service.fits` around `fit_study`;
-- runs stored (not duplicates): `service.runs` (HTTP submissions and imports);
+- runs stored (not duplicates), by source: read from the audit log (`IngestedRuns`), where every
+  HTTP submission and every import records its count, so runs an `hpscale import` process
+  stored are counted too (an in-process counter saw only the server's own submissions);
 - database errors (exceptions of the database driver reaching a request): the middleware.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +34,15 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 import fitting.common
 import fitting.study_fit
+from store import audit
+from store.db import Engine, read_connection
+
+log = logging.getLogger("hpscale")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -53,7 +63,6 @@ FIT_SECONDS = Histogram(
     "Time to compute one fit, in seconds",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
-RUNS_INGESTED = Counter("hpscale_runs_ingested_total", "Runs stored (duplicates not counted), by source", ["source"])
 DATABASE_ERRORS = Counter("hpscale_database_errors_total", "Database errors that reached a request, by type", ["type"])
 
 _DATABASE_MODULES = frozenset({"sqlalchemy", "psycopg", "psycopg2", "sqlite3"})
@@ -93,10 +102,55 @@ def counted_fit(*args: Any, **kwargs: Any) -> Any:
         return fitting.study_fit.fit_study(*args, **kwargs)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format and its content type (all workers' sums)."""
+class IngestedRuns(Collector):
+    """`hpscale_runs_ingested_total{source}`: runs stored per source (http, csv, optuna, mlflow,
+    wandb), summed over the audit log. The database is the one truth every process shares, so
+    the total is the same from any worker and includes `hpscale import` runs; a sum over an
+    append-only log never decreases (deleting runs does not uncount them). Read at most once
+    per `ttl` seconds per process; a database that cannot answer leaves the series out."""
+
+    def __init__(self, engine: Engine, ttl: float = 0.0) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._totals: dict[str, int] | None = None
+
+    def totals(self) -> dict[str, int] | None:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.ttl:
+                try:
+                    with read_connection(self.engine) as conn:
+                        self._totals = audit.ingested_totals(conn)
+                    self._read_at = time.monotonic()
+                except Exception as error:  # noqa: BLE001 - /metrics must answer while the database does not
+                    log.warning("runs ingested: the audit log could not be read (%s)", type(error).__name__)
+                    return None
+            return self._totals
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        totals = self.totals()
+        if totals is None:
+            return
+        family = CounterMetricFamily(
+            "hpscale_runs_ingested", "Runs stored (duplicates not counted), by source", labels=["source"]
+        )
+        for source, count in sorted(totals.items()):
+            family.add_metric([source], count)
+        yield family
+
+
+_ingested: dict[int, IngestedRuns] = {}
+
+
+def exposition(engine: Engine | None = None) -> tuple[bytes, str]:
+    """The metrics in Prometheus' text format and its content type (all workers' sums), with the
+    runs ingested read from `engine`'s audit log."""
+    extra = CollectorRegistry()
+    if engine is not None:
+        extra.register(_ingested.setdefault(id(engine), IngestedRuns(engine)))
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated upstream
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + generate_latest(extra), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY) + generate_latest(extra), CONTENT_TYPE_LATEST

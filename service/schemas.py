@@ -33,11 +33,16 @@ from service.limits import (
     INT32_MAX,
     INT64_MAX,
     MAX_BATCH_RUNS,
+    MAX_CURVE_SERIES,
     MAX_EXTRA_KEYS,
     MAX_LOSS_CURVE_POINTS,
     RUN_LIMITS,
     STUDY_NAME_PATTERN,
 )
+
+# Validation context of an import (`service.runs.import_runs`): there a null weight decay is
+# "the source never said" and is stored as unknown; over HTTP a null means the default 0.
+IMPORT_CONTEXT = {"weight_decay_unknown": True}
 
 
 def _no_nul(value: str) -> str:
@@ -119,6 +124,19 @@ SeqLen = Annotated[int, _limit("seq_len", integer=True)]
 LearningRate = Annotated[float, _limit("learning_rate")]
 BatchSize = Annotated[int, _limit("batch_size", integer=True)]
 WeightDecay = Annotated[float, _limit("weight_decay")]
+CurvePoints = Annotated[
+    list[tuple[Annotated[float, Field(ge=0)], float]],
+    Field(max_length=MAX_LOSS_CURVE_POINTS),
+]
+
+
+def _series_name(value: str) -> str:
+    if value == "loss":
+        raise PydanticCustomError("reserved_series", "'loss' is the loss_curve field's series: name the others")
+    return value
+
+
+SeriesName = Annotated[CsvText, Field(min_length=1, max_length=64), AfterValidator(_series_name)]
 
 
 class StudyIn(BaseModel):
@@ -152,16 +170,18 @@ class RunIn(BaseModel):
     seq_len: SeqLen | None = None
     learning_rate: LearningRate
     batch_size: BatchSize
-    weight_decay: WeightDecay = 0.0
+    weight_decay: WeightDecay | None = 0.0
     status: RunStatus = "completed"
     final_loss: float | None = None
-    loss_curve: (
-        Annotated[
-            list[tuple[Annotated[float, Field(ge=0)], float]],
-            Field(max_length=MAX_LOSS_CURVE_POINTS),
-        ]
-        | None
-    ) = None
+    loss_curve: CurvePoints | None = None
+    curves: Annotated[
+        dict[SeriesName, CurvePoints] | None,
+        Field(
+            max_length=MAX_CURVE_SERIES,
+            description="further curves besides loss_curve, e.g. eval metrics: {name: [[x, value], ...]}, x in "
+            "tokens (in steps when extra.loss_curve_x is 'steps')",
+        ),
+    ] = None
     seed: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = None
     extra: (
         Annotated[
@@ -179,6 +199,8 @@ class RunIn(BaseModel):
     def _null_means_default(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             assert info.field_name is not None
+            if info.field_name == "weight_decay" and (info.context or {}).get("weight_decay_unknown"):
+                return None  # an import whose source has no weight decay: unknown, not 0
             return cls.model_fields[info.field_name].default
         return value
 
@@ -196,15 +218,38 @@ class RunBatch(BaseModel):
 
 
 def _submission_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
     return "batch" if isinstance(value, dict) and "runs" in value else "run"
 
 
+def _refuse_array(value: Any) -> Any:
+    raise PydanticCustomError(
+        "bare_array",
+        'a JSON array is not a submission: send one run object, or {{"runs": [...]}} for a batch of up to {n} runs',
+        {"n": f"{MAX_BATCH_RUNS:,}"},
+    )
+
+
 # One run, or {"runs": [...]}: the discriminator picks the branch so that errors speak
-# only of the shape the client meant.
+# only of the shape the client meant (and a bare array is told the batch's shape).
 RunSubmission = Annotated[
-    Annotated[RunBatch, Tag("batch")] | Annotated[RunIn, Tag("run")],
+    Annotated[RunBatch, Tag("batch")]
+    | Annotated[RunIn, Tag("run")]
+    | Annotated[list[Any], PlainValidator(_refuse_array), WithJsonSchema({"not": {}}), Tag("array")],
     Discriminator(_submission_kind),
 ]
+
+
+def _bound_message(field: str, value: Any) -> str | None:
+    try:
+        return RUN_LIMITS[field].check(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# pydantic's bound errors: reworded as `service.limits.Bound.check` words them.
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 # Error types raised by model validators, and the field each one is about.
 CROSS_FIELD_ERRORS = {"final_loss_required": "final_loss"}
@@ -220,10 +265,13 @@ def validation_details(errors: Sequence[Any], *, drop_prefix: int = 0) -> list[d
             index, field_parts = loc[1], loc[2:]
         else:
             field_parts = loc
-        field = ".".join(str(part) for part in field_parts) or "body"
+        field = ".".join(str(part) for part in field_parts if part != "array") or "body"
         if error["type"] in CROSS_FIELD_ERRORS:
             field = CROSS_FIELD_ERRORS[error["type"]]
         message = error["msg"]
+        if error["type"] in _BOUND_ERRORS and field in RUN_LIMITS:
+            # The contract's limits read the same wherever they are met (a run, a target, an import).
+            message = _bound_message(field, error.get("input")) or message
         if error["type"] == "missing":
             message = "field required"
         details.append(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.errors import StudyExists, StudyNotFound
 from service.limits import STUDY_NAME_PATTERN
 from service.schemas import StudyIn
-from store import queries
+from store import queries, runviews
 from store.db import Connection, Engine, read_connection, run_in_transaction
 from store.models import Study
 
@@ -20,6 +20,7 @@ __all__ = [
     "get_study",
     "list_studies",
     "list_studies_with_counts",
+    "list_study_summaries",
     "show_study",
 ]
 
@@ -68,8 +69,18 @@ def list_studies(engine: Engine) -> list[Study]:
 
 def list_studies_with_counts(engine: Engine) -> list[tuple[Study, int]]:
     """Every study with its number of runs (for the command line's `studies list`)."""
+    return [(summary.study, summary.run_count) for summary in list_study_summaries(engine)]
+
+
+def list_study_summaries(engine: Engine) -> list[StudySummary]:
+    """Every study with its run count and newest finished fit (`GET /v1/studies`): three
+    queries whatever the number of studies."""
     with read_connection(engine) as conn:
-        return [(study, queries.study_run_count(conn, study.id)) for study in queries.list_studies(conn)]
+        counts = runviews.run_counts(conn)
+        fits = runviews.latest_fit_ids(conn)
+        return [
+            StudySummary(study, counts.get(study.id, 0), fits.get(study.id)) for study in queries.list_studies(conn)
+        ]
 
 
 def show_study(engine: Engine, name: str) -> StudySummary:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.errors import InvalidInput, RunNotFound, SubmissionNotFound, field_detail
+from service.errors import InvalidInput, RunNotFound, SubmissionNotFound, SubmissionUndone, field_detail
 from service.studies import get_study
-from store import queries
+from store import audit, queries
 from store.db import Connection, Engine, read_connection, run_in_transaction
 
 __all__ = [
@@ -36,7 +36,8 @@ class AuditRecord:
     id: int
     created_at: datetime
     actor: str | None
-    action: str  # "exclude" | "include" | "delete_submission" | "delete_study"
+    # "submit" | "import_<source>" | "exclude" | "include" | "superseded" | "delete_submission" | "delete_study"
+    action: str
     study: str
     run_id: int | None
     submission_id: int | None
@@ -91,6 +92,13 @@ def delete_submission(
         study = get_study(conn, study_name)
         if not queries.submission_exists(conn, study.id, submission_id):
             raise SubmissionNotFound(f"study '{study_name}' has no submission {submission_id}")
+        done = audit.undo_record(conn, study.name, submission_id)
+        if done is not None:
+            raise SubmissionUndone(
+                f"submission {submission_id} of study '{study_name}' was already undone on "
+                f"{done['created_at']:%Y-%m-%d %H:%M} UTC by {done['actor'] or 'an unnamed token'} "
+                f"({done['count'] or 0} runs deleted then); nothing to do"
+            )
         deleted = queries.delete_submission_runs(conn, study.id, submission_id)
         queries.add_audit(
             conn,

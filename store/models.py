@@ -1,8 +1,9 @@
 """SQLAlchemy 2.0 models: studies, their runs, fits, and API tokens.
 
-A run's `loss_curve` and `extra` are JSON columns rather than child tables: a curve is
-always read and written whole together with its run and is never queried point by
-point, so a child table would only multiply the rows a 10,000-run batch writes.
+A run's `extra` is a JSON column. Its curves (the loss curve and any eval metrics) live in
+`run_curves`, one row per run and series holding the whole series as JSON text: a curve is
+read and written whole and never queried point by point, and keeping it out of `runs`
+keeps the listing, the export and a fit's scan of a million runs narrow.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -106,6 +108,18 @@ class Run(Base):
         Index("ix_runs_study_id_depth_id", "study_id", "depth", "id"),
         Index("ix_runs_study_id_created_by_id", "study_id", "created_by", "id"),
         Index("ix_runs_study_id_submission_id", "study_id", "submission_id"),
+        # The dashboard's "best (or worst) runs first": a sort by final loss walks this index.
+        Index("ix_runs_study_id_final_loss_id", "study_id", "final_loss", "id"),
+        # Excluded runs are few: a partial index finds them without a scan (`?state=excluded`).
+        # SQLite uses a partial index only for a query whose WHERE names its predicate as written:
+        # `excluded = 1` is how `Run.excluded == true()` reads there (PostgreSQL reads it as `excluded`).
+        Index(
+            "ix_runs_study_id_excluded_id",
+            "study_id",
+            "id",
+            sqlite_where=text("excluded = 1"),
+            postgresql_where=text("excluded"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -118,10 +132,10 @@ class Run(Base):
     seq_len: Mapped[int | None] = mapped_column(Integer)
     learning_rate: Mapped[float] = mapped_column(Double)
     batch_size: Mapped[int] = mapped_column(BigInteger)
-    weight_decay: Mapped[float] = mapped_column(Double, default=0.0)
+    # None: the source never said (an import without a weight-decay column); a fit reads it as 0.
+    weight_decay: Mapped[float | None] = mapped_column(Double, default=0.0)
     status: Mapped[str] = mapped_column(String(16), default="completed")
     final_loss: Mapped[float | None] = mapped_column(Double)
-    loss_curve: Mapped[list[list[float]] | None] = mapped_column(JSON(none_as_null=True))
     seed: Mapped[int | None] = mapped_column(BigInteger)
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -131,6 +145,54 @@ class Run(Base):
     # An excluded run stays stored and listed, but no fit reads it (contract 1.1).
     excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     excluded_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class RunCurve(Base):
+    """One series of a run's curves: `loss` (the contract's `loss_curve`) or an eval metric.
+
+    `points` is the whole series, [[x, value], ...] in `x_unit` ("tokens" or "steps"),
+    downsampled by the service to its stored cap; `n_points` is how many were submitted.
+    No foreign key to `runs` on purpose: SQLite rebuilds a table to alter it (Alembic's batch
+    mode), and dropping the old `runs` would cascade into its children. The queries that
+    delete runs delete their curves too."""
+
+    __tablename__ = "run_curves"
+    __table_args__ = (Index("ix_run_curves_study_id", "study_id"),)
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    series: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_id: Mapped[int] = mapped_column(Integer)
+    x_unit: Mapped[str] = mapped_column(String(8), default="tokens")
+    n_points: Mapped[int] = mapped_column(Integer)
+    points: Mapped[list[list[float]]] = mapped_column(FloatJSON)
+
+
+class RunFitState(Base):
+    """How the study's latest fit used a run (near_optimal, used, diverged, outlier, failed),
+    kept so that a listing can filter and page by it on the server. Exclusion is not kept
+    here (it is the run's own `excluded`). Derived data, rewritten when a newer fit is
+    looked at (`service.run_states`); no foreign key, for the reason given at RunCurve."""
+
+    __tablename__ = "run_fit_states"
+    __table_args__ = (Index("ix_run_fit_states_study_id_state_run_id", "study_id", "state", "run_id"),)
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    study_id: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+
+
+class RunStateMark(Base):
+    """Which fit (and data version) a study's `run_fit_states` describe."""
+
+    __tablename__ = "run_state_marks"
+
+    study_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    fit_id: Mapped[int] = mapped_column(Integer)
+    data_version: Mapped[int] = mapped_column(BigInteger)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # {state: runs} of the stored states when they were computed: a state filter's total without
+    # counting tens of thousands of index entries on every first page.
+    counts: Mapped[dict[str, int] | None] = mapped_column(FloatJSON)
 
 
 class Submission(Base):

@@ -15,10 +15,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, null, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from store.models import ApiToken, AuditEntry, ExpiredFit, Fit, Run, Study, Submission, utcnow
+from store import curves
+from store.models import (
+    ApiToken,
+    AuditEntry,
+    ExpiredFit,
+    Fit,
+    Run,
+    RunFitState,
+    RunStateMark,
+    Study,
+    Submission,
+    utcnow,
+)
 
 RUN_FIELDS: tuple[str, ...] = (
     "run_key",
@@ -33,12 +45,21 @@ RUN_FIELDS: tuple[str, ...] = (
     "status",
     "final_loss",
     "loss_curve",
+    "curves",
     "seed",
     "extra",
 )
+# The run fields that are columns of `runs` (the loss curve and other curves live in `run_curves`).
+RUN_COLUMN_FIELDS: tuple[str, ...] = tuple(name for name in RUN_FIELDS if name not in ("loss_curve", "curves"))
+_RUNS = cast(Table, Run.__table__)
+# A listed run: its columns and, from run_curves, its `loss_curve`.
+_RUNS_WITH_LOSS, _LOSS_POINTS = curves.loss_join(_RUNS)
 _RUN_COLUMNS = [
-    Run.__table__.c[name]
-    for name in ("id", *RUN_FIELDS, "created_at", "created_by", "submission_id", "excluded", "excluded_reason")
+    *(
+        _RUNS.c[name] if name != "loss_curve" else _LOSS_POINTS.label("loss_curve")
+        for name in ("id", *RUN_FIELDS, "created_at", "created_by", "submission_id", "excluded", "excluded_reason")
+        if name != "curves"
+    )
 ]
 # Stay under SQLite's 32,766 bound-parameter limit in IN (...) lists.
 _KEY_CHUNK = 900
@@ -142,8 +163,10 @@ def insert_runs(
     unkeyed_rows: list[dict[str, Any]] = []
     unkeyed_positions: list[int] = []
     for position, run in enumerate(runs):
-        row = {name: run.get(name) for name in RUN_FIELDS}
+        row = {name: run.get(name) for name in RUN_COLUMN_FIELDS}
         row.update(study_id=study_id, created_at=now, created_by=created_by, submission_id=submission_id)
+        # An import may bring a run's exclusion along (an export of another study).
+        row.update(excluded=bool(run.get("excluded") or False), excluded_reason=run.get("excluded_reason"))
         key = row["run_key"]
         if key is None:
             unkeyed_rows.append(row)
@@ -184,6 +207,7 @@ def insert_runs(
         for new_id, key in conn.execute(stmt, keyed_rows):
             id_of_key[key] = new_id
         inserted += len(id_of_key)
+        new_ids_of_key = dict(id_of_key)
         missing = [key for key in first_index_of_key if key not in id_of_key]
         failed_keys: list[str] = []
         for start in range(0, len(missing), _KEY_CHUNK):
@@ -201,11 +225,22 @@ def insert_runs(
             ids[position] = id_of_key[key]
         for position, key in repeats:
             ids[position] = id_of_key[key]
+    stored_positions: list[tuple[int, int]] = []  # (position in `runs`, id) of every run written now
+    if keyed_rows:
+        stored_positions += [(first_index_of_key[key], run_id) for key, run_id in new_ids_of_key.items()]
+        stored_positions += [(first_index_of_key[r.run_key], r.run_id) for r in replaced]
     if unkeyed_rows:
         stmt = insert(table).returning(table.c.id, sort_by_parameter_order=True)
         for position, (new_id,) in zip(unkeyed_positions, conn.execute(stmt, unkeyed_rows)):
             ids[position] = new_id
+            stored_positions.append((position, new_id))
         inserted += len(unkeyed_rows)
+    # Curves of the runs written now (a replaced run's old curves go first); duplicates keep theirs.
+    curves.delete_curves(conn, [r.run_id for r in replaced])
+    curves.insert_curves(
+        conn,
+        [row for position, run_id in stored_positions for row in curves.curve_rows(run_id, study_id, runs[position])],
+    )
 
     if inserted or replaced:
         bump_data_version(conn, study_id)
@@ -240,8 +275,9 @@ def _supersede_failed(
         old = conn.execute(
             select(table.c.submission_id, table.c.extra).where(table.c.study_id == study_id, table.c.run_key == key)
         ).first()
-        values = {name: run.get(name) for name in RUN_FIELDS if name != "run_key"}
+        values = {name: run.get(name) for name in RUN_COLUMN_FIELDS if name != "run_key"}
         values.update(created_at=utcnow(), created_by=created_by, submission_id=submission_id)
+        values.update(excluded=bool(run.get("excluded") or False), excluded_reason=run.get("excluded_reason"))
         stmt = (
             update(table)
             .where(table.c.study_id == study_id, table.c.run_key == key, table.c.status == SUPERSEDABLE_STATUS)
@@ -289,7 +325,7 @@ def list_runs(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """One page of runs in id order after `after_id`, and the last id if more follow."""
     c = Run.__table__.c
-    stmt = _filtered(select(*_RUN_COLUMNS), study_id, filters)
+    stmt = _filtered(select(*_RUN_COLUMNS).select_from(_RUNS_WITH_LOSS), study_id, filters)
     rows = conn.execute(stmt.where(c.id > after_id).order_by(c.id).limit(limit + 1)).all()
     page = [dict(row._mapping) for row in rows[:limit]]
     return page, (page[-1]["id"] if len(rows) > limit else None)
@@ -309,19 +345,44 @@ def iter_runs(
         after_id = page[-1]["id"]
 
 
-EXPORT_ROW_COLUMNS: tuple[str, ...] = ("id", *RUN_FIELDS, "created_at", "created_by")
+EXPORT_ROW_COLUMNS: tuple[str, ...] = (
+    "id",
+    *RUN_FIELDS,
+    "created_at",
+    "created_by",
+    "excluded",
+    "excluded_reason",
+    "submission_id",
+)
 
 
 def iter_run_pages(engine: Engine, study_id: int, *, chunk: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
     """Every run of a study as pages of row tuples (`EXPORT_ROW_COLUMNS`), in id order, read in
     keyset chunks (each in its own transaction): the export's fast path, no dict per run."""
     c = Run.__table__.c
-    columns = [c[name] for name in EXPORT_ROW_COLUMNS]
+    curves_at = EXPORT_ROW_COLUMNS.index("curves")
+    columns = [
+        _LOSS_POINTS if name == "loss_curve" else null().label("curves") if name == "curves" else _RUNS.c[name]
+        for name in EXPORT_ROW_COLUMNS
+    ]
     after_id = 0
     while True:
         with engine.connect() as conn, conn.begin():
-            stmt = select(*columns).where(c.study_id == study_id, c.id > after_id).order_by(c.id).limit(chunk)
+            stmt = (
+                select(*columns)
+                .select_from(_RUNS_WITH_LOSS)
+                .where(c.study_id == study_id, c.id > after_id)
+                .order_by(c.id)
+                .limit(chunk)
+            )
             page = [tuple(row) for row in conn.execute(stmt)]
+            if page:
+                others = curves.other_series_between(conn, study_id, page[0][0], page[-1][0])
+                if others:
+                    page = [
+                        (*row[:curves_at], others.get(row[0]), *row[curves_at + 1 :]) if row[0] in others else row
+                        for row in page
+                    ]
         if page:
             yield page
         if len(page) < chunk:
@@ -425,7 +486,8 @@ def create_submission(conn: Connection, study_id: int, source: str | None, creat
 
 def get_run(conn: Connection, study_id: int, run_id: int) -> dict[str, Any] | None:
     c = Run.__table__.c
-    row = conn.execute(select(*_RUN_COLUMNS).where(c.study_id == study_id, c.id == run_id)).first()
+    stmt = select(*_RUN_COLUMNS).select_from(_RUNS_WITH_LOSS).where(c.study_id == study_id, c.id == run_id)
+    row = conn.execute(stmt).first()
     return None if row is None else dict(row._mapping)
 
 
@@ -456,7 +518,10 @@ def delete_submission_runs(conn: Connection, study_id: int, submission_id: int) 
     c = Run.__table__.c
     ids = conn.execute(select(c.id).where(c.study_id == study_id, c.submission_id == submission_id)).scalars().all()
     for start in range(0, len(ids), _KEY_CHUNK):
-        conn.execute(delete(Run).where(c.id.in_(ids[start : start + _KEY_CHUNK])))
+        chunk = ids[start : start + _KEY_CHUNK]
+        conn.execute(delete(Run).where(c.id.in_(chunk)))
+        conn.execute(delete(RunFitState).where(RunFitState.run_id.in_(chunk)))
+    curves.delete_curves(conn, ids)
     if ids:
         bump_data_version(conn, study_id)
     return len(ids)
@@ -464,7 +529,8 @@ def delete_submission_runs(conn: Connection, study_id: int, submission_id: int) 
 
 def delete_study(conn: Connection, study_id: int) -> None:
     """The study with its runs, fits and submissions (explicitly: no reliance on cascades)."""
-    for model in (Run, Fit, Submission):
+    curves.delete_study_curves(conn, study_id)
+    for model in (Run, Fit, Submission, RunFitState, RunStateMark):
         conn.execute(delete(model).where(model.study_id == study_id))
     conn.execute(delete(Study).where(Study.id == study_id))
 

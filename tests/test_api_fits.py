@@ -301,9 +301,15 @@ def test_chinchilla_study_gives_loss_law_and_compute_optimal(client: TestClient)
     assert "bootstrap_samples" not in allocation["loss_law"] and len(response.content) < 5000
     with_samples = client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": 5.76e23, "samples": True})
     assert len(with_samples.json()["loss_law"]["bootstrap_samples"]["alpha"]) > 10
-    # The learning rate was never swept here: no recommendation, and the 409 says why.
+    # The learning rate was never swept here: the recommendation answers from the loss law alone,
+    # the hyperparameters null and each explained (issue 21; it used to be a 409).
     response = client.get("/v1/studies/chinchilla/recommendation", params={"compute": 5.76e23})
-    assert response.status_code == 409 and "learning rate" in response.json()["error"]["message"]
+    assert response.status_code == 200, response.text[:500]
+    answer = response.json()
+    assert answer["learning_rate"] is None and answer["predicted_loss"]["value"] == pytest.approx(
+        allocation["predicted_loss"]["value"]
+    )
+    assert any(w.startswith("learning_rate is null: no learning-rate law") for w in answer["warnings"])
     assert client.get("/v1/studies/chinchilla/compute-optimal", params={"compute": -1}).status_code == 422
 
 

@@ -15,7 +15,10 @@ from tests.conftest import STEPLAW_CSV, count_rows
 
 def test_import_undo_and_runs_exclude_include(database_url: str, engine: Engine, tmp_path: Path, capsys) -> None:
     csv = tmp_path / "runs.csv"
-    csv.write_text("n_params,tokens,learning_rate,batch_size,final_loss\n" + "1e8,1e9,0.001,32,3.1\n" * 3)
+    csv.write_text(
+        "n_params,tokens,learning_rate,batch_size,final_loss\n"
+        + "".join(f"1e8,1e9,0.00{i},32,3.1\n" for i in (1, 2, 3))
+    )
     db = ["--database-url", database_url]
     assert main(["import", str(csv), "--study", "c", "--create", "--quiet", *db]) == 0
     captured = capsys.readouterr()
@@ -34,7 +37,7 @@ def test_import_undo_and_runs_exclude_include(database_url: str, engine: Engine,
     assert "pass --yes" in capsys.readouterr().err
     assert main(["studies", "delete", "c", "--yes", *db]) == 0
     actions = [r.action for r in undo.audit_log(engine, "c")]
-    assert actions == ["delete_study", "delete_submission", "include", "exclude", "exclude"]
+    assert actions == ["delete_study", "delete_submission", "include", "exclude", "exclude", "import_csv"]
 
 
 def test_cli_refuses_a_database_that_is_not_there(tmp_path: Path, monkeypatch, capsys) -> None:

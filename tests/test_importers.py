@@ -82,8 +82,10 @@ def test_optuna_trials_round_trip_idempotently(database_url: str, engine: Engine
     done = runs["optuna:3:lr-sweep"]
     assert done.status == "completed" and done.final_loss == pytest.approx(3.03)
     assert done.learning_rate == lr_of(3) and done.batch_size == 64 and done.n_params == 4e8
-    assert done.width == 512 and done.tokens == 2e9 and done.extra == {"warmup": 100}
+    assert done.width == 512 and done.tokens == 2e9 and done.extra == {"warmup": 100, "optuna_state": "COMPLETE"}
+    assert done.weight_decay is None  # the trials never say: unknown, not a measured 0
     assert runs["optuna:9:lr-sweep"].status == "failed"  # pruned
+    assert runs["optuna:9:lr-sweep"].extra["optuna_state"] == "PRUNED"
     assert runs["optuna:14:lr-sweep"].status == "failed" and runs["optuna:14:lr-sweep"].final_loss is None
     completed = [i for i in range(120) if i % 10 != 9 and i % 15 != 14]
     assert sorted(int(k.split(":")[1]) for k, r in runs.items() if r.status == "completed") == completed
@@ -99,7 +101,63 @@ def test_a_bad_optuna_trial_is_named_and_nothing_is_written(
     assert optuna_import(database_url, storage) == 1
     err = capsys.readouterr().err
     assert "optuna:7:lr-sweep: learning_rate" in err
+    assert "of Optuna study 'lr-sweep'" in err and "in the file" not in err  # the message names the source
     assert count_rows(engine) == 0
+
+
+NAN_SWEEP = """
+import math, sys
+import optuna
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.create_study(study_name="lr-sweep", storage=sys.argv[1])
+
+def objective(trial):
+    lr = trial.suggest_float("lr", 1e-4, 1.0, log=True)
+    trial.set_user_attr("n_params", 1e8)
+    trial.set_user_attr("tokens", 2e9)
+    trial.set_user_attr("batch_size", 64)
+    loss = 3.0
+    for step in range(5):
+        # a learning rate past ~0.1 blows up: its loss becomes NaN, as training reports it
+        loss = math.nan if lr > 0.1 and step >= 3 else 3.0 + (math.log(lr / 3e-3)) ** 2 / 50 + 1.0 / (step + 1)
+        trial.report(loss, step)
+    return loss  # NaN for a divergence: Optuna stores the trial as FAIL, without a value
+
+study.optimize(objective, n_trials=40)
+"""
+
+
+@pytest.mark.slow
+def test_a_nan_optuna_trial_is_diverged_with_its_state_kept(
+    database_url: str, engine: Engine, tmp_path: Path, capsys
+) -> None:
+    """Issue item 2: an objective that returned NaN (Optuna: FAIL, no value) became `failed`."""
+    path = tmp_path / "optuna.db"
+    result = subprocess.run(
+        [sys.executable, "-c", NAN_SWEEP, f"sqlite:///{path}"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    trials = optuna.load_study(study_name="lr-sweep", storage=f"sqlite:///{path}").trials
+    nan_trials = {t.number for t in trials if t.state.name == "FAIL"}
+    assert nan_trials and all(t.values is None for t in trials if t.number in nan_trials)
+    assert optuna_import(database_url, f"sqlite:///{path}") == 0
+    runs = runs_by_key(engine)
+    for t in trials:
+        run = runs[f"optuna:{t.number}:lr-sweep"]
+        assert run.extra["optuna_state"] == t.state.name
+        if t.number in nan_trials:
+            assert run.status == "diverged" and run.final_loss is None, t.number
+        else:
+            assert run.status == "completed" and run.final_loss == pytest.approx(t.value)
+    # the reported values are the run's loss curve (in steps; the NaN reports are not points)
+    with engine.connect() as conn:
+        from store.models import RunCurve
+
+        curves = {row.run_id: row for row in conn.execute(select(RunCurve.__table__))}
+    done = runs[f"optuna:{min(set(range(40)) - nan_trials)}:lr-sweep"]
+    assert curves[done.id].x_unit == "steps" and len(curves[done.id].points) == 5
+    diverged = runs[f"optuna:{min(nan_trials)}:lr-sweep"]
+    assert len(curves[diverged.id].points) == 3
 
 
 def test_mapping_errors_are_one_message_with_a_hint(database_url: str, engine: Engine, tmp_path: Path, capsys) -> None:
@@ -194,13 +252,43 @@ def test_mlflow_runs_round_trip_idempotently(database_url: str, engine: Engine, 
     run = runs[f"mlflow:{ids[3]}"]
     assert run.status == "completed" and run.final_loss == pytest.approx(3.03)  # val_loss before train_loss
     assert run.learning_rate == lr_of(3) and run.batch_size == 128 and run.width == 512 and run.tokens == 2e9
-    assert run.extra == {"optimizer": "adamw", "train_loss": 3.5}
+    assert run.extra == {"optimizer": "adamw", "train_loss": 3.5, "run_name": "proxy-3"}
+    assert run.weight_decay is None
     assert runs[f"mlflow:{ids[11]}"].status == "failed" and runs[f"mlflow:{ids[24]}"].status == "failed"
     assert mlflow_import(database_url, mlflow_server, experiment) == 0
     assert "imported 0 runs" in capsys.readouterr().out and count_rows(engine) == 110
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_mlflow_histories_become_curves_and_run_names_are_kept(
+    database_url: str, engine: Engine, mlflow_server: str, capsys
+) -> None:
+    """Issue item 12: MLflow imports brought only final values and dropped the run name."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = f"curves-{uuid.uuid4().hex[:8]}"
+    experiment_id = client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, run_name="lr-3e-3-seed-1").info.run_id
+    params = [Param("lr", "0.003"), Param("batch_size", "128"), Param("n_params", "1e8"), Param("tokens", "2e9")]
+    metrics = [Metric("train_loss", 4.0 - 0.01 * s, 1000 + s, s) for s in range(300)]
+    metrics += [Metric("val_loss", 3.9 - 0.1 * s, 2000 + s, 100 * s) for s in range(3)]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    client.set_terminated(run_id, "FINISHED")
+    assert mlflow_import(database_url, mlflow_server, experiment) == 0
+    [run] = runs_by_key(engine).values()
+    assert run.extra["run_name"] == "lr-3e-3-seed-1" and run.final_loss == pytest.approx(3.7)
+    with engine.connect() as conn:
+        from store.models import RunCurve
+
+        curves = {row.series: row for row in conn.execute(select(RunCurve.__table__))}
+    assert curves["loss"].points == [[0.0, 3.9], [100.0, pytest.approx(3.8)], [200.0, pytest.approx(3.7)]]
+    assert curves["train_loss"].x_unit == "steps" and curves["train_loss"].n_points == 300
+    assert run.extra["loss_curve_x"] == "steps"
+
+
 def test_a_bad_mlflow_run_is_named_and_nothing_is_written(
     database_url: str, engine: Engine, mlflow_server: str, capsys
 ) -> None:
@@ -226,6 +314,28 @@ def test_an_unreachable_optuna_storage_is_reported_without_its_password(database
     assert SECRET not in err
 
 
+def test_an_unreachable_mlflow_server_is_one_line_at_once(database_url: str, capsys) -> None:
+    """Issue item 6: nothing listening meant 4 minutes of silence, then a 115-line traceback."""
+    pytest.importorskip("mlflow")
+    import socket
+
+    started = time.monotonic()
+    assert mlflow_import(database_url, f"http://127.0.0.1:{free_port()}", "proxies") == 2
+    assert time.monotonic() - started < 30  # MLflow's own retries take ~4 minutes
+    err = capsys.readouterr().err
+    assert "cannot read the MLflow tracking server at http://127.0.0.1" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if not line.startswith("hpscale: using")]) == 1
+    with socket.socket() as silent:  # accepts connections but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        args = ["import", "--from", "mlflow", "--tracking-uri", uri, "--experiment", "x", "--study", "t"]
+        started = time.monotonic()
+        assert main([*args, "--create", "--timeout", "2", "--database-url", database_url, "--quiet"]) == 2
+        assert time.monotonic() - started < 20
+    assert "no answer within 2 s" in capsys.readouterr().err
+
+
 def test_an_unreachable_mlflow_server_is_reported_without_its_credentials(
     database_url: str, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -248,7 +358,7 @@ n, crashed, nan = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
     config = {"lr": 1e-4 * 2 ** (i % 8), "batch_size": 64 * (1 + i % 3), "seed": i,
               "model": {"n_params": 1e8 * (1 + i % 4), "d_model": 512, "n_layers": 8}, "tokens": 2e9}
-    run = wandb.init(project="proxies", config=config, reinit="finish_previous")
+    run = wandb.init(project="proxies", name=f"proxy-{i}", config=config, reinit="finish_previous")
     for step in range(3):
         run.log({"train/loss": 4.0 - 0.1 * step, "tokens_seen": (step + 1) * 1e8})
     run.summary["val_loss"] = math.nan if i == nan else 3.0 + 0.01 * i
@@ -291,6 +401,14 @@ def test_wandb_offline_runs_round_trip_idempotently(database_url: str, engine: E
     assert run.extra["train/loss"] == pytest.approx(3.8) and run.extra["tokens_seen"] == 3e8
     assert by_seed[7].status == "failed"  # exit code 1
     assert by_seed[9].status == "diverged" and by_seed[9].final_loss is None  # NaN loss
+    # the history is the run's loss curve, in tokens (every row logged tokens_seen)
+    with engine.connect() as conn:
+        from store.models import RunCurve
+
+        [loss] = conn.execute(select(RunCurve.__table__).where(RunCurve.run_id == run.id)).all()
+    assert loss.series == "loss" and loss.x_unit == "tokens"
+    assert loss.points == [[1e8, 4.0], [2e8, pytest.approx(3.9)], [3e8, pytest.approx(3.8)]]
+    assert run.extra["run_name"] == "proxy-3"  # the W&B run's display name
     assert all(key.startswith("wandb:") for key in runs)
     # Some directories again, by name: nothing new.
     assert wandb_import(database_url, *directories[:10]) == 0
@@ -320,7 +438,7 @@ def test_wandb_runs_table_csv(database_url: str, engine: Engine, tmp_path: Path,
     assert len(runs) == 119  # the running one waits for a later import
     assert runs["wandb:id0003"].final_loss == pytest.approx(3.03) and runs["wandb:id0003"].width == 512
     assert runs["wandb:id0019"].status == "failed"
-    assert runs["wandb:id0003"].extra == {"warmup": 100}
+    assert runs["wandb:id0003"].extra == {"warmup": 100, "run_name": "proxy-3"}  # the W&B run name is kept
     assert wandb_import(database_url, table) == 0
     assert count_rows(engine) == 119
     bad = tmp_path / "bad.csv"

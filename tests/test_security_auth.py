@@ -42,6 +42,7 @@ REQUIRED_SCOPE: dict[tuple[str, str], str] = {
     ("GET", "/v1/studies/{name}/transfer-check"): "read",
     ("GET", "/v1/studies/{name}/compute-optimal"): "read",
     ("DELETE", "/v1/studies/{name}"): "admin",
+    ("GET", "/v1/studies/{name}/runs/{fit_id}"): "read",
     ("POST", "/v1/studies/{name}/runs/{fit_id}/exclude"): "write",
     ("POST", "/v1/studies/{name}/runs/{fit_id}/include"): "write",
     ("DELETE", "/v1/studies/{name}/submissions/{fit_id}"): "admin",

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, func, inspect, select
 
 from store import migrate, queries
 from store.db import run_in_transaction
-from store.models import Base, Run, Study
+from store.models import Base, Run, RunCurve, Study
 
 
 def test_migrations_match_models(engine: Engine) -> None:
@@ -102,7 +102,6 @@ def test_absent_json_values_are_sql_null(engine: Engine) -> None:
     study = _study(engine)
     run_in_transaction(engine, lambda c: queries.insert_runs(c, study.id, [_run("a")], None))
     with engine.connect() as conn:
-        nulls = conn.execute(
-            select(func.count()).select_from(Run).where(Run.loss_curve.is_(None), Run.extra.is_(None))
-        ).scalar_one()
-    assert nulls == 1
+        nulls = conn.execute(select(func.count()).select_from(Run).where(Run.extra.is_(None))).scalar_one()
+        curves = conn.execute(select(func.count()).select_from(RunCurve)).scalar_one()
+    assert nulls == 1 and curves == 0  # no curve: no run_curves row

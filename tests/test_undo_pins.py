@@ -99,7 +99,7 @@ def test_exclude_and_include_move_the_fit_and_are_audited(client: TestClient, to
     back = client.get("/v1/studies/s/recommendation", params={**TARGET, "fit_id": refit["id"]}).json()
     assert back["learning_rate"] == answer["learning_rate"]
 
-    audit = client.get("/v1/studies/s/audit").json()["items"]
+    audit = [a for a in client.get("/v1/studies/s/audit").json()["items"] if a["action"] != "submit"]
     assert [(a["action"], a["run_id"], a["actor"]) for a in audit] == [
         ("include", best["id"], "test-write"),
         ("exclude", best["id"], "test-write"),
@@ -123,7 +123,7 @@ def test_exclusion_refusals(client: TestClient, tokens: dict[str, str]) -> None:
         client.post(f"/v1/studies/s/runs/{run_id}/exclude", json={"reason": "x"}, headers=reader), 403, "forbidden"
     )
     assert client.get("/v1/studies/s/runs", params={"excluded": "maybe"}).status_code == 422
-    assert client.get("/v1/studies/s/audit").json()["items"] == []
+    assert [a["action"] for a in client.get("/v1/studies/s/audit").json()["items"]] == ["submit"]
 
 
 def test_deleting_a_submission_removes_exactly_its_runs(
@@ -142,15 +142,16 @@ def test_deleting_a_submission_removes_exactly_its_runs(
     assert version(client) != v0
     remaining = client.get("/v1/studies/s/runs", params={"limit": 100}).json()["items"]
     assert sorted(r["id"] for r in remaining) == sorted(first["ids"])
-    again = client.delete(f"/v1/studies/s/submissions/{bad['submission_id']}")
-    assert again.json() == {"deleted": 0}
+    # Undoing it again says so (409), with when and by whom, and records nothing more.
+    again = assert_error(client.delete(f"/v1/studies/s/submissions/{bad['submission_id']}"), 409, "conflict")
+    assert "already undone" in again["message"] and "test-admin" in again["message"] and "7 runs" in again["message"]
     assert_error(client.delete("/v1/studies/s/submissions/12345"), 404, "not_found")
-    audit = client.get("/v1/studies/s/audit").json()["items"]
-    assert [(a["action"], a["submission_id"], a["count"]) for a in audit][-1] == (
-        "delete_submission",
-        bad["submission_id"],
-        7,
-    )
+    audit = client.get("/v1/studies/s/audit").json()["items"]  # newest first
+    assert [(a["action"], a["submission_id"], a["count"]) for a in audit] == [
+        ("delete_submission", bad["submission_id"], 7),
+        ("submit", bad["submission_id"], 7),
+        ("submit", first["submission_id"], 21),
+    ]
 
 
 def test_deleting_a_study_takes_its_runs_and_fits_and_is_audited(
@@ -168,7 +169,10 @@ def test_deleting_a_study_takes_its_runs_and_fits_and_is_audited(
     with engine.connect() as conn:
         assert set(conn.execute(select(Run.run_key)).scalars()) == {r["run_key"] for r in sweep()}
     record = undo.audit_log(engine, "s")
-    assert [(r.action, r.count, r.actor) for r in record] == [("delete_study", 21, "test-admin")]
+    assert [(r.action, r.count, r.actor) for r in record] == [
+        ("delete_study", 21, "test-admin"),
+        ("submit", 21, "test-admin"),  # the submission that stored them, kept after the study went
+    ]
     # The name can be used again, from scratch.
     make_study(client)
     assert client.get("/v1/studies/s").json()["run_count"] == 21

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from app.deps import UNKNOWN_QUERY_CHECK, Admin, EngineDep, Reader, Writer
 from app.schemas import (
     ERRORS,
+    FIT_ERRORS,
     AuditList,
     AuditOut,
     DeletedResult,
     DryRunResult,
     ExcludeRequest,
     IncludeRequest,
+    RunDetail,
     RunOut,
     RunPage,
     SubmitResult,
@@ -23,8 +25,13 @@ from app.schemas import (
 from app.security import OffLoopJSONRoute
 from service import runs, undo
 from service.limits import DEFAULT_PAGE_SIZE, INT32_MAX, MAX_PAGE_SIZE
-from service.runs import RunFilters
+from service.run_states import FIT_STATES
+from service.runs import SORTABLE, Listing, RunFilters
 from service.schemas import RunBatch, RunStatus, RunSubmission
+
+# `?state=`: a fit state (the dashboard's "near-optimal" spelling is accepted too).
+StateQuery = Literal[(*FIT_STATES, "near-optimal")]  # type: ignore[valid-type]
+SortQuery = Literal[SORTABLE]  # type: ignore[valid-type]
 
 router = APIRouter(prefix="/v1/studies", tags=["runs"], dependencies=UNKNOWN_QUERY_CHECK, route_class=OffLoopJSONRoute)
 
@@ -62,13 +69,7 @@ def submit_runs(
     )
 
 
-@router.get("/{name}/runs", response_model=RunPage, responses=ERRORS)
-def list_runs(
-    name: str,
-    _: Reader,
-    engine: EngineDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+def listing(
     status: RunStatus | None = None,
     width: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
     depth: Annotated[int | None, Query(gt=0, le=INT32_MAX)] = None,
@@ -76,19 +77,50 @@ def list_runs(
         str | None, Query(max_length=64, pattern=r"^[^\x00]*$", description="token name that submitted the run")
     ] = None,
     excluded: Annotated[bool | None, Query(description="only excluded (true) or only used (false) runs")] = None,
-) -> RunPage:
+    state: Annotated[
+        StateQuery | None,
+        Query(
+            description="how the study's latest fit used the run: near_optimal, used, diverged (incl. > 20% above "
+            "its scale's best), outlier, failed (not used), or excluded; over the whole study"
+        ),
+    ] = None,
+    sort: Annotated[SortQuery, Query(description="the column to sort by (NULLs last)")] = "id",
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+) -> Listing:
+    """The filters and order of a runs listing (shared by the JSON pages and the CSV)."""
     filters = RunFilters(status=status, width=width, depth=depth, created_by=created_by, excluded=excluded)
-    page = runs.list_runs(engine, name, cursor=cursor, limit=limit, filters=filters)
-    return RunPage(items=[RunOut(**row) for row in page.items], next_cursor=page.next_cursor)
+    fit_state = "near_optimal" if state == "near-optimal" else state
+    return Listing(filters, fit_state, sort, order == "desc")
+
+
+ListingDep = Annotated[Listing, Depends(listing)]
+
+
+@router.get("/{name}/runs", response_model=RunPage, responses=FIT_ERRORS)
+def list_runs(
+    name: str,
+    _: Reader,
+    engine: EngineDep,
+    view: ListingDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> RunPage:
+    """A page of the study's runs, filtered and sorted on the server over the whole study; each run
+    with its state in the latest fit. Pass `next_cursor` back as `cursor` with the same filters."""
+    page = runs.list_runs(engine, name, cursor=cursor, limit=limit, filters=view.filters, listing=view)
+    return RunPage(
+        items=[RunOut(**row) for row in page.items], next_cursor=page.next_cursor, fit_id=page.fit_id, total=page.total
+    )
 
 
 @router.get(
     "/{name}/runs.csv",
-    responses={**ERRORS, 200: {"content": {"text/csv": {}}, "description": "all runs as CSV"}},
+    responses={**FIT_ERRORS, 200: {"content": {"text/csv": {}}, "description": "the runs as CSV"}},
     response_class=StreamingResponse,
 )
-def export_runs_csv(name: str, _: Reader, engine: EngineDep) -> StreamingResponse:
-    study, lines = runs.export_csv(engine, name)
+def export_runs_csv(name: str, _: Reader, engine: EngineDep, view: ListingDep) -> StreamingResponse:
+    """All runs as CSV, or, with the listing's filters and sort, the runs that view shows in its order."""
+    study, lines = runs.export_csv(engine, name, view)
     return StreamingResponse(
         lines,
         media_type="text/csv; charset=utf-8",
@@ -97,6 +129,16 @@ def export_runs_csv(name: str, _: Reader, engine: EngineDep) -> StreamingRespons
 
 
 RunId = Annotated[int, Path(ge=1, le=INT32_MAX)]
+
+
+@router.get(
+    "/{name}/runs/{run_id}",
+    response_model=RunDetail,
+    responses=ERRORS,
+    summary="One run: its fields, every curve, its state in the latest fit and why, its submission and audit trail",
+)
+def get_run(name: str, run_id: RunId, _: Reader, engine: EngineDep) -> RunDetail:
+    return RunDetail(**runs.run_detail(engine, name, run_id))
 
 
 @router.post(

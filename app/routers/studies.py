@@ -27,7 +27,7 @@ def create_study(body: StudyIn, principal: Admin, engine: EngineDep) -> StudyOut
 
 @router.get("", response_model=StudyList, responses=ERRORS)
 def list_studies(_: Reader, engine: EngineDep) -> StudyList:
-    return StudyList(items=[StudyOut.of(s) for s in studies.list_studies(engine)])
+    return StudyList(items=[StudyOut.of_summary(s) for s in studies.list_study_summaries(engine)])
 
 
 @router.get("/{name}", response_model=StudyOut, responses=ERRORS)

@@ -11,6 +11,7 @@
  *                  line?: [[x, y], ...], band?: [[x, lo, hi], ...], dash?, legend?: bool, width?,
  *                  looseIntervals?: bool (interval bars do not widen the axes)}]
  *   spec.empty: text to show when there is nothing to plot.
+ *   spec.colorKey: {title, items: [{color, label}]}: what per-point colours mean (a second legend).
  * The container gets data-series-count (data series), data-point-count (their points),
  * data-law-count, data-band-count, data-target-count and data-rendered="1".
  * Charts.axisLabels(width, height, margins, xLabel, yLabel): a plot's two axis labels (SVG text),
@@ -435,6 +436,22 @@ const Charts = (() => {
         lg.append(li);
       }
       container.append(lg);
+    }
+    if (spec.colorKey && spec.colorKey.items && spec.colorKey.items.length) {
+      const key = document.createElement("ul");
+      key.className = "legend color-key";
+      const head = document.createElement("li");
+      head.className = "key-title";
+      head.textContent = spec.colorKey.title || "colour";
+      key.append(head);
+      for (const item of spec.colorKey.items) {
+        const li = document.createElement("li");
+        const sw = s("svg", { width: 12, height: 12, class: "swatch" });
+        sw.append(marker("circle", 6, 6, 4, item.color));
+        li.append(sw, document.createTextNode(item.label));
+        key.append(li);
+      }
+      container.append(key);
     }
     if (spec.note)
       container.append(Object.assign(document.createElement("p"), { className: "chart-note", textContent: spec.note }));

@@ -91,11 +91,27 @@ const HP = (() => {
    * the th's attrs such as {class: "num", text}), then `body` (its <tbody>). */
   function dataTable(attrs, head, body) {
     const th = h => el("th", typeof h === "string" ? { text: h } : h);
+    labelCells(
+      body,
+      head.map(h => (typeof h === "string" ? h : h.text || "")),
+    );
     return el(
       "div",
       { class: "table-wrap" },
       el("table", attrs, el("thead", null, el("tr", null, head.map(th))), body),
     );
+  }
+
+  /** Give each body cell its column's name (`data-label`), which a table with the class
+   * `cards-on-phone` shows before the cell on a narrow screen. */
+  function labelCells(body, labels) {
+    for (const tr of body.querySelectorAll("tr")) {
+      let col = 0;
+      for (const td of tr.children) {
+        if (!td.hasAttribute("data-label") && labels[col] !== undefined) td.setAttribute("data-label", labels[col]);
+        col += Number(td.getAttribute("colspan") || 1);
+      }
+    }
   }
 
   function clear(node) {
@@ -196,6 +212,7 @@ const HP = (() => {
     ApiError,
     el,
     dataTable,
+    labelCells,
     clear,
     fmt,
     human,

@@ -1,5 +1,5 @@
 /* The fit's diagnostics: laws, loss law, warnings, per-scale optima (ES module). */
-import { state, AXES } from "./studystate.js";
+import { state, axesOf } from "./studystate.js";
 import { scaleLabel } from "./landscape.js";
 
 const { el, dataTable, clear, fmt, fmtInterval, fmtDate } = HP;
@@ -33,7 +33,7 @@ export function renderDiagnostics() {
 
   // laws
   const tb = el("tbody");
-  for (const [axis, label] of AXES) {
+  for (const [axis, label] of axesOf(state.study)) {
     const law = (fit.laws || {})[axis];
     if (!law) {
       const why = (fit.missing_laws || {})[axis] || "not fitted";
@@ -76,20 +76,32 @@ export function renderDiagnostics() {
           }),
         ),
         el("td", { class: "num", text: fmt(law.r2, 3) }),
-        el("td", { class: "num", text: law.cv_error == null ? "—" : fmt(law.cv_error, 3) }),
+        el("td", {
+          class: "num",
+          text: law.cv_error == null ? "—" : fmt(law.cv_error, 3) + " (×" + fmt(Math.exp(law.cv_error), 3) + ")",
+        }),
       ),
     );
   }
   body.append(
     el("h3", { text: "Laws" }),
     dataTable(
-      { class: "data compact", id: "diag-laws" },
-      ["Hyperparameter", "Form", "Coefficient", "Exponents (90% interval) · prior vs data", "R²", "Backtest error*"],
+      { class: "data compact cards-on-phone", id: "diag-laws" },
+      [
+        "Hyperparameter",
+        "Form",
+        "Coefficient",
+        "Exponents (90% interval) · prior vs data",
+        "R²",
+        "Backtest error [log units]*",
+      ],
       tb,
     ),
     el("p", {
       class: "muted small",
-      text: "* leave-one-scale-out error of the law in log units (0.1 ≈ 10% off at a held-out scale).",
+      text:
+        "* leave-one-scale-out RMS error of the law in natural-log units: e ≈ a typical factor of exp(e) off at " +
+        "a held-out scale (0.1 ≈ ×1.11, 0.28 ≈ ×1.32).",
     }),
   );
 
@@ -157,7 +169,7 @@ export function renderDiagnostics() {
       { class: "optima" },
       el("summary", { text: "Per-scale optima (" + (fit.optima || []).length + ")" }),
       dataTable(
-        { class: "data compact" },
+        { class: "data compact cards-on-phone" },
         ["Scale", "Runs", "Diverged", "Learning rate", "Batch size [seq.]", "Weight decay", "Loss", "Flags"],
         ob,
       ),

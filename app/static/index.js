@@ -12,6 +12,8 @@ const LAWS = [
   ["learning_rate", "optimal learning rate (peak)", "lr*"],
   ["batch_size", "optimal batch size [sequences]", "bs*"],
 ];
+// Batch sizes are in sequences: studies with different sequence lengths are compared in tokens.
+const BATCH_TOKENS_LABEL = "optimal batch size [tokens] (batch × seq_len)";
 const selected = new Set();
 const info = new Map(); // name → {study, fit}
 
@@ -75,27 +77,24 @@ async function load() {
         cells.ext,
       ),
     );
-    if (i < MAX_DETAILED) detail(s.name, cells);
+    cells.runs.textContent = Number(s.run_count ?? 0).toLocaleString("en-US");
+    if (i < MAX_DETAILED) detail(s, cells);
+    else info.set(s.name, { study: s, fit: null });
   });
 }
 
-async function detail(name, cells) {
+/** A study's latest fit and where the default target lies (the list gives its run count and
+ * latest fit id: a study without a fit costs no request, and no 404). */
+async function detail(study, cells) {
+  const name = study.name;
   const base = "/v1/studies/" + encodeURIComponent(name);
-  let study,
-    fit = null;
-  try {
-    study = await api(base);
-  } catch (e) {
-    cells.runs.textContent = "?";
-    cells.fit.textContent = describeError(e);
-    cells.ext.textContent = "—";
-    return;
-  }
-  cells.runs.textContent = Number(study.run_count ?? 0).toLocaleString("en-US");
-  try {
-    fit = await api(base + "/fits/latest");
-  } catch (e) {
-    fit = null;
+  let fit = null;
+  if (study.latest_fit_id != null) {
+    try {
+      fit = await api(base + "/fits/" + study.latest_fit_id);
+    } catch (e) {
+      fit = null;
+    }
   }
   info.set(name, { study, fit });
   clear(cells.fit);
@@ -159,11 +158,37 @@ async function renderComparison() {
   }
   charts.hidden = false;
   table.hidden = false;
-  for (const [axis, label] of LAWS) {
+  // Different sequence lengths: a batch of 256 sequences of 2,048 tokens is not one of 4,096.
+  const seqLens = names.map(n => (info.get(n) && info.get(n).study ? info.get(n).study.seq_len : null));
+  const known = seqLens.filter(v => v > 0);
+  const mixed = new Set(seqLens.map(v => v || 0)).size > 1;
+  const inTokens = mixed && known.length === seqLens.length;
+  let batchNote = "";
+  if (inTokens)
+    batchNote =
+      " Batch sizes are compared in tokens (batch × seq_len): the studies' sequence lengths differ (" +
+      names.map((n, k) => n + " " + seqLens[k]).join(", ") +
+      ").";
+  else if (mixed)
+    batchNote =
+      " Caution: the batch sizes are in sequences and the studies' sequence lengths differ or are unknown (" +
+      names.map((n, k) => n + " " + (seqLens[k] || "?")).join(", ") +
+      "); set seq_len on each study to compare them in tokens.";
+  for (const [axis, baseLabel] of LAWS) {
     const series = [];
+    const batchTokens = axis === "batch_size" && inTokens;
+    const label = batchTokens ? BATCH_TOKENS_LABEL : baseLabel;
     names.forEach((n, i) => {
-      const c = curves[n] && curves[n].laws[axis];
-      if (!c) return;
+      const raw = curves[n] && curves[n].laws[axis];
+      if (!raw) return;
+      const k = batchTokens ? seqLens[i] : 1;
+      const c = {
+        x: raw.x,
+        value: raw.value.map(v => v * k),
+        low: raw.low.map(v => v * k),
+        high: raw.high.map(v => v * k),
+        optima: raw.optima.map(o => Object.assign({}, o, { value: o.value * k, low: o.low * k, high: o.high * k })),
+      };
       const color = COLORS[i % COLORS.length];
       series.push({
         name: null,
@@ -229,14 +254,22 @@ async function renderComparison() {
                 }),
               )
             : el("td", { class: "muted", text: "no law: " + ((fit.missing_laws || {})[axis] || "not fitted") }),
-          el("td", { class: "num", text: law && law.cv_error != null ? fmt(law.cv_error, 3) : "—" }),
+          el("td", {
+            class: "num",
+            text:
+              law && law.cv_error != null ? fmt(law.cv_error, 3) + " (×" + fmt(Math.exp(law.cv_error), 3) + ")" : "—",
+          }),
         ),
       );
     }
   }
+  HP.labelCells(tb, ["Study", "Law", "Exponents", "Backtest error [log units]"]);
   note.textContent =
     "Each law with its 90% band (the recommendation's interval at each N), evaluated by the service " +
-    "with the study's other variables at its proxies' geometric centre; points are the per-scale optima.";
+    "with the study's other variables at its proxies' geometric centre; points are the per-scale optima. " +
+    "Backtest error: leave-one-scale-out RMS in natural-log units (×exp(e) typical factor)." +
+    batchNote;
+  document.getElementById("compare").dataset.batchUnit = inTokens ? "tokens" : "sequences";
 }
 
 HP.initTokenForm(load);

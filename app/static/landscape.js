@@ -1,6 +1,8 @@
 /* Loss landscape views (ES module): one small panel per scale (final loss against learning
  * rate, runs marked by how the fit used them, the fitted bowl, the optimum and its 90%
- * interval) and an LR × batch heatmap of one scale with the fitted bowl's contours.
+ * interval) and an LR × batch map of one scale with the fitted bowl's labelled contours and a
+ * colour bar: a heatmap where the runs form a grid, a scatter where they do not (one-at-a-time
+ * ablations, whose few points a heatmap would smear over the whole area).
  * Every curve and interval comes from the API (GET .../fits/{id}/curves); this module only
  * draws. Uses the globals HP (common.js) and Charts (charts.js). */
 
@@ -251,7 +253,11 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   const best = finite.length ? Math.min(...finite.map(r => r.final_loss)) : NaN;
   const width = Math.max(280, box.clientWidth || 600),
     height = Math.round(Math.min(420, Math.max(260, width * 0.55)));
-  const m = { l: 62, r: 12, t: 10, b: 48 };
+  // room on the right for the colour bar and its labels
+  const m = { l: 64, r: 84, t: 12, b: 48 };
+  // Runs on a grid fill most (lr, batch) cells; one-at-a-time ablations fill a cross of them:
+  // cells would then paint the whole area from a few points, so each point is drawn alone.
+  const scatter = lrs.length > 1 && bss.length > 1 && cells.size < 0.6 * lrs.length * bss.length;
   const lx = v => Math.log(v);
   const edges = vs => {
     // cell edges at geometric midpoints, the outer ones mirrored
@@ -283,24 +289,44 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
   defs.append(clip);
   svg.append(defs);
   let nCells = 0;
+  if (scatter) {
+    // faint guides at the swept values, so the cross of an ablation reads as such
+    for (const v of lrs)
+      svg.append(s("line", { x1: X(lx(v)), x2: X(lx(v)), y1: m.t, y2: height - m.b, class: "guide" }));
+    for (const v of bss)
+      svg.append(s("line", { x1: m.l, x2: width - m.r, y1: Y(lx(v)), y2: Y(lx(v)), class: "guide" }));
+  }
   for (const [k, rs] of cells) {
     const [i, j] = k.split(":").map(Number);
     const ok = rs.filter(r => r.status === "completed" && r.final_loss != null && isFinite(r.final_loss));
     const loss = ok.length ? Math.min(...ok.map(r => r.final_loss)) : NaN;
     const t = isFinite(loss) ? Math.min(1, (loss / best - 1) / Y_ABOVE_BEST) : 1;
     const st = rs.map(r => states[String(r.id)]).filter(Boolean);
-    const rect = s("rect", {
-      x: X(ex[i]),
-      y: Y(ey[j + 1]),
-      width: X(ex[i + 1]) - X(ex[i]),
-      height: Y(ey[j]) - Y(ey[j + 1]),
-      class: "cell",
-      "data-lr": lrs[i],
-      "data-batch": bss[j],
-      fill: isFinite(loss) ? Charts.rampColor(t) : "#5a1a14",
-      stroke: "#fff",
-      "stroke-width": 1,
-    });
+    const fill = isFinite(loss) ? Charts.rampColor(t) : "#5a1a14";
+    const rect = scatter
+      ? s("circle", {
+          cx: X(lx(lrs[i])),
+          cy: Y(lx(bss[j])),
+          r: 7,
+          class: "cell point",
+          "data-lr": lrs[i],
+          "data-batch": bss[j],
+          fill,
+          stroke: "#1b2330",
+          "stroke-width": 0.8,
+        })
+      : s("rect", {
+          x: X(ex[i]),
+          y: Y(ey[j + 1]),
+          width: X(ex[i + 1]) - X(ex[i]),
+          height: Y(ey[j]) - Y(ey[j + 1]),
+          class: "cell",
+          "data-lr": lrs[i],
+          "data-batch": bss[j],
+          fill,
+          stroke: "#fff",
+          "stroke-width": 1,
+        });
     rect.append(
       s(
         "title",
@@ -340,6 +366,7 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     }
     if (drawn < 3) continue;
     if (c.closed) d += "Z";
+    const label = levelText(c.level);
     const p = s("path", {
       d,
       class: "contour",
@@ -348,9 +375,22 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
       "stroke-width": 1.2,
       "stroke-dasharray": nContours ? "4 3" : "none",
       "clip-path": "url(#" + clipId + ")",
+      "data-level": c.level,
     });
-    p.append(s("title", {}, "fitted bowl: loss " + (100 * c.level).toFixed(2) + "% above the optimum"));
+    p.append(s("title", {}, "fitted bowl: loss " + label + " above the optimum"));
     svg.append(p);
+    // The contour's label at its point furthest right inside the plot (where contours spread apart).
+    let at = null;
+    for (let i = 0; i < n; i++) {
+      if (!ok(i)) continue;
+      const px = X(lx(c.learning_rate[i])),
+        py = Y(lx(c.batch_size[i]));
+      if (px < m.l + 4 || px > width - m.r - 30 || py < m.t + 10 || py > height - m.b - 4) continue;
+      if (!at || px > at[0]) at = [px, py];
+    }
+    if (at) {
+      svg.append(s("text", { x: at[0] + 3, y: at[1] - 3, class: "contour-label", "data-level": c.level }, label));
+    }
     nContours++;
   }
   if (bowl && bowl.optimum.batch_size) {
@@ -377,22 +417,59 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     svg.append(s("text", { x: m.l - 5, y: Y((ey[j] + ey[j + 1]) / 2) + 4, "text-anchor": "end" }, fmt(v)));
   }
   svg.append(...Charts.axisLabels(width, height, m, "peak learning rate (log)", "batch size [sequences] (log)"));
+  if (isFinite(best)) svg.append(colourBar(s, width, height, m, best));
   box.append(
     svg,
     el("p", {
       class: "chart-note",
       text:
+        (scatter
+          ? "A scatter, not a heatmap: these runs vary one hyperparameter at a time, so only the points shown were " +
+            "run. "
+          : "") +
         "Colour: best final loss at each (lr, batch) point, from " +
         fmt(best, 4) +
         " (dark) to " +
         100 * Y_ABOVE_BEST +
-        "% above (light); dark red: diverged. Lines: the fitted " +
-        "bowl at 0.25%, 1% and 3% above the optimum (●).",
+        "% above or more (light), as the bar shows; dark red: diverged. Lines: the fitted bowl at " +
+        "0.25%, 1% and 3% above the optimum (●), each labelled.",
     }),
   );
   box.dataset.cellCount = String(nCells);
   box.dataset.contourCount = String(nContours);
+  box.dataset.mode = scatter ? "scatter" : "heatmap";
   box.dataset.rendered = "1";
+}
+
+/** 0.0025 → "0.25%", 0.01 → "1%". */
+function levelText(level) {
+  return Number((100 * level).toPrecision(2)) + "%";
+}
+
+/** The colour bar right of the plot: the loss ramp from the scale's best (bottom) to Y_ABOVE_BEST above it. */
+function colourBar(s, width, height, m, best) {
+  const g = s("g", { class: "colour-bar" });
+  const id = "ramp-" + Math.random().toString(36).slice(2);
+  const grad = s("linearGradient", { id, x1: 0, y1: 1, x2: 0, y2: 0 });
+  for (let k = 0; k <= 10; k++) grad.append(s("stop", { offset: k / 10, "stop-color": Charts.rampColor(k / 10) }));
+  const defs = s("defs", {});
+  defs.append(grad);
+  g.append(defs);
+  const x = width - m.r + 14,
+    top = m.t + 14,
+    bottom = height - m.b - 22,
+    w = 12;
+  g.append(s("rect", { x, y: top, width: w, height: bottom - top, fill: "url(#" + id + ")", class: "bar" }));
+  for (const frac of [0, 0.25, 0.5, 0.75, 1]) {
+    const y = bottom - frac * (bottom - top);
+    g.append(s("line", { x1: x + w, x2: x + w + 3, y1: y, y2: y, stroke: "#3b4656" }));
+    const text = frac === 0 ? fmt(best, 4) : "+" + Number((100 * Y_ABOVE_BEST * frac).toPrecision(2)) + "%";
+    g.append(s("text", { x: x + w + 5, y: y + 4, class: "bar-tick" }, text));
+  }
+  g.append(s("rect", { x, y: bottom + 8, width: w, height: 10, fill: "#5a1a14" }));
+  g.append(s("text", { x: x + w + 5, y: bottom + 17, class: "bar-tick" }, "diverged"));
+  g.append(s("text", { x: x - 2, y: top - 5, class: "bar-tick" }, "loss"));
+  return g;
 }
 
 /** The scale picker of the heatmap (default: the largest scale). */

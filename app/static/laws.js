@@ -215,10 +215,17 @@ export function renderOptimum(axis, label, sym, scales) {
       });
   }
   const yFormat = axis === "batch_size" ? v => fmt(v, 2) : lrFormat;
+  // What the points' colours mean: one per scale (the same colours as the loss landscape's panels).
+  const keyed = new Map();
+  for (const o of optima) {
+    const sc = scales.byKey.get(scaleKey(o.scale));
+    if (sc) keyed.set(sc.key, { color: sc.color, label: sc.label });
+  }
   Charts.plot(box, {
     x: { label: VAR_LABEL[xVar], log: true, format: countFormat },
     y: { label: label, log: true, format: yFormat },
     series,
+    colorKey: { title: "point colour = scale:", items: [...keyed.values()] },
     empty: "No optimum of " + label.split(" [")[0] + " at any scale.",
   });
   box.dataset.xVariable = xVar;
@@ -246,7 +253,9 @@ export function renderOptimum(axis, label, sym, scales) {
       " · R² " +
       fmt(law.r2, 3) +
       " · leave-one-scale-out error " +
-      (law.cv_error == null ? "—" : fmt(law.cv_error, 3) + " (log units)") +
+      (law.cv_error == null
+        ? "—"
+        : fmt(law.cv_error, 3) + " (natural-log units: ×" + fmt(Math.exp(law.cv_error), 3) + " typical factor)") +
       (others.length
         ? " · other variables at " +
           others
@@ -332,6 +341,10 @@ export function renderLossLaw() {
     x: { label: "training tokens D [tokens]", log: true, format: countFormat },
     y: { label: "best final loss [nats/token]", log: false },
     series,
+    colorKey: {
+      title: "point colour = model size:",
+      items: ns.map(n => ({ color: colorOfN(n), label: "N=" + human(n) })),
+    },
     empty: "No per-scale optimum to plot.",
   });
   note.textContent = law

@@ -184,7 +184,7 @@ export function renderRecommendation(r) {
     out.append(
       el("h3", { text: "Baselines" }),
       dataTable(
-        { class: "data compact", id: "rec-baselines" },
+        { class: "data compact cards-on-phone", id: "rec-baselines" },
         [
           "Source",
           { class: "num", text: "Learning rate" },

@@ -3,10 +3,10 @@
  * recommend.js, laws.js, landscape.js, diagnostics.js, runs.js. Everything comes from the /v1
  * API with the token in session storage; the page computes no statistics. */
 import { renderLandscape, renderHeatmap, scaleOptions, defaultHeatScale } from "./landscape.js";
-import { name, base, state, hooks, AXES, PLOT_PAGE, PLOT_RUN_CAP, scaleTable } from "./studystate.js";
+import { name, base, state, hooks, AXES, axesOf, PLOT_PAGE, PLOT_RUN_CAP, scaleTable } from "./studystate.js";
 import { lawXVar, renderOptimum, renderLossLaw } from "./laws.js";
 import { renderDiagnostics } from "./diagnostics.js";
-import { loadRunsPage, renderRunsBody } from "./runs.js";
+import { loadRunsPage } from "./runs.js";
 import "./recommend.js";
 import "./transfer.js";
 
@@ -31,13 +31,31 @@ async function loadAll() {
     return;
   }
   renderSummary();
+  if (!state.study.run_count) {
+    emptyStudy();
+    return;
+  }
   loadRunsPage(true); // the table does not wait for the plots
   const runsPromise = loadPlotRuns();
-  await loadFit();
+  await loadFit(state.study.latest_fit_id);
   if (hooks.transferCheck) hooks.transferCheck();
   renderCharts(); // optima and laws at once; the loss-vs-LR plot fills in as its pages arrive
   await runsPromise;
   renderLossVsLr(scaleTable());
+}
+
+/** A study without runs: how to add some, instead of empty cards and buttons that can only fail. */
+function emptyStudy() {
+  for (const id of ["recommend", "transfer", "diagnostics", "runs"]) {
+    const section = document.getElementById(id);
+    if (section) section.hidden = true;
+  }
+  document.querySelector(".charts").hidden = true;
+  document.getElementById("fit-now").hidden = true;
+  document.getElementById("fit-status-text").textContent = "No runs, so no fit.";
+  const card = document.getElementById("empty-study");
+  for (const span of card.querySelectorAll(".study-name-here")) span.textContent = name;
+  card.hidden = false;
 }
 
 /** An unknown study: one explanation instead of a page of empty charts. */
@@ -78,23 +96,31 @@ async function loadCurves() {
     banner(describeError(e));
   }
   try {
-    state.states = (await api(base + "/fits/" + f.id + "/run-states")).states;
+    const rs = await api(base + "/fits/" + f.id + "/run-states");
+    state.states = rs.states;
+    state.stateCounts = rs.counts;
   } catch (e) {
     state.states = {};
+    state.stateCounts = null;
   }
 }
 
+/** The fit `id` (the study's latest_fit_id: none means no fit, and nothing is asked for). */
 async function loadFit(id) {
-  try {
-    state.fit = await api(base + "/fits/" + (id == null ? "latest" : encodeURIComponent(id)));
-  } catch (e) {
-    state.fit = null;
-    if (!(e instanceof ApiError && e.status === 404)) banner(describeError(e));
+  state.fit = null;
+  if (id != null) {
+    try {
+      state.fit = await api(base + "/fits/" + encodeURIComponent(id));
+    } catch (e) {
+      if (!(e instanceof ApiError && (e.status === 404 || e.status === 410))) banner(describeError(e));
+    }
   }
   renderFitStatus();
   renderDiagnostics();
   await loadCurves();
-  renderRunsBody();
+  // A newer fit than the one the table was listed with (a recommendation refitted): its states.
+  if (state.fitShown !== undefined && state.fitShown !== id) await loadRunsPage(false);
+  state.fitShown = id;
 }
 
 async function loadPlotRuns() {
@@ -170,6 +196,7 @@ document.getElementById("fit-now").addEventListener("click", async ev => {
     state.fit = await api(base + "/fits", { method: "POST", body: {} });
     state.study = await api(base);
     await loadCurves();
+    await loadRunsPage(false); // the states of the new fit
     banner(null);
   } catch (e) {
     banner(describeError(e));
@@ -185,7 +212,7 @@ document.getElementById("fit-now").addEventListener("click", async ev => {
 function renderCharts() {
   const scales = scaleTable();
   renderLossVsLr(scales);
-  for (const [axis, label, sym] of AXES) renderOptimum(axis, label, sym, scales);
+  for (const [axis, label, sym] of axesOf(state.study)) renderOptimum(axis, label, sym, scales);
   renderLossLaw();
 }
 

@@ -10,8 +10,17 @@ export const PLOT_RUN_CAP = 10000;
 export const AXES = [
   ["learning_rate", "learning rate (peak)", "lr*"],
   ["batch_size", "batch size [sequences]", "bs*"],
-  ["weight_decay", "weight decay (AdamW coefficient)", "wd*"],
+  ["weight_decay", "weight decay (coefficient)", "wd*"],
 ];
+
+/** AXES with the weight-decay label naming the study's optimizer ("AdamW coefficient" only on
+ * Adam-type studies: a Muon or Lion study's coefficient is its own optimizer's). */
+export function axesOf(study) {
+  const opt = ((study && study.optimizer) || "").trim();
+  const adam = /^(n?adam|adamw|nadamw|adafactor|lamb)/i.test(opt);
+  const wd = adam || !opt ? "weight decay (AdamW coefficient)" : "weight decay (" + opt + " coefficient)";
+  return AXES.map(a => (a[0] === "weight_decay" ? [a[0], wd, a[2]] : a));
+}
 export const VAR_LABEL = {
   n_params: "parameters N [count]",
   tokens: "training tokens D [tokens]",

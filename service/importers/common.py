@@ -34,7 +34,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "seed": ("seed",),
     "final_loss": ("final_loss", "val_loss", "eval_loss", "eval/loss", "validation_loss", "loss", "train_loss"),
 }
-_MAPPABLE = frozenset(RUN_FIELDS) - {"run_key", "status", "loss_curve", "extra"}
+_MAPPABLE = frozenset(RUN_FIELDS) - {"run_key", "status", "loss_curve", "curves", "extra"}
+# What a tracker's run name (W&B display name, MLflow run name) is kept as in `extra`.
+RUN_NAME = "run_name"
+# A source that waits this long without answering is reported, not waited on.
+DEFAULT_TIMEOUT = 10.0
 
 # user:password@ (or a bare token@) after a URL scheme, and secret-looking query parameters.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
@@ -150,12 +154,18 @@ def to_run(
     run_key: str,
     status: str,
     loss_curve: Sequence[Sequence[float]] | None = None,
+    curves: Mapping[str, Sequence[Sequence[float]]] | None = None,
+    curve_x: str = "tokens",
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One hpscale run dict: fields from their source names, the rest into `extra`.
 
     A completed run whose loss is NaN/inf is `diverged` (trackers log what training saw;
-    W&B writes a NaN as null, so a loss that is there but null counts as NaN too)."""
-    run: dict[str, Any] = {"run_key": run_key[:128], "status": status}
+    W&B writes a NaN as null, so a loss that is there but null counts as NaN too). A source
+    without a weight decay gives an unknown one (null), not 0. `loss_curve` and `curves` (in
+    `curve_x` units) are the source's history; `extra` adds the tool's own facts (its run
+    name, its trial state)."""
+    run: dict[str, Any] = {"run_key": run_key[:128], "status": status, "weight_decay": None}
     used = set()
     for field, name in sources.items():
         if name in values:
@@ -176,7 +186,7 @@ def to_run(
             run["status"] = "diverged"
     if run["status"] != "completed":
         run.pop("final_loss", None)
-    extra = dict(run.get("extra") or {})
+    extra = {**dict(extra or {}), **dict(run.get("extra") or {})}
     for name in sorted(values):
         if name in used or name in extra or len(extra) >= MAX_EXTRA_KEYS:
             continue
@@ -184,11 +194,32 @@ def to_run(
         if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
             continue
         extra[name[:128]] = value
-    if extra:
-        run["extra"] = extra
     if loss_curve:
         run["loss_curve"] = [list(point) for point in loss_curve]
+    if curves:
+        run["curves"] = {name[:64]: [list(p) for p in points] for name, points in curves.items() if points}
+    if (loss_curve or curves) and curve_x != "tokens":
+        extra["loss_curve_x"] = curve_x
+    if extra:
+        run["extra"] = extra
     return run
+
+
+def finite_points(points: Sequence[Sequence[Any]], cap: int) -> list[list[float]]:
+    """A history as curve points: finite (x ≥ 0, value) pairs only, in order, at most `cap`
+    (evenly thinned past it: the stored curve is downsampled further by the service)."""
+    kept = []
+    for x, y in points:
+        try:
+            fx, fy = float(x), float(y)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(fx) and math.isfinite(fy) and fx >= 0:
+            kept.append([fx, fy])
+    if len(kept) > cap:
+        step = (len(kept) - 1) / (cap - 1)
+        kept = [kept[round(i * step)] for i in range(cap)]
+    return kept
 
 
 def map_runs(
@@ -196,8 +227,13 @@ def map_runs(
     mapping: Mapping[str, str],
     what: str,
     default_sources: Callable[[set[str]], Mapping[str, str]] | None = None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+    histories: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """(source id, run) for each (source id, status, names → values) of a source's runs.
+
+    `extras`: per source id, facts of the tool to keep in `extra` (run name, trial state);
+    `histories`: per source id, keyword arguments of `to_run` for its curves.
 
     Each field's source name is found over the names all the runs use (`field_sources`);
     `default_sources(names)` gives the source of fields that `mapping` does not name (an
@@ -210,6 +246,19 @@ def map_runs(
         mapped = set(mapping.values())
         sources.update({f: name for f, name in default_sources(names).items() if f not in mapped})
     check_required(sources, names, what)
+    extras = extras or {}
+    histories = histories or {}
     return [
-        (source_id, to_run(values, sources, run_key=source_id, status=status)) for source_id, status, values in runs
+        (
+            source_id,
+            to_run(
+                values,
+                sources,
+                run_key=source_id,
+                status=status,
+                extra=extras.get(source_id),
+                **histories.get(source_id, {}),
+            ),
+        )
+        for source_id, status, values in runs
     ]
