@@ -529,15 +529,40 @@ POOL_REPLICATES_ABOVE = 20_000
 
 
 def fit_scale_bowls(
-    U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray, cross: np.ndarray
+    U: np.ndarray,
+    y: np.ndarray,
+    in_band: np.ndarray,
+    sidx: np.ndarray,
+    active: np.ndarray,
+    cross: np.ndarray,
+    axes: tuple[str, ...] = (),
 ) -> tuple[BowlData, BowlSolution | None, np.ndarray, list[str]]:
     """Fit the bowl with a free centre per scale to the band's runs; warn when it fails or does not converge.
 
-    The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF runs more than the
-    model with it has parameters; otherwise κ = 0 (a handful of runs cannot identify it).
+    The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF distinct points (scale
+    and hyperparameters; replicates count once) more than the model with it has parameters;
+    otherwise κ = 0 (a handful of points cannot identify it). An axis that no scale sweeps
+    over ≥ 3 values inside its band has no identified curvature: its centres would be any
+    point of a flat valley (a sharp bowl seen at 2 learning rates per scale), so it is left
+    out of the bowl and its optima are the best runs' values.
     """
     S, d = active.shape
     rows = np.flatnonzero(in_band)
+    warnings: list[str] = []
+    levels = np.zeros((S, d), dtype=int)
+    for s in np.unique(sidx[rows]):
+        at = rows[sidx[rows] == s]
+        for j in range(d):
+            levels[s, j] = distinct_log_values(np.exp(U[at, j]), _TOL)
+    flat = active.any(axis=0) & (levels.max(axis=0, initial=0) < 3)
+    if flat.any():
+        active = active & ~flat
+        warnings += [
+            f"{AXIS_LABEL.get(axes[j], axes[j]) if axes else f'axis {j}'}: no scale has ≥ 3 distinct values within "
+            "its band of near-optimal runs, so the bowl's curvature along it is not identified; its optima are "
+            "the best runs' values (sweep more finely around the optimum)"
+            for j in np.flatnonzero(flat)
+        ]
     if rows.size > POOL_REPLICATES_ABOVE:
         data = pooled_replicates(U[rows], y[rows], sidx[rows], active, cross)
     else:
@@ -545,8 +570,8 @@ def fit_scale_bowls(
     designs, col_of = _one_hot(active)
     beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
     n_quad = np.unique(data.scale).size + int(active.sum()) + d + int(np.count_nonzero(np.tril(cross, -1)))
-    cubic = rows.size - n_quad - d >= MIN_NOISE_DOF
-    warnings: list[str] = []
+    n_points = np.unique(np.column_stack([data.scale, np.round(data.u / _TOL)]), axis=0).shape[0] if rows.size else 0
+    cubic = n_points - n_quad - d >= MIN_NOISE_DOF
     try:
         fit = fit_bowl(data, designs, beta0, cubic=cubic)
     except (np.linalg.LinAlgError, ValueError) as e:  # pragma: no cover - defensive
@@ -554,7 +579,7 @@ def fit_scale_bowls(
         return data, None, col_of, warnings
     if not fit.success:
         warnings.append(
-            "the per-scale loss-surface fit did not converge (least squares stopped on its evaluation "
+            "the per-scale loss-surface fit did not converge (least squares stopped on its step "
             "budget): the optima and their intervals may be inaccurate"
         )
     return data, fit, col_of, warnings
@@ -919,7 +944,7 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
         )
     data, fit, col_of = None, None, np.zeros((S, 0), dtype=int)
     if d:
-        data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross)
+        data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross, axes)
         warnings += w
     return {
         "classes": cl,
