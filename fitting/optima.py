@@ -58,6 +58,11 @@ OUTLIER_NEIGHBOURS = 6
 _MIN_NEIGHBOURS = 3  # a scale needs ≥ 4 completed runs before its runs can be judged
 _MAX_NAMED = 5  # outliers named in the study warning
 _MAX_LOG_DEV = 20.0
+# A per-scale optimum is never reported further than this (log) beyond the values swept
+# (10×), nor beyond the contract's limits on the hyperparameter (service/limits.py; a test
+# checks they agree): past that the bowl says only "beyond the sweep".
+MAX_BEYOND_SWEEP = math.log(10.0)
+OPTIMUM_LIMITS = {"learning_rate": 10.0, "batch_size": 1e8, "weight_decay": 100.0}
 
 # Loss noise. σ0 = 0.3% relative (0.003 in log loss) is the typical seed-to-seed scatter of
 # a final LM loss at proxy scale (Step Law's smoothed losses scatter by ~0.1–0.5% around
@@ -779,14 +784,35 @@ def scale_optimum(ev: _Evidence, s: int, scale: Scale) -> ScaleOptimum:
 
 
 def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[str]) -> AxisOptimum:
-    """The bowl centre of axis j at scale s with its bootstrap interval and status (bracketed, beyond, capped)."""
+    """The bowl centre of axis j at scale s with its bootstrap interval and status (bracketed, beyond, capped).
+
+    The centre is bounded like its samples: at most MAX_BEYOND_SWEEP (10×) past the values
+    swept and never past the contract's limits (OPTIMUM_LIMITS). A bowl the runs barely
+    curve (loss still falling at the edge of the sweep) has its centre anywhere beyond it:
+    that is reported as the bound, with a flag, never as 1e97 (or an overflow).
+    """
     a = ev.axes[j]
     vals = ev.hp[a][m]
     nv = distinct_log_values(vals, _TOL)
     lv = float(ev.centre[s, j])
     lo_sw, hi_sw = np.log(vals.min()), np.log(vals.max())
+    offset = ev.wd_offset if a == "weight_decay" else 0.0
+    lo_bound = lo_sw - MAX_BEYOND_SWEEP
+    hi_bound = min(hi_sw + MAX_BEYOND_SWEEP, math.log(OPTIMUM_LIMITS[a] + offset))
     status = "bracketed"
-    if lv > hi_sw + _TOL:
+    if lv > hi_bound:
+        lv, status = hi_bound, "above_sweep"
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies far above the largest value swept (the loss still falls there): "
+            f"reported at {math.exp(hi_bound) - offset:.3g}, a lower bound only; extend the sweep"
+        )
+    elif lv < lo_bound:
+        lv, status = lo_bound, "below_sweep"
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies far below the smallest value swept (the loss still falls there): "
+            f"reported at {math.exp(lo_bound) - offset:.3g}, an upper bound only; extend the sweep"
+        )
+    elif lv > hi_sw + _TOL:
         status = "above_sweep"
         flags.append(
             f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep"
@@ -809,8 +835,9 @@ def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[st
             f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales"
         )
     # An unidentified centre can have a huge standard error; ±_MAX_LOG_DEV (a factor of
-    # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite.
-    iv = Interval.exp_of(lv, np.clip(samples, lv - _MAX_LOG_DEV, lv + _MAX_LOG_DEV))
+    # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite; the limits hold too.
+    low, high = max(lv - _MAX_LOG_DEV, lo_bound), min(lv + _MAX_LOG_DEV, max(hi_bound, lv))
+    iv = Interval.exp_of(lv, np.clip(samples, low, high))
     if a == "weight_decay" and ev.wd_offset > 0:
         iv = Interval(*(max(v - ev.wd_offset, 0.0) for v in (iv.value, iv.low, iv.high)))
         if iv.value == 0.0:
