@@ -878,37 +878,37 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         excluded = np.zeros(len(runs), dtype=bool)
         excluded[[o.index for o in outliers]] = True
         st = _fit_stages(runs, sidx, S, excluded, band)
-        if st["fit"] is None:
+        if st.fit is None or st.data is None:
             break
-        extra = bowl_outliers(runs, st["fit"], st["data"], np.flatnonzero(st["in_band"]))
+        extra = bowl_outliers(runs, st.fit, st.data, np.flatnonzero(st.in_band))
         if not extra:
             break
         outliers = outliers + extra
-    cl, axes, fit, data = st["classes"], st["axes"], st["fit"], st["data"]
-    warnings = [w for w in (outlier_warning(runs, outliers),) if w] + st["warnings"]
-    noise = loss_noise(fit, *replicate_scatter(st["hp"], st["y"], st["usable"], sidx))
+    cl, axes, fit, data = st.classes, st.axes, st.fit, st.data
+    warnings = [w for w in (outlier_warning(runs, outliers),) if w] + st.warnings
+    noise = loss_noise(fit, *replicate_scatter(st.hp, st.y, st.usable, sidx))
     if noise.assumed and fit is not None:
         warnings.append(noise.message())
     S_d = (S, len(axes))
     centre, centre_se, boot = np.full(S_d, np.nan), np.full(S_d, np.nan), np.full((max(bootstrap, 0), *S_d), np.nan)
-    if fit is not None:
+    if fit is not None and data is not None:
         centre, centre_se, boot = bootstrap_centres(
-            fit, data, st["col_of"], noise.sigma, bootstrap, np.random.default_rng(seed)
+            fit, data, st.col_of, noise.sigma, bootstrap, np.random.default_rng(seed)
         )
     log_lr_cap = divergence_caps(runs.learning_rate, _caps_learning_rate(runs, cl, sidx, S), sidx, S)
     ev = _Evidence(
         runs,
         sidx,
         cl,
-        st["usable"],
-        st["hp"],
+        st.usable,
+        st.hp,
         axes,
-        st["wd0"],
+        st.wd0,
         centre,
         centre_se,
         boot,
         log_lr_cap,
-        st["coordinate_wise"],
+        st.coordinate_wise,
         noise,
     )
     optima = tuple(scale_optimum(ev, s, scales[s]) for s in range(S))
@@ -920,17 +920,35 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         centre,
         centre_se,
         optima,
-        st["coordinate_wise"],
+        st.coordinate_wise,
         tuple(warnings),
         len(runs),
         log_lr_cap,
-        st["wd0"],
+        st.wd0,
         tuple(outliers),
         noise,
     )
 
 
-def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:
+@dataclass(frozen=True, eq=False)
+class _Stages:
+    """What stages 2–6 (`_fit_stages`) give `analyse_sweeps` for one set of excluded runs."""
+
+    classes: RunClasses
+    axes: tuple[str, ...]  # the modelled axes, order of the bowl's columns
+    hp: Mapping[str, np.ndarray]  # lr, bs, wd + wd0
+    wd0: float  # the weight-decay axis is log(wd + wd0)
+    usable: np.ndarray  # after the axis filters
+    y: np.ndarray  # log loss (0 where not usable)
+    in_band: np.ndarray  # rows of the bowl fit
+    coordinate_wise: bool
+    data: BowlData | None
+    fit: BowlSolution | None
+    col_of: np.ndarray  # (S, d) column of each active centre in the bowl's design
+    warnings: list[str]
+
+
+def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> _Stages:
     """Stages 2–6 for a given set of excluded runs: classes, axes, band, interactions, bowl fit."""
     cl = classify_runs(runs, sidx, S, excluded)
     warnings: list[str] = []
@@ -973,20 +991,7 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     if d:
         data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross, axes)
         warnings += w
-    return {
-        "classes": cl,
-        "axes": axes,
-        "hp": hp,
-        "wd0": wd0,
-        "usable": usable,
-        "y": y,
-        "in_band": in_band,
-        "coordinate_wise": coordinate_wise,
-        "data": data,
-        "fit": fit,
-        "col_of": col_of,
-        "warnings": warnings,
-    }
+    return _Stages(cl, axes, hp, wd0, usable, y, in_band, coordinate_wise, data, fit, col_of, warnings)
 
 
 def _one_hot(active: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
