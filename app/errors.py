@@ -36,6 +36,7 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.StudyExists: 409,
     errors.TokenExists: 409,
     errors.InsufficientData: 409,
+    errors.FitFailed: 409,
     errors.InvalidInput: 422,
     errors.InvalidRuns: 422,
     errors.InvalidStudy: 422,

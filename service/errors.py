@@ -108,6 +108,13 @@ class InsufficientData(DomainError, fitting.common.InsufficientData):
         self.missing = None
 
 
+class FitFailed(DomainError):
+    """The fitting engine failed on the study's runs (or took longer than allowed). Recorded
+    once for that data version: asking again answers at once; a change of runs refits."""
+
+    code = "fit_failed"
+
+
 # --- unavailable -------------------------------------------------------------------------
 
 

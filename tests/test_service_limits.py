@@ -4,17 +4,14 @@ losses, unknown query parameters, the stale-fit takeover and a `compute=` recomm
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 
 from hpscale.cli import main
-from store import queries
-from store.db import run_in_transaction
-from store.models import Fit, utcnow
+from store.models import Fit
 from tests.conftest import assert_error, count_rows, make_run
 
 # --- run submission ----------------------------------------------------------------------
@@ -208,17 +205,11 @@ def test_a_recommendation_for_a_compute_budget(loss_law_study: TestClient) -> No
 
 
 def test_a_fit_left_running_by_a_dead_process_is_taken_over(loss_law_study: TestClient, engine: Engine) -> None:
+    from tests.test_fit_availability import dead_claim
+
     version = int(loss_law_study.get("/v1/studies/surface").json()["data_version"])
     study_id = loss_law_study.get("/v1/studies/surface").json()["id"]
-    fit_id = run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study_id, version, 40, "dead-worker"))
-    assert fit_id is not None
-    # Its process died eleven minutes ago (past service.fits.STALE_RUNNING_FIT).
-    run_in_transaction(
-        engine,
-        lambda conn: conn.execute(
-            update(Fit).where(Fit.id == fit_id).values(created_at=utcnow() - timedelta(minutes=11))
-        ),
-    )
+    fit_id = dead_claim(engine, study_id, version, 40)
     response = loss_law_study.post("/v1/studies/surface/fits", json={"bootstrap": 40})
     assert response.status_code == 201, response.text
     fit = response.json()
