@@ -180,6 +180,9 @@ class Fit(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"),
         Index("ix_fits_study_id_id", "study_id", "id"),
+        # A fit id handed to a client names that result forever: SQLite must not reuse the id
+        # of a deleted fit (PostgreSQL's sequences never do).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -521,14 +521,18 @@ def claim_fit(
 ) -> int | None:
     """Make this owner's 'running' row for the fit of (study, data version, bootstrap); its id.
 
-    Call it only while holding the study's fit lock (`store.leases`): any other 'running' or
-    'stale' row of that fit then belongs to a process that is gone or to an older engine,
-    and is taken over. None when the fit has an outcome already (done or failed).
+    Call it only while holding the study's fit lock (`store.leases`): another 'running' row
+    of that fit then belongs to a process that is gone, and is taken over; a 'stale' one (an
+    older engine's) is replaced by a new row. None when the fit has an outcome already.
     """
     c = _FIT_COLUMNS
     key = (c.study_id == study_id, c.data_version == data_version, c.bootstrap == bootstrap)
     row = conn.execute(select(c.id, c.status).where(*key)).first()
     now = utcnow()
+    if row is not None and row.status == "stale":
+        # A new fit gets a new id: the old id named a result that is gone, not this one.
+        conn.execute(delete(Fit).where(c.id == row.id))
+        row = None
     if row is not None:
         if row.status in ("done", "failed"):
             return None
@@ -598,6 +602,27 @@ def fail_owned_fits(conn: Connection, owner: str, error_code: str, error: str) -
         .where(c.owner == owner, c.status == "running")
         .values(status="failed", error_code=error_code, error=error, finished_at=utcnow())
     ).rowcount
+
+
+def record_failed_fit(conn: Connection, study_id: int, bootstrap: int, owner: str, error_code: str, error: str) -> None:
+    """Record the owner's running fit of the study as failed; if it had none yet (stopped
+    before it claimed one), a failed fit of the study's current data version (once)."""
+    if fail_owned_fits(conn, owner, error_code, error):
+        return
+    version = conn.execute(select(Study.data_version).where(Study.id == study_id)).scalar_one()
+    values = {
+        "study_id": study_id,
+        "data_version": version,
+        "bootstrap": bootstrap,
+        "status": "failed",
+        "n_runs": 0,
+        "created_at": utcnow(),
+        "finished_at": utcnow(),
+        "error_code": error_code,
+        "error": error,
+    }
+    stmt = _dialect_insert(conn, Fit).values(**values)
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["study_id", "data_version", "bootstrap"]))
 
 
 def drop_owned_fits(conn: Connection, owner: str) -> int:

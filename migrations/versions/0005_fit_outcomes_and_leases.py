@@ -6,6 +6,7 @@
   request for that data version answers at once with the right status.
 - `fit_leases`: one row per study being fitted where there are no advisory locks (SQLite):
   owner token and expiry in seconds on the database's clock, never a host's.
+- SQLite: `fits` gets AUTOINCREMENT, so a fit id handed to a client is never reused.
 
 Revision ID: 0005_fit_outcomes
 Revises: 0004
@@ -26,7 +27,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("fits") as batch:
+    # On SQLite the table is rebuilt with AUTOINCREMENT: the id of a deleted fit (pruned,
+    # or replaced after an engine upgrade) is never given to another fit.
+    with op.batch_alter_table("fits", recreate="always", table_kwargs={"sqlite_autoincrement": True}) as batch:
         batch.add_column(sa.Column("owner", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("error_code", sa.String(length=32), nullable=True))
     # A failed fit of the old engine said only InsufficientData.

@@ -29,7 +29,7 @@ from service.fits.compute import BUSY, Attempt, FitJob, drop_claim, fit_current
 from service.fits.records import FIT_FAILED
 from service.metrics import record_fit
 from store import leases, queries
-from store.db import Engine, read_connection, run_in_transaction
+from store.db import Connection, Engine, read_connection, run_in_transaction
 
 log = logging.getLogger("hpscale")
 
@@ -41,15 +41,23 @@ MAX_CHILD_DEATHS = 2
 REFIT_IN_CHILD_PROCESS = True
 
 
+@dataclass(frozen=True)
+class _Ask:
+    min_version: int  # the newest data version asked about
+    created_by: str | None
+    max_seconds: float  # the latest request's maximum fit duration
+
+
 @dataclass
 class _Wanted:
-    """The refits asked of one study: (bootstrap, exact) → the newest data version asked about."""
+    """The refits asked of one study, by (bootstrap, exact)."""
 
-    jobs: dict[tuple[int, bool], int] = field(default_factory=dict)
+    jobs: dict[tuple[int, bool], _Ask] = field(default_factory=dict)
 
-    def add(self, bootstrap: int, exact: bool, min_version: int) -> None:
-        key = (bootstrap, exact)
-        self.jobs[key] = max(self.jobs.get(key, min_version), min_version)
+    def add(self, bootstrap: int, exact: bool, ask: _Ask) -> None:
+        known = self.jobs.get((bootstrap, exact))
+        version = ask.min_version if known is None else max(known.min_version, ask.min_version)
+        self.jobs[(bootstrap, exact)] = _Ask(version, ask.created_by, ask.max_seconds)
 
 
 class Refitter:
@@ -75,18 +83,18 @@ class Refitter:
         with self._lock:
             running = key in self._queued
             wanted = self._queued.setdefault(key, _Wanted())
-            wanted.add(bootstrap, exact, min_version)
+            wanted.add(bootstrap, exact, _Ask(min_version, created_by, max_seconds))
             if running:
                 return
         thread = threading.Thread(
             target=self._loop,
-            args=(engine, key, created_by, max_seconds),
+            args=(engine, key),
             name=f"hpscale-refit-{study_id}",
             daemon=True,
         )
         thread.start()
 
-    def _loop(self, engine: Engine, key: tuple[str, int], created_by: str | None, max_seconds: float) -> None:
+    def _loop(self, engine: Engine, key: tuple[str, int]) -> None:
         while True:
             with self._lock:
                 wanted = self._queued[key]
@@ -95,9 +103,11 @@ class Refitter:
                     self._idle.notify_all()
                     return
                 jobs, wanted.jobs = wanted.jobs, {}
-            for (bootstrap, exact), min_version in jobs.items():
+            for (bootstrap, exact), ask in jobs.items():
                 try:
-                    self._until_covered(engine, key[1], bootstrap, exact, min_version, created_by, max_seconds)
+                    self._until_covered(
+                        engine, key[1], bootstrap, exact, ask.min_version, ask.created_by, ask.max_seconds
+                    )
                 except Exception:
                     log.warning("background refit of study %s failed", key[1], exc_info=True)
                     time.sleep(1.0)  # do not hammer a database that just failed
@@ -177,9 +187,9 @@ def _record_failure(engine: Engine, job: FitJob, reason: str) -> None:
     """The child was stopped on this job: its running fit is recorded as failed (once)."""
     log.warning("study %s: %s", job.study_id, reason)
 
-    def work(conn: object) -> None:
-        queries.fail_owned_fits(conn, job.owner, FIT_FAILED, reason)  # type: ignore[arg-type]
+    def work(conn: Connection) -> None:
+        queries.record_failed_fit(conn, job.study_id, job.bootstrap, job.owner, FIT_FAILED, reason)
         if engine.dialect.name != "postgresql":
-            leases.release_lease(conn, job.study_id, job.owner)  # type: ignore[arg-type]
+            leases.release_lease(conn, job.study_id, job.owner)
 
     run_in_transaction(engine, work)
