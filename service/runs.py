@@ -18,12 +18,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from service import metrics
 from service.csv_io import csv_blocks
-from service.errors import InvalidQuery, InvalidRuns, field_detail
+from service.errors import InvalidQuery, InvalidRuns, StudyNotFound, field_detail
 from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
 from service.schemas import RunIn, StudyIn, summarize, validation_details
 from service.studies import find_study, get_study
 from store import queries
 from store.db import Connection, Engine, read_connection, run_in_transaction
+from store.errors import MissingReference
 from store.models import Study
 from store.queries import InsertResult, RunFilters
 
@@ -121,7 +122,10 @@ def submit_runs(
         rows = [with_defaults(run, study) for run in runs]
         return queries.insert_runs(conn, study.id, rows, created_by, submission_id)
 
-    result = run_in_transaction(engine, store)
+    try:
+        result = run_in_transaction(engine, store)
+    except MissingReference:  # the study was deleted between its lookup and the insert
+        raise StudyNotFound(study_name) from None
     metrics.RUNS_INGESTED.labels("http").inc(result.inserted)
     return result
 

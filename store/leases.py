@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Double, Engine, delete, literal_column, select, text, update
 from sqlalchemy.dialects import sqlite
 
-from store.db import run_in_transaction
+from store.db import run_in_transaction, storage_errors
 from store.models import FitLease
 
 # The first key of the study locks ('hpsf'); the migration lock (migrations/env.py) uses the
@@ -139,11 +139,13 @@ class LeaseLock(StudyLock):
 def try_lock(engine: Engine, study_id: int, owner: str) -> StudyLock | None:
     """Take the study's fit lock for `owner`, or None if another holder has it (never waits)."""
     if _is_postgresql(engine):
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        with storage_errors():
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            got = conn.execute(
-                text("SELECT pg_try_advisory_lock(:ns, :sid)"), {"ns": ADVISORY_NAMESPACE, "sid": study_id}
-            ).scalar_one()
+            with storage_errors():
+                got = conn.execute(
+                    text("SELECT pg_try_advisory_lock(:ns, :sid)"), {"ns": ADVISORY_NAMESPACE, "sid": study_id}
+                ).scalar_one()
         except BaseException:
             conn.close()
             raise

@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from store.db import read_connection
 from store.models import ApiToken, AuditEntry, Fit, FitLease, Run, Study, Submission, utcnow
 
 RUN_FIELDS: tuple[str, ...] = (
@@ -237,7 +238,7 @@ def iter_runs(
     """Every run of a study in id order, read in keyset chunks (each in its own transaction)."""
     after_id = 0
     while True:
-        with engine.connect() as conn, conn.begin():
+        with read_connection(engine) as conn:
             page, _ = list_runs(conn, study_id, after_id=after_id, limit=chunk, filters=filters)
         yield from page
         if len(page) < chunk:
@@ -255,7 +256,7 @@ def iter_run_pages(engine: Engine, study_id: int, *, chunk: int = 10_000) -> Ite
     columns = [c[name] for name in EXPORT_ROW_COLUMNS]
     after_id = 0
     while True:
-        with engine.connect() as conn, conn.begin():
+        with read_connection(engine) as conn:
             stmt = select(*columns).where(c.study_id == study_id, c.id > after_id).order_by(c.id).limit(chunk)
             page = [tuple(row) for row in conn.execute(stmt)]
         if page:
@@ -271,7 +272,7 @@ def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set
     keys: set[str] = set()
     after_id = 0
     while True:
-        with engine.connect() as conn, conn.begin():
+        with read_connection(engine) as conn:
             rows = conn.execute(
                 select(c.id, c.extra).where(c.study_id == study_id, c.id > after_id).order_by(c.id).limit(chunk)
             ).all()
