@@ -75,9 +75,25 @@ def test_each_law_reports_forward_error_models_and_calibration(steplaw_fit):
         d = steplaw_fit.laws[axis].to_dict()
         assert d["forward_error"] is not None and 0 < d["forward_error"] < 0.5
         assert d["cv_error"] is not None and d["cv_error"] > 0
-        assert math.isclose(sum(m["weight"] for m in d["models"]), 1.0, rel_tol=1e-9)
         assert all(set(m["variables"]) <= set(d["variables"]) for m in d["models"])
-        assert 0.7 <= d["calibration"] <= 3.0
+        # Model weights follow the evidence: w_i / w_j = exp(log evidence_i − log evidence_j).
+        models = d["models"]
+        assert [m["weight"] for m in models] == sorted((m["weight"] for m in models), reverse=True)
+        for m in models[1:]:
+            assert math.log(models[0]["weight"] / m["weight"]) == pytest.approx(
+                models[0]["log_evidence"] - m["log_evidence"], abs=1e-6
+            )
+
+
+def test_the_calibration_factor_scales_the_laws_intervals(steplaw_fit):
+    """Doubling a law's calibration doubles the log-width of the recommendation's interval."""
+    law = steplaw_fit.laws["learning_rate"]
+    widths = []
+    for calibration in (1.0, 2.0):
+        laws = {**steplaw_fit.laws, "learning_rate": dataclasses.replace(law, calibration=calibration)}
+        lr = predict(dataclasses.replace(steplaw_fit, laws=laws), TARGET_7B).learning_rate
+        widths.append(math.log(lr.high / lr.low))
+    assert widths[1] == pytest.approx(2 * widths[0], rel=0.05)
 
 
 def test_fit_document_survives_the_stored_state_round_trip():
