@@ -1,0 +1,54 @@
+"""Nearest neighbours of many distinct points in O(n log n) (issue 18), for `fitting.optima`.
+
+`kdtree_neighbours(Z, kk)` gives, per row of Z, the positions of its kk nearest *other* rows —
+the same set as a stable argsort of the full distance matrix (ties broken by position). A
+k-d tree (scipy.spatial.cKDTree) finds a few more than kk candidates per row; where a tie
+straddles the kk-th place (rare off a grid), that row's distances to every row decide it
+exactly. A sweep with every run at its own hyperparameters (100k runs, 12.5k per scale)
+took 30 s as row-chunked all-pairs distances; this takes well under a second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+# Candidates asked of the tree beyond kk + 1 (the row itself): room to see a tie at the kk-th place.
+_EXTRA = 4
+
+
+def kdtree_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
+    """(n, kk) positions of each row's kk nearest other rows of `Z` (Euclidean), ties by position."""
+    n = Z.shape[0]
+    if n <= 1 or kk <= 0:
+        return np.zeros((n, max(kk, 0)), dtype=np.intp)
+    k = min(kk + 1 + _EXTRA, n)
+    dist, idx = cKDTree(Z).query(Z, k=k)
+    dist = np.atleast_2d(dist).reshape(n, k)
+    idx = np.atleast_2d(idx).reshape(n, k)
+    rows = np.arange(n)
+    # Each row's own entry (distance 0, though another row at the same point may come first).
+    other_d = np.where(idx == rows[:, None], np.inf, dist)
+    order = _order_by_distance_then_position(other_d, idx)
+    d_sorted = np.take_along_axis(other_d, order, axis=1)
+    out = np.take_along_axis(idx, order, axis=1)[:, :kk].copy()
+    # The tree returned every row nearer than its farthest candidate; a row whose kk-th
+    # distance reaches that farthest one may have ties the tree left out: decide it exactly.
+    unsure = np.zeros(n, dtype=bool)
+    if k < n:
+        farthest = np.max(np.where(np.isfinite(d_sorted), d_sorted, -np.inf), axis=1)
+        unsure = farthest <= d_sorted[:, kk - 1]
+    for r in np.flatnonzero(unsure):
+        d = np.sqrt(((Z - Z[r]) ** 2).sum(axis=1))
+        d[r] = np.inf
+        out[r] = np.argsort(d, kind="stable")[:kk]
+    return out
+
+
+def _order_by_distance_then_position(dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per row, the column order sorting candidates by distance, then by position (stable ties)."""
+    # Distances are non-negative floats: sort by position first, then stably by distance.
+    by_position = np.argsort(idx, axis=1, kind="stable")
+    d = np.take_along_axis(dist, by_position, axis=1)
+    by_distance = np.argsort(d, axis=1, kind="stable")
+    return np.take_along_axis(by_position, by_distance, axis=1)
