@@ -2,10 +2,11 @@
 
 `kdtree_neighbours(Z, kk)` gives, per row of Z, the positions of its kk nearest *other* rows —
 the same set as a stable argsort of the full distance matrix (ties broken by position). A
-k-d tree (scipy.spatial.cKDTree) finds a few more than kk candidates per row; where a tie
-straddles the kk-th place (rare off a grid), that row's distances to every row decide it
-exactly. A sweep with every run at its own hyperparameters (100k runs, 12.5k per scale)
-took 30 s as row-chunked all-pairs distances; this takes well under a second.
+k-d tree (scipy.spatial.cKDTree) finds a few more than kk candidates per row; a row whose
+candidates all tie with its kk-th (runs repeated at one point) asks again for twice as many,
+until every run at that distance is among them. A sweep with every run at its own
+hyperparameters (100k runs, 12.5k per scale) took 30 s as row-chunked all-pairs distances;
+this takes well under a second.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from scipy.spatial import cKDTree
 
 # Candidates asked of the tree beyond kk + 1 (the row itself): room to see a tie at the kk-th place.
 _EXTRA = 4
+# Most candidates held at once (rows × k): 4M pairs of distance and index, 64 MB.
+_MAX_CANDIDATES = 4_000_000
 
 
 def kdtree_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
@@ -22,27 +25,37 @@ def kdtree_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
     n = Z.shape[0]
     if n <= 1 or kk <= 0:
         return np.zeros((n, max(kk, 0)), dtype=np.intp)
-    k = min(kk + 1 + _EXTRA, n)
-    dist, idx = cKDTree(Z).query(Z, k=k)
-    dist = np.atleast_2d(dist).reshape(n, k)
-    idx = np.atleast_2d(idx).reshape(n, k)
+    tree = cKDTree(Z)
+    out = np.empty((n, kk), dtype=np.intp)
     rows = np.arange(n)
+    k = min(kk + 1 + _EXTRA, n)
+    while rows.size:
+        # Bounded memory: (rows × k) candidates at a time.
+        step = max(1, _MAX_CANDIDATES // k)
+        unresolved = [_resolve(tree, Z, rows[i : i + step], k, kk, n, out) for i in range(0, rows.size, step)]
+        rows = np.concatenate(unresolved)
+        k = min(2 * k, n)  # rows with more ties than candidates: ask for twice as many
+    return out
+
+
+def _resolve(tree: cKDTree, Z: np.ndarray, rows: np.ndarray, k: int, kk: int, n: int, out: np.ndarray) -> np.ndarray:
+    """Fill `out` for the rows whose k candidates settle their kk nearest; the rows they do not."""
+    dist, idx = tree.query(Z[rows], k=k)
+    dist = np.asarray(dist, dtype=float).reshape(rows.size, k)
+    idx = np.asarray(idx).reshape(rows.size, k)
     # Each row's own entry (distance 0, though another row at the same point may come first).
     other_d = np.where(idx == rows[:, None], np.inf, dist)
     order = _order_by_distance_then_position(other_d, idx)
     d_sorted = np.take_along_axis(other_d, order, axis=1)
-    out = np.take_along_axis(idx, order, axis=1)[:, :kk].copy()
+    nearest = np.take_along_axis(idx, order, axis=1)[:, :kk]
     # The tree returned every row nearer than its farthest candidate; a row whose kk-th
-    # distance reaches that farthest one may have ties the tree left out: decide it exactly.
-    unsure = np.zeros(n, dtype=bool)
+    # distance reaches that farthest one may have ties the tree left out.
+    settled = np.ones(rows.size, dtype=bool)
     if k < n:
         farthest = np.max(np.where(np.isfinite(d_sorted), d_sorted, -np.inf), axis=1)
-        unsure = farthest <= d_sorted[:, kk - 1]
-    for r in np.flatnonzero(unsure):
-        d = np.sqrt(((Z - Z[r]) ** 2).sum(axis=1))
-        d[r] = np.inf
-        out[r] = np.argsort(d, kind="stable")[:kk]
-    return out
+        settled = farthest > d_sorted[:, kk - 1]
+    out[rows[settled]] = nearest[settled]
+    return rows[~settled]
 
 
 def _order_by_distance_then_position(dist: np.ndarray, idx: np.ndarray) -> np.ndarray:

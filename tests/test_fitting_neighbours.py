@@ -16,7 +16,9 @@ def by_full_matrix(Z: np.ndarray, kk: int) -> np.ndarray:
     return np.argsort(D, axis=1, kind="stable")[:, :kk]
 
 
-@pytest.mark.parametrize("kind", ["grid with repeats", "few runs per point", "continuous", "small"])
+@pytest.mark.parametrize(
+    "kind", ["grid with repeats", "few runs per point", "continuous", "repeats on many points", "small"]
+)
 @pytest.mark.parametrize("kk", [1, 8])
 def test_neighbour_sets_equal_the_full_matrix(kind: str, kk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # The large-input paths start at 40 rows / 40 distinct points here (2,000 in service),
@@ -31,6 +33,8 @@ def test_neighbour_sets_equal_the_full_matrix(kind: str, kk: int, monkeypatch: p
         Z = rng.integers(0, 3, size=(70, 3)).astype(float)
     elif kind == "continuous":  # every point distinct: the k-d tree
         Z = rng.normal(size=(300, 3))
+    elif kind == "repeats on many points":  # the k-d tree with more ties at a point than it first asks for
+        Z = rng.integers(0, 60, size=(900, 1)).astype(float)
     else:
         Z = rng.integers(0, 4, size=(30, 3)).astype(float)
     got = np.sort(nearest_neighbours(Z, kk), axis=1)
