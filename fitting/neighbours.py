@@ -65,3 +65,44 @@ def _order_by_distance_then_position(dist: np.ndarray, idx: np.ndarray) -> np.nd
     d = np.take_along_axis(dist, by_position, axis=1)
     by_distance = np.argsort(d, axis=1, kind="stable")
     return np.take_along_axis(by_position, by_distance, axis=1)
+
+
+def grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int) -> np.ndarray:
+    """The same for rows on repeated points (row i is points[inverse[i]]) when the points are
+    too many for their all-pairs distance matrix: a point with more than kk runs gives its runs
+    each other; one with fewer asks a k-d tree of the points for the nearest points holding kk
+    other runs (twice as many until every point at the kk-th run's distance is among them)."""
+    n, n_points = inverse.size, points.shape[0]
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
+    out = np.empty((n, kk), dtype=np.intp)
+    tree: cKDTree | None = None
+    for p, own in enumerate(members):
+        if own.size - 1 >= kk:
+            # Enough runs at the point itself (distance 0): the first kk others by position.
+            first = own[: kk + 1]
+            out[own[kk + 1 :]] = own[:kk]
+            for j, i in enumerate(first):
+                out[i] = np.delete(first, j)
+            continue
+        tree = tree if tree is not None else cKDTree(points)
+        k = min(_EXTRA + kk + 1, n_points)
+        while True:
+            d, q = tree.query(points[p], k=k)
+            d, q = np.atleast_1d(d), np.atleast_1d(q)
+            order = np.lexsort((q, d))  # by distance, then by point (a stable argsort of distances)
+            d, q = d[order], q[order]
+            reached = np.cumsum(counts[q] - (q == p))
+            if reached[-1] >= kk:
+                t = d[np.searchsorted(reached, kk)]
+                if k == n_points or d[-1] > t:
+                    break
+            if k == n_points:
+                t = d[-1]
+                break
+            k = min(2 * k, n_points)
+        inner = np.concatenate([members[x] for x in q[d < t]])  # holds `own`
+        at_t = np.sort(np.concatenate([members[x] for x in q[d == t]]))
+        tied = at_t[: kk - (inner.size - 1)]
+        for i in own:
+            out[i] = np.concatenate([inner[inner != i], tied])
+    return out

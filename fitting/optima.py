@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
-from fitting.neighbours import kdtree_neighbours
+from fitting.neighbours import grid_neighbours, kdtree_neighbours
 from fitting.published import STEP_LAW_NEAR_OPTIMAL
 from fitting.runs import DIVERGED, RunTable
 from fitting.surface import DEFAULT_BAND, BowlData, BowlSolution, fit_bowl, linear_bootstrap, select_band
@@ -299,6 +299,8 @@ def nearest_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
     n_points = points.shape[0]
     if n_points <= _GRID_POINTS or (n_points <= _DENSE_NEIGHBOURS and 4 * n_points <= n):
         return _grid_neighbours(points, inverse.ravel(), counts, kk)
+    if 4 * n_points <= n:  # runs repeated on too many points for their distance matrix
+        return grid_neighbours(points, inverse.ravel(), counts, kk)
     return kdtree_neighbours(Z, kk)
 
 

@@ -17,7 +17,8 @@ def by_full_matrix(Z: np.ndarray, kk: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "kind", ["grid with repeats", "few runs per point", "continuous", "repeats on many points", "small"]
+    "kind",
+    ["grid with repeats", "few runs per point", "continuous", "repeats on many points", "ties on many points", "small"],
 )
 @pytest.mark.parametrize("kk", [1, 8])
 def test_neighbour_sets_equal_the_full_matrix(kind: str, kk: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,8 +34,10 @@ def test_neighbour_sets_equal_the_full_matrix(kind: str, kk: int, monkeypatch: p
         Z = rng.integers(0, 3, size=(70, 3)).astype(float)
     elif kind == "continuous":  # every point distinct: the k-d tree
         Z = rng.normal(size=(300, 3))
-    elif kind == "repeats on many points":  # the k-d tree with more ties at a point than it first asks for
+    elif kind == "repeats on many points":  # repeated on more points than the dense grid path takes
         Z = rng.integers(0, 60, size=(900, 1)).astype(float)
+    elif kind == "ties on many points":  # the k-d tree with more ties at a distance than it first asks for
+        Z = rng.integers(0, 60, size=(200, 1)).astype(float)
     else:
         Z = rng.integers(0, 4, size=(30, 3)).astype(float)
     got = np.sort(nearest_neighbours(Z, kk), axis=1)
