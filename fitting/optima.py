@@ -975,6 +975,17 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     U = np.stack([np.log(hp[a]) for a in axes], axis=1) if d else np.zeros((len(runs), 0))
     y = np.log(np.where(usable, runs.final_loss, 1.0))
     in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, band)
+    flat = [a for j, a in enumerate(axes) if active[:, j].any() and _max_levels(hp[a], in_band, sidx, S) < 3]
+    if flat:
+        # A sharp bowl on a coarse grid: at no scale do 3 values of the axis lie within the band,
+        # so the band cannot identify its curvature. The runs up to LEFT_BASIN above each scale's
+        # best can; the quadratic-and-cubic bowl is a rougher fit there, and the warning says so.
+        in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, LEFT_BASIN)
+        warnings.append(
+            f"{', '.join(AXIS_LABEL[a] for a in flat)}: fewer than 3 values within {band:.0%} of the best loss at "
+            f"every scale; the loss bowl was fitted to the runs up to {LEFT_BASIN:.0%} above it, so its shape and "
+            "optima are approximate (sweep more finely around the optimum)"
+        )
     cross = interactions(U, usable, sidx, S)
     coordinate_wise = d >= 2 and not cross.any()
     if coordinate_wise:
@@ -989,6 +1000,11 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
         data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross, axes)
         warnings += w
     return _Stages(cl, axes, hp, wd0, usable, y, in_band, coordinate_wise, data, fit, col_of, warnings)
+
+
+def _max_levels(values: np.ndarray, rows: np.ndarray, sidx: np.ndarray, n_scales: int) -> int:
+    """The most distinct values (1% apart) of `values` among `rows` at any one scale."""
+    return max((distinct_log_values(values[rows & (sidx == s)], _TOL) for s in range(n_scales)), default=0)
 
 
 def _one_hot(active: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -267,12 +267,8 @@ def test_many_runs_give_a_tight_interval_without_the_flag():
 
 
 def test_divergence_caps_the_learning_rate():
-    # A run diverged at a learning rate below where the completed runs' bowl bottoms out. The
-    # lr grid is fine enough (√2 steps) for ≥ 3 values to lie in the band near its bottom, so
-    # the bowl's curvature along lr is identified and its centre is a real estimate.
-    recs = bowl(
-        lrs=[4e-3 * 2.0 ** (k / 2) for k in range(-4, 3)], bss=[256.0], centre=(math.log(1e-2), math.log(256.0))
-    )
+    # A run diverged at a learning rate below where the completed runs' bowl bottoms out.
+    recs = bowl(lrs=[4e-3 * 2.0**k for k in range(-3, 2)], centre=(math.log(1e-2), math.log(256.0)))
     recs.append({**recs[0], "learning_rate": 7e-3, "final_loss": None, "status": "diverged"})
     runs = RunTable.from_records(recs)
     cap = divergence_caps(runs.learning_rate, runs.status == "diverged", np.zeros(len(runs), int), 1)

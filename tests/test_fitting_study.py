@@ -108,7 +108,7 @@ def test_too_little_data_is_named():
     # With published priors on its exponents a law needs two scales, not three.
     with_priors = fit_study(two, bootstrap=10)
     assert with_priors.laws == {}
-    assert any("learning rate is swept at only" in w and "need ≥ 2" in w for w in with_priors.warnings)
+    assert any("learning rate is swept at only 1" in w and "need ≥ 2" in w for w in with_priors.warnings)
     with pytest.raises(InsufficientData, match="learning rate is swept at only"):
         predict(fit, {"n_params": 1e9, "tokens": 1e10, "width": 1024, "depth": 8})
     with pytest.raises(InsufficientData):
