@@ -11,6 +11,7 @@ sweeps look; every run's loss comes from a known bowl around power-law optima:
   nothing to pool), 8 scales.
 - `steplaw`: 8 model sizes × 10 learning rates × 5 batch sizes (bench/scale.py's former
   generator): a moderate bowl on a replicated grid.
+- `scales40`: 8 model sizes × 5 token budgets (40 scales), the sharp shape's grid and bowl.
 
 `columns(shape, n_runs, seed)` gives numpy columns (run_key, n_params, tokens, width, depth,
 learning_rate, batch_size, final_loss, seed); `write_csv` writes them for `hpscale import`.
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 SHAPES = ("sharp", "flat", "sparse", "steplaw")
+# Not among the scale bench's default shapes: 40 scales, for bench/load.py's refit-while-answering figure.
+ALL_SHAPES = (*SHAPES, "scales40")
 COLUMNS = ["run_key", "n_params", "tokens", "width", "depth", "learning_rate", "batch_size", "final_loss", "seed"]
 
 
@@ -44,8 +47,12 @@ def columns(shape: str, n_runs: int, seed: int = 0) -> dict[str, np.ndarray]:
     """
     rng = np.random.default_rng(seed)
     i = np.arange(n_runs)
-    if shape in ("sharp", "flat", "steplaw"):
-        if shape == "steplaw":
+    if shape in ("sharp", "flat", "steplaw", "scales40"):
+        if shape == "scales40":
+            sizes = list(zip((256, 320, 384, 512, 640, 768, 1024, 1280), (4, 5, 6, 8, 10, 12, 16, 20)))
+            scales = _grid_scales(sizes, (5.0, 10.0, 20.0, 40.0, 80.0))
+            n_lr, n_bs, decades = 10, 6, 3.0
+        elif shape == "steplaw":
             scales = [
                 (12.0 * w * w * d, 240.0 * w * w * d, w, d) for w, d in ((256 * 2**k, 4 + 2 * k) for k in range(8))
             ]
@@ -56,9 +63,11 @@ def columns(shape: str, n_runs: int, seed: int = 0) -> dict[str, np.ndarray]:
         s = i % len(scales)
         lr = 1e-4 * 10 ** (decades * ((i // len(scales)) % n_lr) / (n_lr - 1))
         bs = 32.0 * 2.0 ** ((i // (len(scales) * n_lr)) % n_bs)
-        curvature, noise = {"sharp": ((0.3, 0.03), 0.002), "flat": ((0.01, 0.005), 0.002)}.get(
-            shape, ((0.1, 0.03), 0.005)
-        )
+        curvature, noise = {
+            "sharp": ((0.3, 0.03), 0.002),
+            "scales40": ((0.3, 0.03), 0.002),
+            "flat": ((0.01, 0.005), 0.002),
+        }.get(shape, ((0.1, 0.03), 0.005))
     elif shape == "sparse":
         scales = _grid_scales([(256 * (k + 1), 4 + 2 * k) for k in range(4)], (10.0, 40.0))
         s = rng.integers(0, len(scales), n_runs)
@@ -66,7 +75,7 @@ def columns(shape: str, n_runs: int, seed: int = 0) -> dict[str, np.ndarray]:
         bs = np.round(np.exp(rng.uniform(math.log(16.0), math.log(2048.0), n_runs)))
         curvature, noise = (0.1, 0.03), 0.003
     else:
-        raise ValueError(f"unknown shape {shape!r}; one of {SHAPES}")
+        raise ValueError(f"unknown shape {shape!r}; one of {ALL_SHAPES}")
     table = np.array(scales, dtype=float)
     n_params, tokens, width, depth = (table[s, k] for k in range(4))
     lr_star = 3e-3 * (n_params / 1e8) ** -0.3

@@ -25,6 +25,7 @@ from service.fits.served import (
     ServedFit,
     fit_now_async,
     served_fit_async,
+    start_background_refits,
     stop_background_refits,
     wait_for_background_refits,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "read_snapshot",
     "run_table",
     "served_fit_async",
+    "start_background_refits",
     "stop_background_refits",
     "wait_for_background_refits",
 ]

@@ -31,6 +31,10 @@ class FitTimedOut(Exception):
     """The fit ran past the maximum duration; its process was killed."""
 
 
+class ChildStopped(Exception):
+    """The server is shutting down: no fitting process will be started again."""
+
+
 class ChildError(Exception):
     """The fitting process raised (a database failure, not the data's): its message."""
 
@@ -79,8 +83,11 @@ class FitChild:
         self._lock = threading.Lock()  # one job at a time through the pipe
         self._process: Any = None
         self._pipe: Pipe | None = None
+        self._stopped = False
 
     def _start(self) -> tuple[Any, Pipe]:
+        if self._stopped:
+            raise ChildStopped("the server is shutting down")
         if self._process is None or not self._process.is_alive():
             context = multiprocessing.get_context("spawn")
             parent_end, child_end = context.Pipe()
@@ -93,13 +100,19 @@ class FitChild:
         assert self._pipe is not None
         return self._process, self._pipe
 
+    def warm(self) -> None:
+        """Start the child now (a server's start-up), so the first fit does not wait for it."""
+        with self._lock:
+            self._stopped = False  # a new server in this process (tests make several)
+            self._start()
+
     def pid(self) -> int | None:
         process = self._process
         return None if process is None or not process.is_alive() else int(process.pid)
 
     def run(self, engine: Engine, job: FitJob, max_seconds: float) -> Attempt:
         """Make `job` in the child; its outcome. Raises FitTimedOut (the child was killed past
-        `max_seconds` from its claim), ChildDied, or ChildError."""
+        `max_seconds` from its claim), ChildDied, ChildStopped (shutting down) or ChildError."""
         with self._lock:
             process, pipe = self._start()
             try:
@@ -115,10 +128,14 @@ class FitChild:
                     message = pipe.recv() if ready else None
                 except (EOFError, OSError):
                     self._discard()
+                    if self._stopped:
+                        raise ChildStopped("the server is shutting down") from None
                     raise ChildDied(f"the fitting process ended (exit code {process.exitcode})") from None
                 if message is None:
                     if not process.is_alive():
                         self._discard()
+                        if self._stopped:
+                            raise ChildStopped("the server is shutting down")
                         raise ChildDied(f"the fitting process ended (exit code {process.exitcode})")
                     if claimed_at is not None and time.monotonic() >= claimed_at + max_seconds:
                         self._kill()
@@ -146,6 +163,7 @@ class FitChild:
     def stop(self) -> None:
         """Kill the child now (server shutdown): a running fit is not waited for; its lock goes
         with its process and whichever process asks next fits again."""
+        self._stopped = True
         process, pipe = self._process, self._pipe
         if process is not None:
             process.kill()

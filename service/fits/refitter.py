@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from service.fits.child import ChildDied, ChildError, FitChild, FitTimedOut
+from service.fits.child import ChildDied, ChildError, ChildStopped, FitChild, FitTimedOut
 from service.fits.compute import BUSY, Attempt, FitJob, drop_claim, fit_current
 from service.fits.records import FIT_FAILED
 from service.metrics import record_fit
@@ -138,6 +138,9 @@ class Refitter:
                 _release(engine, job)
                 log.warning("study %s: %s; fitting again", study_id, error)
                 continue
+            except ChildStopped:
+                _release(engine, job)  # shutting down: whoever asks next fits
+                return
             except ChildError as error:
                 _release(engine, job)
                 raise RuntimeError(str(error)) from None
@@ -156,6 +159,10 @@ class Refitter:
         """Wait until no refit runs in this process (tests, shutdown); whether it is idle."""
         with self._lock:
             return self._idle.wait_for(lambda: not self._queued, timeout)
+
+    def warm(self) -> None:
+        if REFIT_IN_CHILD_PROCESS:
+            threading.Thread(target=self._child.warm, name="hpscale-fit-warm", daemon=True).start()
 
     def child_pid(self) -> int | None:
         return self._child.pid()

@@ -210,6 +210,12 @@ def wait_for_background_refits(timeout: float) -> bool:
     return refitter.wait_idle(timeout)
 
 
+def start_background_refits() -> None:
+    """Start this process's fitting child in the background (a server's start-up): the first
+    fit then does not wait ~2 s for a Python process to spawn and import numpy and scipy."""
+    refitter.warm()
+
+
 def stop_background_refits() -> None:
     """Kill this process's fitting child (server shutdown)."""
     refitter.stop()
