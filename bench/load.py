@@ -217,12 +217,16 @@ def concurrent_fresh(url: str, study: str, fit_s: float) -> None:
 
 
 def fit_children(pid: int) -> list[int]:
-    found = []
+    """The fitting children of a server: spawned processes whose parent is a spawned worker
+    (with --workers N), or the server itself (one worker runs in the server's process)."""
+    spawned = {}
     for child in _descendants(pid):
         with contextlib.suppress(OSError):
             if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(child)
-    return found
+                status = Path(f"/proc/{child}/status").read_text()
+                spawned[child] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    nested = [child for child, parent in spawned.items() if parent in spawned]
+    return nested or [child for child, parent in spawned.items() if parent == pid]
 
 
 def fresh_at_kill(url: str, study: str, process: object, engine: object, fit_s: float) -> None:
