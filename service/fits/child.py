@@ -12,7 +12,6 @@ second of its parent, and with it goes its database connection, hence its fit lo
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import threading
@@ -63,15 +62,8 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="hpscale-parent-watch", daemon=True).start()
 
 
-# The fitting child runs at a lower CPU priority than the server processes: a fit is
-# background work, and under load the answers it serves come first (nice 10).
-CHILD_NICENESS = 10
-
-
 def _child_main(pipe: Pipe, parent: int) -> None:  # pragma: no cover - runs in the child process
     _exit_with_parent(parent)
-    with contextlib.suppress(OSError, AttributeError):  # not on every platform
-        os.nice(CHILD_NICENESS)
     while True:
         try:
             url, job = pipe.recv()
