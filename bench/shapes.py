@@ -42,7 +42,7 @@ def _grid_scales(shapes: list[tuple[int, int]], budgets: tuple[float, ...]) -> l
 def columns(shape: str, n_runs: int, seed: int = 0) -> dict[str, np.ndarray]:
     """`n_runs` runs of `shape` (see the module docstring) as numpy columns.
 
-    loss = 1.8 + 400/N^0.34 + c_lr·log²(lr/lr*) + c_bs·log²(bs/bs*) + noise, with
+    loss = 1.8 + 400/N^0.34 [+ 100/D^0.2 for scales40] + c_lr·log²(lr/lr*) + c_bs·log²(bs/bs*) + noise, with
     lr* = 3e-3·(N/1e8)^-0.3 and bs* = 256·(D/2e9)^0.3 (bench/scale.py's surface).
     """
     rng = np.random.default_rng(seed)
@@ -80,7 +80,9 @@ def columns(shape: str, n_runs: int, seed: int = 0) -> dict[str, np.ndarray]:
     n_params, tokens, width, depth = (table[s, k] for k in range(4))
     lr_star = 3e-3 * (n_params / 1e8) ** -0.3
     batch_star = 256.0 * (tokens / 2e9) ** 0.3
-    loss = 1.8 + 400.0 / n_params**0.34 + curvature[0] * np.log(lr / lr_star) ** 2
+    # Only the 40-scale study's loss depends on the token budget: it is the one with a loss law.
+    data_term = 100.0 / tokens**0.2 if shape == "scales40" else 0.0
+    loss = 1.8 + 400.0 / n_params**0.34 + data_term + curvature[0] * np.log(lr / lr_star) ** 2
     loss = loss + curvature[1] * np.log(bs / batch_star) ** 2 + rng.normal(0.0, noise, n_runs)
     return {
         "run_key": np.array([f"{shape}{k}" for k in range(n_runs)], dtype=object),

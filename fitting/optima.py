@@ -526,8 +526,9 @@ def interactions(U: np.ndarray, usable: np.ndarray, sidx: np.ndarray, n_scales: 
 
 
 # Stage 6: the joint bowl, and outliers against it ------------------------------------
-# A band with more runs than this is fitted on its replicates pooled per grid cell.
-POOL_REPLICATES_ABOVE = 20_000
+# A band with more runs than this is fitted on its replicates pooled per grid cell (at 20,000,
+# 40 scales' 8,000 band runs made each least-squares step a 0.2 s SVD).
+POOL_REPLICATES_ABOVE = 5_000
 
 
 def fit_scale_bowls(
@@ -976,16 +977,6 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     y = np.log(np.where(usable, runs.final_loss, 1.0))
     in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, band)
     flat = [a for j, a in enumerate(axes) if active[:, j].any() and _max_levels(hp[a], in_band, sidx, S) < 3]
-    if flat:
-        # A sharp bowl on a coarse grid: at no scale do 3 values of the axis lie within the band,
-        # so the band cannot identify its curvature. The runs up to LEFT_BASIN above each scale's
-        # best can; the quadratic-and-cubic bowl is a rougher fit there, and the warning says so.
-        in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, LEFT_BASIN)
-        warnings.append(
-            f"{', '.join(AXIS_LABEL[a] for a in flat)}: fewer than 3 values within {band:.0%} of the best loss at "
-            f"every scale; the loss bowl was fitted to the runs up to {LEFT_BASIN:.0%} above it, so its shape and "
-            "optima are approximate (sweep more finely around the optimum)"
-        )
     cross = interactions(U, usable, sidx, S)
     coordinate_wise = d >= 2 and not cross.any()
     if coordinate_wise:
@@ -996,10 +987,38 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
             "interactions (e.g. the LR–batch valley) are not identified"
         )
     data, fit, col_of = None, None, np.zeros((S, 0), dtype=int)
-    if d:
+    if d and flat:
+        # A sharp bowl on a coarse grid: at no scale do 3 values of an axis lie within the band,
+        # so the band cannot identify its curvature. The runs up to LEFT_BASIN above each scale's
+        # best can, if the bowl still describes them: a fit that converges with every centre
+        # within reach of its runs is kept (with a warning that it is approximate); otherwise
+        # the band's own fit leaves the axis out (`fit_scale_bowls`).
+        wide, wide_active, _ = select_rows(hp, axes, y, usable, sidx, S, LEFT_BASIN)
+        data, fit, col_of, w = fit_scale_bowls(U, y, wide, sidx, wide_active, cross, axes)
+        if fit is not None and fit.success and not _centres_out_of_reach(fit, data, col_of).any():
+            in_band = wide
+            warnings += w
+            warnings.append(
+                f"{', '.join(AXIS_LABEL[a] for a in flat)}: fewer than 3 values within {band:.0%} of the best loss "
+                f"at every scale; the loss bowl was fitted to the runs up to {LEFT_BASIN:.0%} above it, so its shape "
+                "and optima are approximate (sweep more finely around the optimum)"
+            )
+        else:
+            data, fit = None, None
+    if d and fit is None:
         data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross, axes)
         warnings += w
     return _Stages(cl, axes, hp, wd0, usable, y, in_band, coordinate_wise, data, fit, col_of, warnings)
+
+
+def _centres_out_of_reach(fit: BowlSolution, data: BowlData, col_of: np.ndarray) -> np.ndarray:
+    """(S, d) bool: active centres more than MAX_BEYOND_SWEEP (log) beyond their scale's rows."""
+    out = np.zeros(data.active.shape, dtype=bool)
+    for s, j in zip(*np.nonzero(data.active)):
+        u = data.u[data.scale == s, j]
+        c = fit.beta[j][col_of[s, j]]
+        out[s, j] = u.size > 0 and not (u.min() - MAX_BEYOND_SWEEP <= c <= u.max() + MAX_BEYOND_SWEEP)
+    return out
 
 
 def _max_levels(values: np.ndarray, rows: np.ndarray, sidx: np.ndarray, n_scales: int) -> int:
