@@ -6,8 +6,9 @@ alike, a Step Law-like grid) it prints one row of the fit table:
 
 - import: `hpscale import` of the generated CSV (wall time, peak RSS of the CLI process);
 - export (baseline): `hpscale export` of the same study to /dev/null, same run (a linear scan);
-- first fit over HTTP: the study's first recommendation (it waits for the fit), and the peak
-  RSS of every server process by then (workers and their fitting children: the largest);
+- first fit over HTTP: the study's first recommendation (it waits for the fit), once the
+  server's fitting children (started with it) are up, and the peak RSS of every server
+  process by then (workers and their fitting children: the largest);
 - the fit's stages as the server timed them (`hpscale_fit_stage_seconds` in /metrics): read
   (the runs' snapshot), fit (the engine), write (the result);
 - a refit over HTTP: one new run, then `POST .../fits`; and the peak RSS after both.
@@ -99,6 +100,47 @@ def peak_rss_mb(pid: int) -> float:
     return peak
 
 
+def wait_for_fitting_children(pid: int, workers: int, timeout: float = 60.0) -> None:
+    """Until every worker's fitting child (started with the server) has imported the engine and
+    idles: the first fit then measures a fit, not a Python process starting on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [p for p in _descendants(pid) if b"spawn_main" in _cmdline(p)]
+        fitting = [p for p in children if _ppid(p) != pid or workers == 1]
+        if len(fitting) >= workers and all(_cpu_seconds(p) > 0.5 and _idle(p) for p in fitting):
+            return
+        time.sleep(0.5)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return -1
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle(pid: int) -> bool:
+    before = _cpu_seconds(pid)
+    time.sleep(0.3)
+    return _cpu_seconds(pid) - before < 0.03
+
+
 _STAGE = re.compile(r'^hpscale_fit_stage_seconds_sum\{stage="(\w+)"\} ([0-9.eE+-]+)$', re.M)
 
 
@@ -175,6 +217,7 @@ def measure(
     }
     service_row: dict[str, str] | None = None
     with server(database_url, workers) as (url, process), httpx.Client(timeout=3600) as client:
+        wait_for_fitting_children(process.pid, workers)  # a running server's: started with it
         start = time.perf_counter()
         response = client.get(f"{url}/v1/studies/{study}/recommendation", params=TARGET)
         fit_s = time.perf_counter() - start

@@ -990,12 +990,13 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     if d and flat:
         # A sharp bowl on a coarse grid: at no scale do 3 values of an axis lie within the band,
         # so the band cannot identify its curvature. The runs up to LEFT_BASIN above each scale's
-        # best can, if the bowl still describes them: a fit that converges with every centre
-        # within reach of its runs is kept (with a warning that it is approximate); otherwise
-        # the band's own fit leaves the axis out (`fit_scale_bowls`).
+        # best can, if the bowl still describes them: a fit that converges with the axis's
+        # centres within reach of its runs is kept (with a warning that it is approximate);
+        # otherwise the band's own fit leaves the axis out (`fit_scale_bowls`).
         wide, wide_active, _ = select_rows(hp, axes, y, usable, sidx, S, LEFT_BASIN)
         data, fit, col_of, w = fit_scale_bowls(U, y, wide, sidx, wide_active, cross, axes)
-        if fit is not None and fit.success and not _centres_out_of_reach(fit, data, col_of).any():
+        widened = [axes.index(a) for a in flat]
+        if fit is not None and fit.success and not _centres_out_of_reach(fit, data, col_of)[:, widened].any():
             in_band = wide
             warnings += w
             warnings.append(
