@@ -327,6 +327,19 @@ def fit_input_chunks(conn: Connection, study_id: int, *, chunk: int = 50_000) ->
     Keyset pages on the caller's connection, so inside a snapshot transaction every page
     sees the same data; no per-row dicts, so a million runs need tens of MB, not a GB.
     """
+    if conn.dialect.name == "sqlite":
+        # One statement on the driver's own cursor: plain tuples, no SQLAlchemy row per run (a
+        # million runs read in about half the time); the transaction keeps it one snapshot.
+        columns = ", ".join(FIT_INPUT_COLUMNS)
+        sql = f"SELECT {columns} FROM runs WHERE study_id = ? AND NOT excluded ORDER BY id"
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, (study_id,))
+            while rows := cursor.fetchmany(chunk):
+                yield rows
+        finally:
+            cursor.close()
+        return
     after = 0
     while True:
         rows = [tuple(row) for row in conn.execute(_fit_input_select(study_id, after).limit(chunk))]

@@ -71,8 +71,7 @@ def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | 
             elif name == "run_key":
                 parts[name].append(np.array([None if v is None else str(v) for v in values], dtype=object))
             else:
-                default = defaults.get(name, math.nan)
-                parts[name].append(np.array([default if v is None else float(v) for v in values], dtype=float))
+                parts[name].append(_numbers(values, defaults.get(name, math.nan)))
     columns = {
         name: np.concatenate(chunks_)
         if chunks_
@@ -80,6 +79,16 @@ def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | 
         for name, chunks_ in parts.items()
     }
     return _columns_to_table(columns)
+
+
+def _numbers(values: tuple[Any, ...], default: float) -> np.ndarray:
+    """A column of numbers (None → `default`) without a Python float() per value where possible."""
+    try:
+        return np.array(values, dtype=float)
+    except TypeError:  # a None among them
+        column = np.array(values, dtype=object)
+        column[column == None] = default  # noqa: E711 - elementwise comparison on an object array
+        return column.astype(float)
 
 
 def copy_table(binary: bytes, keys: bytes, default_seq_len: float | None) -> RunTable:
