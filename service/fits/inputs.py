@@ -91,7 +91,7 @@ def _numbers(values: tuple[Any, ...], default: float) -> np.ndarray:
         return column.astype(float)
 
 
-def copy_table(binary: bytes, keys: bytes, default_seq_len: float | None) -> RunTable:
+def copy_table(binary: bytes | bytearray, keys: bytes | bytearray, default_seq_len: float | None) -> RunTable:
     """The RunTable of `queries.fit_input_copy`'s two COPY outputs (same rows, same order)."""
     numbers = queries.FIT_INPUT_NUMBERS
     # Each row: int16 field count, then per field an int32 length and the value (big-endian).
@@ -132,19 +132,14 @@ def _unescape(match: re.Match[bytes]) -> bytes:
     return _ESCAPED.get(char, char)
 
 
-def _text_column(text: bytes, n: int) -> np.ndarray:
+def _text_column(text: bytes | bytearray, n: int) -> np.ndarray:
     """One COPY text column (one value per line, `\\N` for NULL) as an object array of str|None."""
-    lines = text.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if len(lines) != n:
-        raise ValueError(f"COPY gave {len(lines)} run keys for {n} runs")
-    out = np.empty(n, dtype=object)
-    for i, line in enumerate(lines):
-        if line == b"\\N":
-            out[i] = None
-        elif b"\\" in line:
-            out[i] = _ESCAPE.sub(_unescape, line).decode("utf-8")
-        else:
-            out[i] = line.decode("utf-8")
+    values = text.decode("utf-8").split("\n")
+    if values and values[-1] == "":
+        values.pop()
+    if len(values) != n:
+        raise ValueError(f"COPY gave {len(values)} run keys for {n} runs")
+    out = np.array(values, dtype=object)
+    for i in [i for i, v in enumerate(values) if "\\" in v]:  # NULL, or escaped characters
+        out[i] = None if values[i] == "\\N" else _ESCAPE.sub(_unescape, values[i].encode("utf-8")).decode("utf-8")
     return out
