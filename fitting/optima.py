@@ -230,9 +230,14 @@ def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
     """Distinct scales and each run's scale index (NaN width/depth compare equal)."""
     cols = np.stack([runs.n_params, runs.tokens, runs.width, runs.depth], axis=1)
     key = np.where(np.isfinite(cols), np.round(np.log(np.where(cols > 0, cols, 1.0)), 9), -1e9)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    # The rows' lexicographic ranks, one column at a time (what np.unique(key, axis=0) gives,
+    # without sorting a million 4-float rows: 3 s at 1M runs, now a few 1-D uniques).
+    inv = np.zeros(key.shape[0], dtype=np.int64)
+    for j in range(key.shape[1]):
+        _, column = np.unique(key[:, j], return_inverse=True)
+        _, inv = np.unique(inv * (int(column.max(initial=0)) + 1) + column.ravel(), return_inverse=True)
     inv = inv.ravel()
-    first = [int(np.flatnonzero(inv == s)[0]) for s in range(len(uniq))]
+    first = [int(i) for i in np.unique(inv, return_index=True)[1]]
     scales = tuple(Scale(*(float(cols[i, j]) for j in range(4))) for i in first)
     order = sorted(
         range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth)
