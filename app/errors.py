@@ -38,6 +38,7 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.TokenExists: 409,
     errors.SubmissionUndone: 409,
     errors.InsufficientData: 409,
+    errors.FitFailed: 409,
     errors.InvalidInput: 422,
     errors.InvalidRuns: 422,
     errors.InvalidStudy: 422,
@@ -47,11 +48,15 @@ HTTP_STATUS: dict[type[errors.DomainError], int] = {
     errors.InvalidArgument: 422,
     errors.FitInProgress: 503,
     errors.DatabaseUnavailable: 503,
+    errors.DatabaseNotMigrated: 503,
+    errors.ConcurrentChange: 409,
+    errors.ReferenceGone: 404,
 }
 _HEADERS: dict[type[errors.DomainError], dict[str, str]] = {
     errors.Unauthorized: {"WWW-Authenticate": "Bearer"},
     errors.FitInProgress: {"Retry-After": "5"},
     errors.DatabaseUnavailable: {"Retry-After": "2"},
+    errors.DatabaseNotMigrated: {"Retry-After": "30"},
 }
 
 _STATUS_CODES = {
@@ -137,6 +142,12 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(errors.StorageError)
+    async def _storage_error(_: Request, exc: errors.StorageError) -> JSONResponse:
+        # The store's wrapper (store.db.storage_errors) already named the condition.
+        log.warning("storage: %s: %s", type(exc).__name__, exc.message)
+        return domain_error_response(errors.from_storage(exc))
+
     async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
         # Handled here (not by the catch-all below, which re-raises and so makes uvicorn close
         # the keep-alive connection): the client may retry on the same connection.
@@ -176,9 +187,12 @@ class DatabaseUnavailableGuard:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except UNAVAILABLE_ERRORS as exc:
+        except (*UNAVAILABLE_ERRORS, errors.StorageError) as exc:
             if started:
                 raise
             log.warning("database unavailable: %s", type(exc).__name__)
-            error = errors.DatabaseUnavailable(unavailable_reason(exc) + "; try again shortly")
+            if isinstance(exc, errors.StorageError):
+                error = errors.from_storage(exc)
+            else:
+                error = errors.DatabaseUnavailable(unavailable_reason(exc) + "; try again shortly")
             await domain_error_response(error)(scope, receive, send)

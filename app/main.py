@@ -24,7 +24,7 @@ from app.metrics import MetricsMiddleware, metrics_endpoint
 from app.routers import curves, decisions, fits, runs, studies
 from app.security import SecurityGate
 from service.database import Engine, open_database, readiness_async
-from service.fits import stop_background_refits
+from service.fits import start_background_refits, stop_background_refits
 from service.settings import Settings
 
 CACHED_GET_PATHS = re.compile(r"/v1/studies/[^/]+/recommendation")
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine is None:
+            start_background_refits()  # a server: its fitting child is ready before the first fit
         yield
         if engine is None:
             # This app owns its resources (a server, not an embedding test): its refit child too.

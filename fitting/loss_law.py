@@ -576,15 +576,21 @@ def _log_n_opt(params: np.ndarray, log_c6: float) -> np.ndarray:
 
 
 def compute_optimal(fit: LossLaw, flops: float) -> ComputeOptimal:
-    """N*, D* minimising E + A/N^alpha + B/D^beta subject to 6·N·D = C (closed form, bootstrap intervals)."""
+    """N*, D* minimising E + A/N^alpha + B/D^beta subject to 6·N·D = C (closed form, bootstrap intervals).
+
+    Raises ValueError for a budget that is not a positive number (the caller's error) and
+    InsufficientData when the law has no such minimum (alpha or beta ≤ 0: the data's).
+    """
     c = float(flops)
     if not math.isfinite(c) or c <= 0:
         raise ValueError("flops must be finite and > 0")
     point = np.array([[fit.params[k].value for k in PARAM_NAMES]])
-    if point[0, 3] <= 0 or point[0, 4] <= 0:
-        raise ValueError(
+    if not (point[0, 3] > 0 and point[0, 4] > 0):
+        # The data's refusal, not a caller's mistake: the engine's one refusal type.
+        raise InsufficientData(
             "compute-optimal allocation needs positive alpha and beta; the fitted law has "
-            f"alpha={point[0, 3]:.3g}, beta={point[0, 4]:.3g}"
+            f"alpha={point[0, 3]:.3g}, beta={point[0, 4]:.3g}",
+            missing="runs at more model sizes and token budgets, so the loss law's exponents are identified",
         )
     log_c6 = math.log(c / FLOPS_PER_PARAM_TOKEN)
     log_n = float(_log_n_opt(point, log_c6)[0])

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
+from fitting.neighbours import grid_neighbours, kdtree_neighbours
 from fitting.published import STEP_LAW_NEAR_OPTIMAL
 from fitting.runs import DIVERGED, RunTable
 from fitting.surface import DEFAULT_BAND, BowlData, BowlSolution, fit_bowl, linear_bootstrap, select_band
@@ -58,6 +59,11 @@ OUTLIER_NEIGHBOURS = 6
 _MIN_NEIGHBOURS = 3  # a scale needs ≥ 4 completed runs before its runs can be judged
 _MAX_NAMED = 5  # outliers named in the study warning
 _MAX_LOG_DEV = 20.0
+# A per-scale optimum is never reported further than this (log) beyond the values swept
+# (10×), nor beyond the contract's limits on the hyperparameter (service/limits.py; a test
+# checks they agree): past that the bowl says only "beyond the sweep".
+MAX_BEYOND_SWEEP = math.log(10.0)
+OPTIMUM_LIMITS = {"learning_rate": 10.0, "batch_size": 1e8, "weight_decay": 100.0}
 
 # Loss noise. σ0 = 0.3% relative (0.003 in log loss) is the typical seed-to-seed scatter of
 # a final LM loss at proxy scale (Step Law's smoothed losses scatter by ~0.1–0.5% around
@@ -232,9 +238,14 @@ def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
     """Distinct scales and each run's scale index (NaN width/depth compare equal)."""
     cols = np.stack([runs.n_params, runs.tokens, runs.width, runs.depth], axis=1)
     key = np.where(np.isfinite(cols), np.round(np.log(np.where(cols > 0, cols, 1.0)), 9), -1e9)
-    uniq, inv = np.unique(key, axis=0, return_inverse=True)
+    # The rows' lexicographic ranks, one column at a time (what np.unique(key, axis=0) gives,
+    # without sorting a million 4-float rows: 3 s at 1M runs, now a few 1-D uniques).
+    inv = np.zeros(key.shape[0], dtype=np.int64)
+    for j in range(key.shape[1]):
+        _, column = np.unique(key[:, j], return_inverse=True)
+        _, inv = np.unique(inv * (int(column.max(initial=0)) + 1) + column.ravel(), return_inverse=True)
     inv = inv.ravel()
-    first = [int(np.flatnonzero(inv == s)[0]) for s in range(len(uniq))]
+    first = [int(i) for i in np.unique(inv, return_index=True)[1]]
     scales = tuple(Scale(*(float(cols[i, j]) for j in range(4))) for i in first)
     order = sorted(
         range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth)
@@ -274,40 +285,36 @@ def _grid_coordinates(runs: RunTable, idx: np.ndarray) -> np.ndarray:
     return np.column_stack(cols) if cols else np.zeros((idx.size, 1))
 
 
-# Up to this many runs per scale the all-pairs distance matrix is small (≤ 32 MB); beyond
-# it the neighbours come from distances between distinct grid points, or in row chunks.
+# Up to _DENSE_ROWS runs per scale the all-pairs distance matrix is sorted outright. Beyond,
+# runs on few distinct grid points (up to _GRID_POINTS, or up to _DENSE_NEIGHBOURS with ≥ 4
+# runs each) get their neighbours from distances between the points; the rest from a k-d tree.
+_DENSE_ROWS = 256
+_GRID_POINTS = 256
 _DENSE_NEIGHBOURS = 2000
-_NEIGHBOUR_CHUNK = 256
 
 
 def nearest_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
     """(n, kk) positions of each row's kk nearest other rows of `Z` (Euclidean).
 
     Ties are broken by position, as a stable argsort of the full distance matrix would;
-    callers use only the set of neighbours. Small inputs do exactly that; large ones never
-    hold the (n, n) matrix (12.5k runs per scale made it 3.7 GB): a sweep is a grid, so the
-    neighbours follow from distances between its distinct points, and inputs with many
-    distinct points are done in row chunks of (chunk, n).
+    callers use only the set of neighbours. Small inputs do exactly that; a sweep is a grid,
+    so rows on few distinct points get their neighbours from distances between the points;
+    many distinct points go to a k-d tree (`fitting.neighbours`): sorting all-pairs distances
+    took 30 s at 12.5k distinct runs per scale and 0.7 s per scale of 2,000; the points'
+    loop 0.8 s for 2,000 points of one run each.
     """
     n = Z.shape[0]
-    if n <= _DENSE_NEIGHBOURS:
+    if n <= _DENSE_ROWS:
         D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
         np.fill_diagonal(D, np.inf)
         return np.argsort(D, axis=1, kind="stable")[:, :kk]
     points, inverse, counts = np.unique(Z, axis=0, return_inverse=True, return_counts=True)
-    if points.shape[0] <= _DENSE_NEIGHBOURS:
+    n_points = points.shape[0]
+    if n_points <= _GRID_POINTS or (n_points <= _DENSE_NEIGHBOURS and 4 * n_points <= n):
         return _grid_neighbours(points, inverse.ravel(), counts, kk)
-    out = np.empty((n, kk), dtype=np.intp)
-    for start in range(0, n, _NEIGHBOUR_CHUNK):
-        rows = np.arange(start, min(start + _NEIGHBOUR_CHUNK, n))
-        dist = np.sqrt(((Z[rows, None, :] - Z[None, :, :]) ** 2).sum(-1))
-        dist[np.arange(rows.size), rows] = np.inf
-        cut = np.partition(dist, kk - 1, axis=1)[:, kk - 1 : kk]  # each row's kk-th distance
-        tied = dist == cut
-        need = kk - (dist < cut).sum(axis=1, keepdims=True)
-        take = (dist < cut) | (tied & (np.cumsum(tied, axis=1) <= need))
-        out[rows] = np.nonzero(take)[1].reshape(rows.size, kk)
-    return out
+    if 4 * n_points <= n:  # runs repeated on too many points for their distance matrix
+        return grid_neighbours(points, inverse.ravel(), counts, kk)
+    return kdtree_neighbours(Z, kk)
 
 
 def _grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int) -> np.ndarray:
@@ -532,20 +539,46 @@ def interactions(U: np.ndarray, usable: np.ndarray, sidx: np.ndarray, n_scales: 
 
 
 # Stage 6: the joint bowl, and outliers against it ------------------------------------
-# A band with more runs than this is fitted on its replicates pooled per grid cell.
-POOL_REPLICATES_ABOVE = 20_000
+# A band with more runs than this is fitted on its replicates pooled per grid cell (at 20,000,
+# 40 scales' 8,000 band runs made each least-squares step a 0.2 s SVD).
+POOL_REPLICATES_ABOVE = 5_000
 
 
 def fit_scale_bowls(
-    U: np.ndarray, y: np.ndarray, in_band: np.ndarray, sidx: np.ndarray, active: np.ndarray, cross: np.ndarray
+    U: np.ndarray,
+    y: np.ndarray,
+    in_band: np.ndarray,
+    sidx: np.ndarray,
+    active: np.ndarray,
+    cross: np.ndarray,
+    axes: tuple[str, ...] = (),
 ) -> tuple[BowlData, BowlSolution | None, np.ndarray, list[str]]:
     """Fit the bowl with a free centre per scale to the band's runs; warn when it fails or does not converge.
 
-    The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF runs more than the
-    model with it has parameters; otherwise κ = 0 (a handful of runs cannot identify it).
+    The cubic asymmetry is fitted only when the band has MIN_NOISE_DOF distinct points (scale
+    and hyperparameters; replicates count once) more than the model with it has parameters;
+    otherwise κ = 0 (a handful of points cannot identify it). An axis that no scale sweeps
+    over ≥ 3 values inside its band has no identified curvature: its centres would be any
+    point of a flat valley (a sharp bowl seen at 2 learning rates per scale), so it is left
+    out of the bowl and its optima are the best runs' values.
     """
     S, d = active.shape
     rows = np.flatnonzero(in_band)
+    warnings: list[str] = []
+    levels = np.zeros((S, d), dtype=int)
+    for s in np.unique(sidx[rows]):
+        at = rows[sidx[rows] == s]
+        for j in range(d):
+            levels[s, j] = distinct_log_values(np.exp(U[at, j]), _TOL)
+    flat = active.any(axis=0) & (levels.max(axis=0, initial=0) < 3)
+    if flat.any():
+        active = active & ~flat
+        warnings += [
+            f"{AXIS_LABEL.get(axes[j], axes[j]) if axes else f'axis {j}'}: no scale has ≥ 3 distinct values within "
+            "its band of near-optimal runs, so the bowl's curvature along it is not identified; its optima are "
+            "the best runs' values (sweep more finely around the optimum)"
+            for j in np.flatnonzero(flat)
+        ]
     if rows.size > POOL_REPLICATES_ABOVE:
         data = pooled_replicates(U[rows], y[rows], sidx[rows], active, cross)
     else:
@@ -553,8 +586,8 @@ def fit_scale_bowls(
     designs, col_of = _one_hot(active)
     beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
     n_quad = np.unique(data.scale).size + int(active.sum()) + d + int(np.count_nonzero(np.tril(cross, -1)))
-    cubic = rows.size - n_quad - d >= MIN_NOISE_DOF
-    warnings: list[str] = []
+    n_points = np.unique(np.column_stack([data.scale, np.round(data.u / _TOL)]), axis=0).shape[0] if rows.size else 0
+    cubic = n_points - n_quad - d >= MIN_NOISE_DOF
     try:
         fit = fit_bowl(data, designs, beta0, cubic=cubic)
     except (np.linalg.LinAlgError, ValueError) as e:  # pragma: no cover - defensive
@@ -562,7 +595,7 @@ def fit_scale_bowls(
         return data, None, col_of, warnings
     if not fit.success:
         warnings.append(
-            "the per-scale loss-surface fit did not converge (least squares stopped on its evaluation "
+            "the per-scale loss-surface fit did not converge (least squares stopped on its step "
             "budget): the optima and their intervals may be inaccurate"
         )
     return data, fit, col_of, warnings
@@ -762,14 +795,35 @@ def scale_optimum(ev: _Evidence, s: int, scale: Scale) -> ScaleOptimum:
 
 
 def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[str]) -> AxisOptimum:
-    """The bowl centre of axis j at scale s with its bootstrap interval and status (bracketed, beyond, capped)."""
+    """The bowl centre of axis j at scale s with its bootstrap interval and status (bracketed, beyond, capped).
+
+    The centre is bounded like its samples: at most MAX_BEYOND_SWEEP (10×) past the values
+    swept and never past the contract's limits (OPTIMUM_LIMITS). A bowl the runs barely
+    curve (loss still falling at the edge of the sweep) has its centre anywhere beyond it:
+    that is reported as the bound, with a flag, never as 1e97 (or an overflow).
+    """
     a = ev.axes[j]
     vals = ev.hp[a][m]
     nv = distinct_log_values(vals, _TOL)
     lv = float(ev.centre[s, j])
     lo_sw, hi_sw = np.log(vals.min()), np.log(vals.max())
+    offset = ev.wd_offset if a == "weight_decay" else 0.0
+    lo_bound = lo_sw - MAX_BEYOND_SWEEP
+    hi_bound = min(hi_sw + MAX_BEYOND_SWEEP, math.log(OPTIMUM_LIMITS[a] + offset))
     status = "bracketed"
-    if lv > hi_sw + _TOL:
+    if lv > hi_bound:
+        lv, status = hi_bound, "above_sweep"
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies far above the largest value swept (the loss still falls there): "
+            f"reported at {math.exp(hi_bound) - offset:.3g}, a lower bound only; extend the sweep"
+        )
+    elif lv < lo_bound:
+        lv, status = lo_bound, "below_sweep"
+        flags.append(
+            f"{AXIS_LABEL[a]} optimum lies far below the smallest value swept (the loss still falls there): "
+            f"reported at {math.exp(lo_bound) - offset:.3g}, an upper bound only; extend the sweep"
+        )
+    elif lv > hi_sw + _TOL:
         status = "above_sweep"
         flags.append(
             f"{AXIS_LABEL[a]} optimum lies above the largest value swept: only a lower bound; extend the sweep"
@@ -792,8 +846,9 @@ def _centre_optimum(ev: _Evidence, s: int, j: int, m: np.ndarray, flags: list[st
             f"{AXIS_LABEL[a]} swept at 2 values only: the optimum relies on the curvature shared with other scales"
         )
     # An unidentified centre can have a huge standard error; ±_MAX_LOG_DEV (a factor of
-    # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite.
-    iv = Interval.exp_of(lv, np.clip(samples, lv - _MAX_LOG_DEV, lv + _MAX_LOG_DEV))
+    # ~5e8) is "unbounded" for any hyperparameter and keeps exp() finite; the limits hold too.
+    low, high = max(lv - _MAX_LOG_DEV, lo_bound), min(lv + _MAX_LOG_DEV, max(hi_bound, lv))
+    iv = Interval.exp_of(lv, np.clip(samples, low, high))
     if a == "weight_decay" and ev.wd_offset > 0:
         iv = Interval(*(max(v - ev.wd_offset, 0.0) for v in (iv.value, iv.low, iv.high)))
         if iv.value == 0.0:
@@ -959,37 +1014,37 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         excluded = np.zeros(len(runs), dtype=bool)
         excluded[[o.index for o in outliers]] = True
         st = _fit_stages(runs, sidx, S, excluded, band)
-        if st["fit"] is None:
+        if st.fit is None or st.data is None:
             break
-        extra = bowl_outliers(runs, st["fit"], st["data"], np.flatnonzero(st["in_band"]))
+        extra = bowl_outliers(runs, st.fit, st.data, np.flatnonzero(st.in_band))
         if not extra:
             break
         outliers = outliers + extra
-    cl, axes, fit, data = st["classes"], st["axes"], st["fit"], st["data"]
-    warnings = [w for w in (outlier_warning(runs, outliers),) if w] + st["warnings"]
-    noise = loss_noise(fit, *replicate_scatter(st["hp"], st["y"], st["usable"], sidx))
+    cl, axes, fit, data = st.classes, st.axes, st.fit, st.data
+    warnings = [w for w in (outlier_warning(runs, outliers),) if w] + st.warnings
+    noise = loss_noise(fit, *replicate_scatter(st.hp, st.y, st.usable, sidx))
     if noise.assumed and fit is not None:
         warnings.append(noise.message())
     S_d = (S, len(axes))
     centre, centre_se, boot = np.full(S_d, np.nan), np.full(S_d, np.nan), np.full((max(bootstrap, 0), *S_d), np.nan)
-    if fit is not None:
+    if fit is not None and data is not None:
         centre, centre_se, boot = bootstrap_centres(
-            fit, data, st["col_of"], noise.sigma, bootstrap, np.random.default_rng(seed)
+            fit, data, st.col_of, noise.sigma, bootstrap, np.random.default_rng(seed)
         )
     log_lr_cap = divergence_caps(runs.learning_rate, _caps_learning_rate(runs, cl, sidx, S), sidx, S)
     ev = _Evidence(
         runs,
         sidx,
         cl,
-        st["usable"],
-        st["hp"],
+        st.usable,
+        st.hp,
         axes,
-        st["wd0"],
+        st.wd0,
         centre,
         centre_se,
         boot,
         log_lr_cap,
-        st["coordinate_wise"],
+        st.coordinate_wise,
         noise,
     )
     optima = tuple(scale_optimum(ev, s, scales[s]) for s in range(S))
@@ -1002,11 +1057,11 @@ def analyse_sweeps(runs: RunTable, *, bootstrap: int = 200, seed: int = 0, band:
         centre,
         centre_se,
         optima,
-        st["coordinate_wise"],
+        st.coordinate_wise,
         tuple(warnings),
         len(runs),
         log_lr_cap,
-        st["wd0"],
+        st.wd0,
         tuple(outliers),
         noise,
         bounds,
@@ -1032,7 +1087,25 @@ def centre_overshoot(ev: _Evidence) -> np.ndarray:
     return out
 
 
-def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> dict[str, Any]:
+@dataclass(frozen=True, eq=False)
+class _Stages:
+    """What stages 2–6 (`_fit_stages`) give `analyse_sweeps` for one set of excluded runs."""
+
+    classes: RunClasses
+    axes: tuple[str, ...]  # the modelled axes, order of the bowl's columns
+    hp: Mapping[str, np.ndarray]  # lr, bs, wd + wd0
+    wd0: float  # the weight-decay axis is log(wd + wd0)
+    usable: np.ndarray  # after the axis filters
+    y: np.ndarray  # log loss (0 where not usable)
+    in_band: np.ndarray  # rows of the bowl fit
+    coordinate_wise: bool
+    data: BowlData | None
+    fit: BowlSolution | None
+    col_of: np.ndarray  # (S, d) column of each active centre in the bowl's design
+    warnings: list[str]
+
+
+def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, band: float) -> _Stages:
     """Stages 2–6 for a given set of excluded runs: classes, axes, band, interactions, bowl fit."""
     cl = classify_runs(runs, sidx, S, excluded)
     warnings: list[str] = []
@@ -1062,6 +1135,7 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
     U = np.stack([np.log(hp[a]) for a in axes], axis=1) if d else np.zeros((len(runs), 0))
     y = np.log(np.where(usable, runs.final_loss, 1.0))
     in_band, active, _ = select_rows(hp, axes, y, usable, sidx, S, band)
+    flat = [a for j, a in enumerate(axes) if active[:, j].any() and _max_levels(hp[a], in_band, sidx, S) < 3]
     cross = interactions(U, usable, sidx, S)
     coordinate_wise = d >= 2 and not cross.any()
     if coordinate_wise:
@@ -1072,23 +1146,44 @@ def _fit_stages(runs: RunTable, sidx: np.ndarray, S: int, excluded: np.ndarray, 
             "interactions (e.g. the LR–batch valley) are not identified"
         )
     data, fit, col_of = None, None, np.zeros((S, 0), dtype=int)
-    if d:
-        data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross)
+    if d and flat:
+        # A sharp bowl on a coarse grid: at no scale do 3 values of an axis lie within the band,
+        # so the band cannot identify its curvature. The runs up to LEFT_BASIN above each scale's
+        # best can, if the bowl still describes them: a fit that converges with the axis's
+        # centres within reach of its runs is kept (with a warning that it is approximate);
+        # otherwise the band's own fit leaves the axis out (`fit_scale_bowls`).
+        wide, wide_active, _ = select_rows(hp, axes, y, usable, sidx, S, LEFT_BASIN)
+        data, fit, col_of, w = fit_scale_bowls(U, y, wide, sidx, wide_active, cross, axes)
+        widened = [axes.index(a) for a in flat]
+        if fit is not None and fit.success and not _centres_out_of_reach(fit, data, col_of)[:, widened].any():
+            in_band = wide
+            warnings += w
+            warnings.append(
+                f"{', '.join(AXIS_LABEL[a] for a in flat)}: fewer than 3 values within {band:.0%} of the best loss "
+                f"at every scale; the loss bowl was fitted to the runs up to {LEFT_BASIN:.0%} above it, so its shape "
+                "and optima are approximate (sweep more finely around the optimum)"
+            )
+        else:
+            data, fit = None, None
+    if d and fit is None:
+        data, fit, col_of, w = fit_scale_bowls(U, y, in_band, sidx, active, cross, axes)
         warnings += w
-    return {
-        "classes": cl,
-        "axes": axes,
-        "hp": hp,
-        "wd0": wd0,
-        "usable": usable,
-        "y": y,
-        "in_band": in_band,
-        "coordinate_wise": coordinate_wise,
-        "data": data,
-        "fit": fit,
-        "col_of": col_of,
-        "warnings": warnings,
-    }
+    return _Stages(cl, axes, hp, wd0, usable, y, in_band, coordinate_wise, data, fit, col_of, warnings)
+
+
+def _centres_out_of_reach(fit: BowlSolution, data: BowlData, col_of: np.ndarray) -> np.ndarray:
+    """(S, d) bool: active centres more than MAX_BEYOND_SWEEP (log) beyond their scale's rows."""
+    out = np.zeros(data.active.shape, dtype=bool)
+    for s, j in zip(*np.nonzero(data.active)):
+        u = data.u[data.scale == s, j]
+        c = fit.beta[j][col_of[s, j]]
+        out[s, j] = u.size > 0 and not (u.min() - MAX_BEYOND_SWEEP <= c <= u.max() + MAX_BEYOND_SWEEP)
+    return out
+
+
+def _max_levels(values: np.ndarray, rows: np.ndarray, sidx: np.ndarray, n_scales: int) -> int:
+    """The most distinct values (1% apart) of `values` among `rows` at any one scale."""
+    return max((distinct_log_values(values[rows & (sidx == s)], _TOL) for s in range(n_scales)), default=0)
 
 
 def _one_hot(active: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -31,6 +31,12 @@ DEFAULT_BAND = 0.01
 MIN_BAND_RUNS = 6
 MAX_BAND = 0.05
 _INIT_CURVATURE = 0.1
+# Trust-region steps allowed to each least-squares pass. From `quadratic_start` a pass needs a
+# few dozen; a pass that stops here reports success=False (and the fit says so), never retried.
+MAX_STEPS = 200
+# The linear start's curvature is made positive definite by flooring its eigenvalues at this
+# share of the largest.
+_MIN_EIG_SHARE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -172,18 +178,32 @@ def fit_bowl(
     """Robust (soft-L1) least squares of the bowl model; returns the shape, centres and Jacobian.
 
     log loss = l0_s + ½ zᵀ L Lᵀ z + Σ κ_a z_a³ with z = log h − X β. `cubic=False` holds
-    κ at 0 (for sweeps with too few runs to identify the asymmetry). `success` is False
-    when either least-squares pass stopped without meeting its tolerance, even after one
-    retry with a larger evaluation budget; callers must say so.
+    κ at 0 (for sweeps with too few runs to identify the asymmetry). Without a given shape
+    (`chol0`, `kappa0`) the fit starts from `quadratic_start`, the linear least-squares
+    solution of the quadratic bowl, so each pass takes a bounded number of steps (at most
+    MAX_STEPS) whatever the shape of the data. `success` is False when either pass stopped
+    without meeting its tolerance; callers must say so.
     """
     d = data.u.shape[1]
-    if chol0 is None or kappa0 is None:
-        chol0, kappa0 = initial_shape(d, data.cross)
     l0 = np.array([data.y[data.scale == s].min() if np.any(data.scale == s) else 0.0 for s in range(data.n_scales)])
+    start = quadratic_start(data, designs) if chol0 is None or kappa0 is None else None
+    if start is not None:
+        l0, beta0, chol0 = start
+        kappa0 = np.zeros(d)
+    elif chol0 is None or kappa0 is None:
+        chol0, kappa0 = initial_shape(d, data.cross)
     p0 = pack(l0, beta0, chol0, kappa0 if cubic else np.zeros(d), data.cross)
     free = np.ones(p0.size, dtype=bool)
     if not cubic:
         free[-d:] = False
+    # An axis no scale sweeps inside its band has no rows to shape it: its curvature and
+    # asymmetry stay at their start (their Jacobian columns are zero) instead of drifting.
+    dead: np.ndarray = ~np.any(data.active, axis=0)
+    if dead.any():
+        _, off, tri = _layout(designs, d, data.n_scales, data.cross)
+        for c, (j, k) in enumerate(tri):
+            free[off[-1] + c] &= not (dead[j] or dead[k])
+        free[off[-1] + len(tri) :] &= ~dead
 
     def full(q: np.ndarray) -> np.ndarray:
         p = p0.copy()
@@ -228,11 +248,78 @@ def _solve(
     x0: np.ndarray,
     **kw: Any,
 ) -> OptimizeResult:
-    """least_squares with one retry at 5× the evaluation budget when it stops on the budget (status 0)."""
-    sol = least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", max_nfev=200, **kw)
-    if sol.status == 0:
-        sol = least_squares(fun, sol.x, jac=jac, method="trf", x_scale="jac", max_nfev=1000, **kw)
-    return sol
+    """least_squares from a start already near the solution (`quadratic_start`): a bounded
+    number of steps, and a status that says whether it converged (no silent retries)."""
+    return least_squares(fun, x0, jac=jac, method="trf", x_scale="jac", max_nfev=MAX_STEPS, **kw)
+
+
+def quadratic_start(
+    data: BowlData, designs: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray] | None:
+    """(l0, beta, chol) of the quadratic bowl (κ = 0) from one linear least squares; None when
+    the rows identify no curvature (then the caller starts from `initial_shape`).
+
+    With a free centre per scale, ½(u − μ_s)ᵀH(u − μ_s) = ½uᵀHu − uᵀHμ_s + const_s: the bowl
+    is linear in (const_s, g_s = −Hμ_s, H). Solving that once puts the nonlinear fit's start
+    next to its solution, whatever the shape of the data (a sharp bowl seen at two learning
+    rates per scale took the old start, a unit curvature at the band's centroid, thousands of
+    trust-region steps). H is made positive definite (eigenvalues floored) before μ_s = −H⁻¹g_s.
+    """
+    n, d = data.u.shape
+    S = data.n_scales
+    if n == 0 or d == 0:
+        return None
+    s = data.scale
+    act = data.active[s]
+    w = np.ones(n) if data.weight is None else data.weight
+    centre = np.array([np.average(data.u[:, a], weights=w) for a in range(d)])
+    uc = (data.u - centre) * act
+    tri = [(j, k) for j in range(d) for k in range(j + 1) if j == k or data.cross[j, k]]
+    lin = [(t, a) for t in range(S) for a in range(d) if data.active[t, a]]
+    A = np.zeros((n, S + len(lin) + len(tri)))
+    A[np.arange(n), s] = 1.0
+    for c, (t, a) in enumerate(lin):
+        A[:, S + c] = np.where(s == t, uc[:, a], 0.0)
+    for c, (j, k) in enumerate(tri):
+        A[:, S + len(lin) + c] = uc[:, j] * uc[:, k] * (0.5 if j == k else 1.0)
+    root = np.sqrt(w)
+    coef = np.linalg.lstsq(A * root[:, None], data.y * root, rcond=None)[0]
+    if not np.all(np.isfinite(coef)):
+        return None
+    H = np.zeros((d, d))
+    for c, (j, k) in enumerate(tri):
+        H[j, k] = H[k, j] = coef[S + len(lin) + c]
+    eig, vec = np.linalg.eigh(H)
+    if eig.max() <= 0:
+        return None
+    H = (vec * np.maximum(eig, _MIN_EIG_SHARE * eig.max())) @ vec.T
+    g = np.zeros((S, d))
+    for c, (t, a) in enumerate(lin):
+        g[t, a] = coef[S + c]
+    mu = np.full((S, d), np.nan)
+    for t in range(S):
+        on = np.flatnonzero(data.active[t])
+        rows = s == t
+        if on.size == 0 or not rows.any():
+            continue
+        m = -np.linalg.solve(H[np.ix_(on, on)], g[t, on])
+        # A bowl the rows barely curve can put its centre anywhere: start within reach of them.
+        lo, hi = uc[rows][:, on].min(axis=0), uc[rows][:, on].max(axis=0)
+        reach = np.maximum(hi - lo, 1.0)
+        mu[t, on] = np.clip(m, lo - reach, hi + reach)
+    z = np.where(act, uc - np.nan_to_num(mu)[s], 0.0)
+    quad = 0.5 * np.einsum("ij,jk,ik->i", z, H, z)
+    l0 = np.bincount(s, weights=w * (data.y - quad), minlength=S) / np.maximum(
+        np.bincount(s, weights=w, minlength=S), 1e-300
+    )
+    beta = []
+    for a in range(d):
+        X = designs[a]
+        on = np.flatnonzero(data.active[:, a])
+        target = mu[on, a] + centre[a]
+        beta.append(np.linalg.lstsq(X[on], target, rcond=None)[0] if on.size else np.zeros(X.shape[1]))
+    chol = np.linalg.cholesky(H)
+    return l0, tuple(beta), chol
 
 
 def one_step_bootstrap(

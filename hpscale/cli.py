@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
-from service.errors import DomainError, InvalidArgument, InvalidInput, InvalidRuns
+from service.errors import DomainError, InvalidArgument, InvalidInput, InvalidRuns, StorageError, from_storage
 from service.limits import DEFAULT_IMPORT_BATCH, SCOPES, TOKEN_NAME_MAX_LENGTH
 
 if TYPE_CHECKING:
@@ -1190,6 +1190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DomainError as error:
         return report(error)
+    except StorageError as error:  # the database is down, unmigrated, or changed meanwhile: one line
+        return report(from_storage(error))
     except ValidationError as error:  # an HPSCALE_* setting
         print(f"error: invalid HPSCALE_* setting:\n{_setting_errors(error)}", file=sys.stderr)
         return 2

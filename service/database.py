@@ -7,7 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from store import migrate
-from store.db import UNAVAILABLE_ERRORS, Engine, make_engine, ping, redact_url, unavailable_reason, write_probe
+from store.db import (
+    UNAVAILABLE_ERRORS,
+    Engine,
+    make_engine,
+    ping,
+    redact_url,
+    storage_errors,
+    unavailable_reason,
+    write_probe,
+)
 
 __all__ = [
     "UNAVAILABLE_ERRORS",
@@ -26,15 +35,17 @@ def open_database(url: str, *, upgrade_schema: bool = False) -> Engine:
     """An engine on `url`; with `upgrade_schema`, migrated to the latest revision first."""
     engine = make_engine(url)
     if upgrade_schema:
-        migrate.upgrade(engine)
+        with storage_errors():
+            migrate.upgrade(engine)
     return engine
 
 
 def upgrade(engine: Engine) -> str | None:
     """Migrate to the latest schema; the revision now in place."""
-    migrate.upgrade(engine)
-    with engine.connect() as conn:
-        return migrate.current_revision(conn)
+    with storage_errors():
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            return migrate.current_revision(conn)
 
 
 @dataclass(frozen=True)

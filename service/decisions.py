@@ -19,7 +19,7 @@ from fitting.transfer_check import TOLERANCE, transfer_check
 from service import pins
 from service.cache import LRUCache
 from service.errors import InvalidTarget, field_detail
-from service.fits import FitRecord, json_safe, served_fit_async
+from service.fits import FitOptions, FitRecord, json_safe, served_fit_async
 from service.limits import MAX_COMPUTE, TARGET_LIMITS, Bound
 from service.recommendations import _engine_refusals, check_target
 from store.db import Engine
@@ -57,13 +57,11 @@ def check_loss_increase(value: float | None) -> None:
 
 
 async def _fit(
-    engine: Engine, study_name: str, fit_id: int | None, *, bootstrap: int, created_by: str | None, wait_seconds: float
+    engine: Engine, study_name: str, fit_id: int | None, *, options: FitOptions, created_by: str | None
 ) -> tuple[FitRecord, tuple[str, ...]]:
     if fit_id is not None:
         return await to_thread.run_sync(lambda: pins.fit_or_gone(engine, study_name, fit_id)), ()
-    served = await served_fit_async(
-        engine, study_name, bootstrap=bootstrap, created_by=created_by, wait_seconds=wait_seconds
-    )
+    served = await served_fit_async(engine, study_name, options=options, created_by=created_by)
     return served.record, served.warnings
 
 
@@ -78,16 +76,13 @@ async def transfer_check_answer(
     *,
     tolerance: float | None,
     fit_id: int | None,
-    bootstrap: int,
+    options: FitOptions,
     created_by: str | None,
-    wait_seconds: float,
 ) -> dict[str, Any]:
     """Per axis (width, depth) and law: drift exponent with 90% interval, verdict, hints, reuse cost at `target`."""
     check_target(target)
     check_bound("tolerance", tolerance, TOLERANCE_BOUND)
-    stored, warnings = await _fit(
-        engine, study_name, fit_id, bootstrap=bootstrap, created_by=created_by, wait_seconds=wait_seconds
-    )
+    stored, warnings = await _fit(engine, study_name, fit_id, options=options, created_by=created_by)
     given = _given(target)
     if given and not {"n_params", "tokens"} <= set(given):
         raise _invalid("target", "the reuse cost needs a whole target: give n_params and tokens (and width, depth)")
@@ -130,16 +125,13 @@ async def budget_suggestions(
     max_n_params: float | None,
     max_tokens: float | None,
     count: int,
-    bootstrap: int,
+    options: FitOptions,
     created_by: str | None,
-    wait_seconds: float,
 ) -> dict[str, Any]:
     """The proxy designs (scale + runs) that most reduce the target's expected loss penalty per FLOP in the budget."""
     check_target(target)
     check_budget(budget_flops, max_n_params, max_tokens)
-    stored, warnings = await _fit(
-        engine, study_name, None, bootstrap=bootstrap, created_by=created_by, wait_seconds=wait_seconds
-    )
+    stored, warnings = await _fit(engine, study_name, None, options=options, created_by=created_by)
     given = _given(target)
     key = ("budget", stored.key, tuple(sorted(given.items())), budget_flops, max_n_params, max_tokens, count)
     cached = _answers.get(key)

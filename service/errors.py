@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import fitting.common
+import store.errors
 
 
 class DomainError(Exception):
@@ -120,6 +121,13 @@ class InsufficientData(DomainError, fitting.common.InsufficientData):
         self.missing = None
 
 
+class FitFailed(DomainError):
+    """The fitting engine failed on the study's runs (or took longer than allowed). Recorded
+    once for that data version: asking again answers at once; a change of runs refits."""
+
+    code = "fit_failed"
+
+
 # --- unavailable -------------------------------------------------------------------------
 
 
@@ -133,6 +141,43 @@ class DatabaseUnavailable(DomainError):
     """The database cannot serve the request now (down, unreachable, disk full, read-only): retry."""
 
     code = "unavailable"
+
+
+class DatabaseNotMigrated(DomainError):
+    """The database lacks the schema this version needs: an operator runs `hpscale db upgrade`."""
+
+    code = "unavailable"
+
+
+class ConcurrentChange(DomainError):
+    """A concurrent request took the name or key this one wanted: try again."""
+
+    code = "conflict"
+
+
+class ReferenceGone(DomainError):
+    """What the request refers to was deleted while it ran."""
+
+    code = "not_found"
+
+
+# The storage wrapper's errors (store/errors.py) as domain errors: one each.
+_FROM_STORAGE: dict[type[store.errors.StorageError], type[DomainError]] = {
+    store.errors.DatabaseUnavailable: DatabaseUnavailable,
+    store.errors.SchemaNotMigrated: DatabaseNotMigrated,
+    store.errors.Conflict: ConcurrentChange,
+    store.errors.MissingReference: ReferenceGone,
+}
+StorageError = store.errors.StorageError
+
+
+def from_storage(error: store.errors.StorageError) -> DomainError:
+    """The domain error for an error of the store (unavailable ones say to try again)."""
+    cls = _FROM_STORAGE.get(type(error), DatabaseUnavailable)
+    message = error.message
+    if cls is DatabaseUnavailable and "try again" not in message:
+        message += "; try again shortly"
+    return cls(message)
 
 
 # --- invalid input -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ process embedding the app) the process's own registry is exported.
 What is counted, and where:
 - requests and their latency per method, route template (`/v1/studies/{name}/runs`, never
   the concrete path, so labels stay few) and status: `app.metrics.MetricsMiddleware`;
-- fits computed, by outcome, and their duration: `service.fits` around `fit_study`;
+- fits computed, by outcome, their duration and each stage's (read, fit, write): `service.fits.compute`;
 - runs stored (not duplicates), by source: read from the audit log (`IngestedRuns`), where every
   HTTP submission and every import records its count, so runs an `hpscale import` process
   stored are counted too (an in-process counter saw only the server's own submissions);
@@ -21,9 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,8 +35,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-import fitting.common
-import fitting.study_fit
 from store import audit
 from store.db import Engine, read_connection
 
@@ -63,6 +59,12 @@ FIT_SECONDS = Histogram(
     "Time to compute one fit, in seconds",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )
+FIT_STAGE_SECONDS = Histogram(
+    "hpscale_fit_stage_seconds",
+    "Time of each stage of a fit, in seconds: read (the runs' snapshot), fit (the engine), write (the result)",
+    ["stage"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 DATABASE_ERRORS = Counter("hpscale_database_errors_total", "Database errors that reached a request, by type", ["type"])
 
 _DATABASE_MODULES = frozenset({"sqlalchemy", "psycopg", "psycopg2", "sqlite3"})
@@ -80,26 +82,16 @@ def is_database_error(error: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] in _DATABASE_MODULES for cls in type(error).__mro__)
 
 
-@contextmanager
-def timed_fit() -> Iterator[None]:
-    """Count one fit and its duration; the outcome is "done" unless it raised."""
-    started = time.perf_counter()
-    outcome = "error"
-    try:
-        yield
-        outcome = "done"
-    except fitting.common.InsufficientData:
-        outcome = "insufficient_data"
-        raise
-    finally:
+def record_fit(outcome: str | None, seconds: Mapping[str, float]) -> None:
+    """Count one fit attempt: the engine's outcome ("done", "insufficient_data", "error"; None
+    when the engine did not run) and each stage's time (read, fit, write). Called in the
+    server process with what its fitting child reported, so /metrics sees every fit."""
+    if outcome is not None:
         FITS.labels(outcome).inc()
-        FIT_SECONDS.observe(time.perf_counter() - started)
-
-
-def counted_fit(*args: Any, **kwargs: Any) -> Any:
-    """`fitting.study_fit.fit_study`, counted (outcome) and timed."""
-    with timed_fit():
-        return fitting.study_fit.fit_study(*args, **kwargs)
+        if "fit" in seconds:
+            FIT_SECONDS.observe(seconds["fit"])
+    for stage, value in seconds.items():
+        FIT_STAGE_SECONDS.labels(stage).observe(value)
 
 
 class IngestedRuns(Collector):

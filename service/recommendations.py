@@ -25,14 +25,8 @@ from fitting.study_fit import NO_LOSS_LAW
 from service import pins
 from service.cache import LRUCache
 from service.errors import InsufficientData, InvalidTarget, MissingTarget, field_detail
-from service.fits import (
-    FIRST_FIT_WAIT_SECONDS,
-    FitRecord,
-    current_fit,
-    json_safe,
-    served_fit_async,
-)
-from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, TARGET_LIMITS, Bound
+from service.fits import FitOptions, FitRecord, ServedFit, json_safe, served_fit_async
+from service.limits import MAX_BATCH_MULTIPLE, MAX_COMPUTE, RUN_LIMITS, TARGET_LIMITS, Bound
 from store.db import Engine
 
 _COMPUTE = Bound(1, MAX_COMPUTE, low_inclusive=True)
@@ -60,7 +54,10 @@ def check_target(values: Mapping[str, float | None]) -> None:
 
 @contextmanager
 def _engine_refusals() -> Iterator[None]:
-    """The fitting engine's refusals as domain errors (and nothing else)."""
+    """The fitting engine's refusals as domain errors (and nothing else): a missing target
+    variable → MissingTarget (422), a law or loss law the runs cannot support (the engine's
+    InsufficientData, e.g. a loss law with α or β ≤ 0) → InsufficientData (409), a number
+    that overflows → InvalidTarget (422). Any other exception is a bug and surfaces as one."""
     try:
         yield
     except fitting.study_fit.MissingTarget as error:
@@ -76,6 +73,23 @@ def _engine_refusals() -> Iterator[None]:
         ) from None
 
 
+def _within_limits(answer: Mapping[str, Any]) -> None:
+    """Refuse an answer whose hyperparameter lies outside the contract's limits (no run could
+    use it): the fitted law extrapolates a bound, not an optimum (e.g. a sweep whose loss still
+    falls at its largest learning rate at every scale)."""
+    for name in ("learning_rate", "batch_size", "weight_decay"):
+        interval = answer.get(name)
+        if interval is None:
+            continue
+        value = interval["value"]
+        reason = RUN_LIMITS[name].check(value) if value == value else "is not a number"
+        if reason is not None:
+            raise InsufficientData(
+                f"the fitted {name.replace('_', ' ')} law gives {value:.3g} at this target, outside the limits "
+                f"({reason}): the study's optima do not locate it (see the fit's warnings); extend the sweeps"
+            )
+
+
 # A fit never changes, so the answer to the same question about it never does either:
 # launchers asking again (or many at once) get the encoded answer without recomputing.
 _recommendations = LRUCache(4096)
@@ -86,14 +100,13 @@ async def recommendation_json(
     study_name: str,
     target: Mapping[str, float | None],
     *,
-    bootstrap: int,
+    options: FitOptions,
     created_by: str | None,
     batch_size: float | None = None,
     batch_multiple: int | None = None,
     compute: float | None = None,
     fit_id: int | None = None,
     fresh: bool = False,
-    wait_seconds: float = FIRST_FIT_WAIT_SECONDS,
     max_loss_increase: float | None = None,
 ) -> bytes:
     """The contract's recommendation, JSON-encoded: lr, batch, wd at `target` with 90% intervals.
@@ -111,15 +124,12 @@ async def recommendation_json(
     check_loss_increase(max_loss_increase)
     if compute is not None and (target.get("n_params") is not None or target.get("tokens") is not None):
         raise _invalid("compute", "give either compute or n_params and tokens, not both")
-    served_warnings: tuple[str, ...] = ()
     if fit_id is not None:
-        stored = await to_thread.run_sync(lambda: pins.fit_or_gone(engine, study_name, fit_id))
+        served = ServedFit(await to_thread.run_sync(lambda: pins.fit_or_gone(engine, study_name, fit_id)))
     else:
         # Never waits on a refit: the newest completed fit, with a warning if runs arrived since.
-        served = await served_fit_async(
-            engine, study_name, bootstrap=bootstrap, created_by=created_by, fresh=fresh, wait_seconds=wait_seconds
-        )
-        stored, served_warnings = served.record, served.warnings
+        served = await served_fit_async(engine, study_name, options=options, created_by=created_by, fresh=fresh)
+    stored = served.record
     if pins.needs_recording(stored):  # at most once an hour per fit: the hot path stays read-only
         await to_thread.run_sync(lambda: pins.record_use(engine, stored))
     key = (stored.key, stored.study, tuple(target.items()), batch_size, batch_multiple, compute, max_loss_increase)
@@ -138,29 +148,42 @@ async def recommendation_json(
                 )
             )
         document = json_safe({**result.to_dict(), "fit_id": stored.id, "data_version": str(stored.data_version)})
-        cached = (document, json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
+        try:
+            _within_limits(document)
+        except InsufficientData as refusal:
+            cached = refusal  # the same question about the same fit is refused the same way
+        else:
+            cached = (document, json.dumps(document, separators=(",", ":"), allow_nan=False).encode())
         _recommendations.put(key, cached)
+    if isinstance(cached, InsufficientData):
+        raise InsufficientData(cached.message)
     document, body = cached
+    return _with_warnings(document, body, served.warnings)
+
+
+def _with_warnings(document: dict[str, Any], body: bytes, served_warnings: tuple[str, ...]) -> bytes:
+    """An answer from a fit of older data says so (contract 1.1: "fitted on N of M runs"); the
+    answer itself is the fit's, cached whatever the count of runs since."""
     if not served_warnings:
         return body
-    # An answer from a fit of older data says so (contract 1.1: "fitted on N of M runs"); the
-    # answer itself is the fit's, cached whatever the count of runs since.
     stale = {**document, "warnings": [*served_warnings, *document.get("warnings", [])]}
     return json.dumps(stale, separators=(",", ":"), allow_nan=False).encode()
 
 
-def suggestions(
+async def suggestions(
     engine: Engine,
     study_name: str,
     target: Mapping[str, float | None],
     count: int,
     *,
-    bootstrap: int,
+    options: FitOptions,
     created_by: str | None,
 ) -> dict[str, Any]:
-    """The proxy runs that would most shrink the recommendation's uncertainty at `target`."""
+    """The proxy runs that would most shrink the recommendation's uncertainty at `target`,
+    from the fit a recommendation would use (never waiting on a refit; same warnings)."""
     check_target(target)
-    stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
+    served = await served_fit_async(engine, study_name, options=options, created_by=created_by)
+    stored = served.record
     # Validated values only in the key (never raw query text): the same question about the
     # same fit is answered from memory (count=50 costs ~200 ms of CPU otherwise).
     key = (
@@ -169,15 +192,14 @@ def suggestions(
         count,
     )
     cached = _suggestions.get(key)
-    if cached is not None:
-        return cached  # type: ignore[no-any-return]
-    with _engine_refusals():
-        items = suggest_runs(stored.result, _given(target), count)
-    out: dict[str, Any] = json_safe(
-        {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
-    )
-    _suggestions.put(key, out)
-    return out
+    if cached is None:
+        with _engine_refusals():
+            items = await to_thread.run_sync(lambda: suggest_runs(stored.result, _given(target), count))
+        cached = json_safe(
+            {"items": [s.to_dict() for s in items], "fit_id": stored.id, "data_version": str(stored.data_version)}
+        )
+        _suggestions.put(key, cached)
+    return {**cached, "warnings": list(served.warnings)}
 
 
 _suggestions = LRUCache(1024)
@@ -193,19 +215,31 @@ def _loss_law(stored: FitRecord) -> LossLaw:
     return law
 
 
-def compute_optimal_allocation(
-    engine: Engine, study_name: str, compute: float, *, bootstrap: int, created_by: str | None, samples: bool = False
+async def compute_optimal_allocation(
+    engine: Engine,
+    study_name: str,
+    compute: float,
+    *,
+    options: FitOptions,
+    created_by: str | None,
+    samples: bool = False,
 ) -> dict[str, Any]:
-    """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law.
+    """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law in the
+    fit a recommendation would use (never waiting on a refit; same warnings).
 
     The answer carries intervals; the loss law's raw bootstrap samples (most of its size,
     ~20 KB) only with `samples`."""
     check_target({"compute": compute})
-    stored = current_fit(engine, study_name, bootstrap=bootstrap, created_by=created_by, any_bootstrap=True)
+    served = await served_fit_async(engine, study_name, options=options, created_by=created_by)
+    stored = served.record
     law = _loss_law(stored)
-    with _engine_refusals():
+
+    def allocate() -> tuple[Any, Any]:
         allocation = compute_optimal(law, compute)
-        loss = law.predict(allocation.n_params.value, allocation.tokens.value).interval()
+        return allocation, law.predict(allocation.n_params.value, allocation.tokens.value).interval()
+
+    with _engine_refusals():
+        allocation, loss = await to_thread.run_sync(allocate)
     law_dict = law.to_dict()
     if not samples:
         law_dict.pop("bootstrap_samples", None)
@@ -216,6 +250,7 @@ def compute_optimal_allocation(
             "loss_law": law_dict,
             "fit_id": stored.id,
             "data_version": str(stored.data_version),
+            "warnings": list(served.warnings),
         }
     )
     return out

@@ -20,13 +20,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from service import run_curves, run_states
 from service.csv_io import csv_blocks
-from service.errors import InsufficientData, InvalidQuery, InvalidRuns, RunNotFound, field_detail
+from service.errors import InsufficientData, InvalidQuery, InvalidRuns, RunNotFound, StudyNotFound, field_detail
 from service.limits import DEFAULT_IMPORT_BATCH, FINAL_LOSS, MAX_STUDY_EXTRA_KEYS
 from service.schemas import IMPORT_CONTEXT, RunIn, StudyIn, summarize, validation_details
 from service.studies import find_study, get_study
 from store import audit, queries, runviews
 from store import curves as stored_curves
 from store.db import Connection, Engine, read_connection, run_in_transaction
+from store.errors import MissingReference
 from store.models import Study
 from store.queries import InsertResult, RunFilters
 from store.runviews import SORTABLE, Listing, Position
@@ -165,7 +166,10 @@ def submit_runs(
             )
         return result
 
-    return run_in_transaction(engine, store)
+    try:
+        return run_in_transaction(engine, store)
+    except MissingReference:  # the study was deleted between its lookup and the insert
+        raise StudyNotFound(study_name) from None
 
 
 def audit_replaced(conn: Connection, study: Study, result: InsertResult, actor: str | None) -> None:

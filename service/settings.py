@@ -75,8 +75,11 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(gt=0)] = DEFAULT_MAX_BODY_BYTES
     # Bootstrap resamples of an on-demand fit (POST .../fits may ask for another count).
     bootstrap: Annotated[int, Field(ge=0, le=MAX_BOOTSTRAP)] = 200
-    # How long a recommendation waits for a study's first fit (or with fresh=true) before 503.
+    # How long a request waits for a fit (a study's first, fresh=true, POST .../fits) before 503.
     fit_wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # A fit still running this long after it started is stopped (its process killed) and
+    # recorded as failed, so a hung fit cannot hold a study's refits forever.
+    max_fit_seconds: Annotated[float, Field(gt=0, le=86400)] = 600.0
     # `hpscale serve`'s connection limits (app/server.py, in the server process): idle or
     # trickling clients are closed and cannot starve others of connections or file descriptors.
     timeout_keep_alive: Annotated[int, Field(gt=0, le=3600, description="idle keep-alive seconds")] = 5

@@ -14,7 +14,8 @@ from service.cache import commit_cache
 from service.errors import Forbidden, TokenExists, TokenNotFound, Unauthorized
 from service.limits import SCOPE_RANK, SCOPES
 from store import queries
-from store.db import Connection, Engine, run_in_transaction
+from store.db import Connection, Engine, read_connection, run_in_transaction
+from store.errors import Conflict
 from store.models import ApiToken, utcnow
 
 MAX_TOKEN_LENGTH = 512
@@ -46,7 +47,7 @@ async def authenticate(engine: Engine, token: str) -> Principal:
         raise Unauthorized("invalid or revoked token")
 
     def load() -> ApiToken | None:
-        with engine.connect() as conn, conn.begin():
+        with read_connection(engine) as conn:
             return queries.find_token(conn, token)
 
     key = ("token", queries.hash_token(token))
@@ -82,14 +83,17 @@ def create_token(engine: Engine, name: str, scope: str, *, replace: bool = False
             queries.delete_token(conn, name)
         return queries.create_token(conn, name, scope)
 
-    token = run_in_transaction(engine, create)
+    try:
+        token = run_in_transaction(engine, create)
+    except Conflict:  # another request created the name between our check and our insert
+        raise TokenExists(name) from None
     if token is None:
         raise TokenExists(name)
     return token
 
 
 def list_tokens(engine: Engine) -> list[ApiToken]:
-    with engine.connect() as conn, conn.begin():
+    with read_connection(engine) as conn:
         return queries.list_tokens(conn)
 
 

@@ -3,7 +3,7 @@
 Each changes what fits read, so each changes the study's `data_version` (in the same
 transaction as the change), and each leaves an audit record of who, when, what and why
 (`store.models.AuditEntry`, kept by the study's name so that a deleted study's record
-stays). Excluded runs stay stored and listed; `store.queries.fit_inputs` leaves them out.
+stays). Excluded runs stay stored and listed; the fit-input readers of `store.queries` leave them out.
 """
 
 from __future__ import annotations

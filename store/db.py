@@ -19,8 +19,10 @@ from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from store.errors import Conflict, DatabaseUnavailable, MissingReference, SchemaNotMigrated, StorageError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "hpscale_write"
@@ -39,6 +41,8 @@ __all__ = [
     "redact_url",
     "run_in_transaction",
     "snapshot_connection",
+    "storage_error",
+    "storage_errors",
     "unavailable_reason",
     "write_probe",
 ]
@@ -64,6 +68,49 @@ def unavailable_reason(error: BaseException) -> str:
     if isinstance(error, PoolTimeout):
         return "no database connection is free"
     return "the database is unavailable"
+
+
+# SQLSTATEs (PostgreSQL) and SQLite messages of a database without the schema this code expects.
+_UNDEFINED = {"42P01", "42703"}  # undefined_table, undefined_column
+_UNIQUE, _FOREIGN_KEY = "23505", "23503"
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    return getattr(getattr(error, "orig", None), "sqlstate", None)
+
+
+def storage_error(error: BaseException) -> StorageError | None:
+    """The store's error for a SQLAlchemy exception (None: not a database condition, a bug)."""
+    if isinstance(error, StorageError):
+        return error
+    text_ = str(getattr(error, "orig", None) or error).lower()
+    if _sqlstate(error) in _UNDEFINED or "no such table" in text_ or "no such column" in text_:
+        return SchemaNotMigrated(
+            "the database does not have hpscale's current schema (a table or column is missing): "
+            "run `hpscale db upgrade` against it"
+        )
+    if isinstance(error, IntegrityError):
+        if _sqlstate(error) == _FOREIGN_KEY or "foreign key constraint" in text_:
+            return MissingReference("what this change refers to was deleted meanwhile")
+        if _sqlstate(error) == _UNIQUE or "unique constraint" in text_:
+            return Conflict("a concurrent change took the same name or key; try again")
+        return None
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return DatabaseUnavailable(unavailable_reason(error))
+    return None
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """The store's one wrapper: SQLAlchemy errors leave as `store.errors` (see `storage_error`);
+    anything else (a bug, a domain refusal raised inside a transaction) passes unchanged."""
+    try:
+        yield
+    except (DBAPIError, PoolTimeout, DisconnectionError) as error:
+        mapped = storage_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
 
 
 def normalize_url(url: str) -> str:
@@ -129,29 +176,29 @@ def _is_retryable(error: DBAPIError) -> bool:
 
 
 def run_in_transaction(engine: Engine, work: Callable[[Connection], T], *, write: bool = True, attempts: int = 8) -> T:
-    """Run `work(conn)` in one transaction; retry it whole on lock/serialization errors."""
+    """Run `work(conn)` in one transaction; retry it whole on lock/serialization errors.
+
+    What still fails leaves as a `store.errors` error (`storage_errors`)."""
     delay = 0.05
-    for attempt in range(attempts):
-        try:
-            with engine.connect() as raw:
-                conn = raw.execution_options(**{_WRITE_OPTION: True}) if write else raw
-                with conn.begin():
-                    return work(conn)
-        except OperationalError as error:
-            if attempt == attempts - 1 or not _is_retryable(error):
-                raise
-        except DBAPIError as error:
-            if attempt == attempts - 1 or not _is_retryable(error):
-                raise
-        time.sleep(delay * (1 + random.random()))
-        delay = min(delay * 2, 2.0)
+    with storage_errors():
+        for attempt in range(attempts):
+            try:
+                with engine.connect() as raw:
+                    conn = raw.execution_options(**{_WRITE_OPTION: True}) if write else raw
+                    with conn.begin():
+                        return work(conn)
+            except DBAPIError as error:
+                if attempt == attempts - 1 or not _is_retryable(error):
+                    raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
 
 
 @contextmanager
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """A connection in a (deferred) read transaction, rolled back on exit."""
-    with engine.connect() as conn, conn.begin():
+    with storage_errors(), engine.connect() as conn, conn.begin():
         yield conn
 
 
@@ -161,7 +208,7 @@ def snapshot_connection(engine: Engine) -> Iterator[Connection]:
 
     SQLite's transactions already do; PostgreSQL needs REPEATABLE READ for it.
     """
-    with engine.connect() as raw:
+    with storage_errors(), engine.connect() as raw:
         conn = raw.execution_options(isolation_level="REPEATABLE READ") if raw.dialect.name == "postgresql" else raw
         with conn.begin():
             yield conn
@@ -169,7 +216,7 @@ def snapshot_connection(engine: Engine) -> Iterator[Connection]:
 
 def ping(engine: Engine) -> None:
     """Raise if the database does not answer."""
-    with engine.connect() as conn:
+    with storage_errors(), engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 
 

@@ -228,17 +228,23 @@ class AuditEntry(Base):
 
 
 class Fit(Base):
-    """A fit of a study's laws, valid for the `data_version` it was computed from.
+    """A fit of a study's laws, valid for the `data_version` of the runs it read.
 
-    `status` is "running" while one process computes it and "done" afterwards; the
-    unique (study_id, data_version, bootstrap) row is what makes concurrent requests for
-    a stale fit compute it once across processes.
+    `status`: "running" while one process computes it (`owner` is that process's token),
+    then "done", or "failed" when the engine refused or failed on those runs (`error_code`:
+    "insufficient_data" or "fit_failed", `error`: why) — recorded once, so requests for that
+    data version answer at once and nothing refits until the runs change; "stale" when its
+    stored state predates the engine (it is refitted). The unique (study_id, data_version,
+    bootstrap) row is each fit's identity across processes.
     """
 
     __tablename__ = "fits"
     __table_args__ = (
         UniqueConstraint("study_id", "data_version", "bootstrap", name="uq_fits_study_id_data_version_bootstrap"),
         Index("ix_fits_study_id_id", "study_id", "id"),
+        # A fit id handed to a client names that result forever: SQLite must not reuse the id
+        # of a deleted fit (PostgreSQL's sequences never do).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -268,6 +274,21 @@ class ExpiredFit(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
     expired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The token of the process computing a running fit: only it may renew, finish or drop it.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
+
+
+class FitLease(Base):
+    """Who fits a study now, where no advisory lock exists (SQLite): an owner token and an
+    expiry on the database's own clock (seconds since the epoch), renewed by the owner's
+    heartbeat. PostgreSQL uses a session-level advisory lock instead and never this table."""
+
+    __tablename__ = "fit_leases"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Double)
 
 
 class ApiToken(Base):

@@ -124,11 +124,23 @@ def test_every_domain_exception_renders_the_contract_error_body(cls: type[errors
     assert body["error"]["message"]
 
 
-def test_cli_maps_every_domain_exception_to_an_exit_code() -> None:
-    from hpscale.cli import exit_code
+def test_cli_exit_codes_follow_the_documented_rule(tmp_path: Path) -> None:
+    """2 for a command line or argument the service cannot use (a 422 over HTTP, except bad
+    rows), 1 for everything else it refuses — checked per class and through real commands."""
+    from hpscale.cli import exit_code, main
 
     for cls in domain_exceptions():
-        assert exit_code(cls("x")) in (1, 2), cls  # type: ignore[call-arg]
+        usage = issubclass(cls, errors.InvalidInput) and cls is not errors.InvalidRuns
+        assert exit_code(cls("x")) == (2 if usage else 1), cls  # type: ignore[call-arg]
+    url = ["--database-url", f"sqlite:///{tmp_path / 'cli.db'}"]
+    assert main(["db", "upgrade", *url]) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("n_params,tokens,learning_rate,batch_size,final_loss\n1e8,2e9,-1,32,3.0\n", encoding="utf-8")
+    assert main(["import", str(bad), "--study", "s", "--create", *url]) == 1  # InvalidRuns: a bad row
+    assert main(["import", str(tmp_path / "absent.csv"), "--study", "s", "--create", *url]) == 2  # InvalidArgument
+    assert main(["export", "--study", "absent", "-o", str(tmp_path / "x.csv"), *url]) == 1  # StudyNotFound
+    assert main(["tokens", "create", "--scope", "read", "--name", "twice", *url]) == 0
+    assert main(["tokens", "create", "--scope", "read", "--name", "twice", *url]) == 1  # TokenExists
 
 
 def test_routers_do_not_turn_arbitrary_errors_into_4xx() -> None:

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from hpscale.cli import main
-from store.db import make_engine, run_in_transaction
+from store.db import make_engine
 from store.models import Fit, Study
 from tests.conftest import steplaw_import_argv
 from tests.test_serve import free_port, serve_argv, wait_healthy
@@ -69,10 +69,11 @@ def test_healthz_answers_while_100_recommendations_wait_on_a_first_fit(database_
         create_surface(url, loss_law_sweep())
         with engine.connect() as conn:
             study = conn.execute(select(Study.id, Study.data_version)).one()
-        # Another process holds a live claim on the first fit, so every recommendation waits.
-        from store import queries
+        # Another process holds the study's fit lock, so every recommendation waits.
+        from store import leases
 
-        run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study[0], study[1], 40, "other"))
+        lock = leases.try_lock(engine, study[0], "other")
+        assert lock is not None
         statuses: list[int] = []
         # One client shared by the askers (a client each would spend this process's CPU on TLS setup).
         shared = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=200))
@@ -95,6 +96,7 @@ def test_healthz_answers_while_100_recommendations_wait_on_a_first_fit(database_
         for thread in askers:
             thread.join(timeout=30)
         shared.close()
+        lock.release()
         assert max(latencies) < 0.1, latencies
         # Past the 4 s deadline every waiter got 503 with Retry-After, none a 500.
         assert statuses == [503] * 100

@@ -4,19 +4,18 @@ leases, and database failures are 503 + Retry-After on a connection that stays u
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine
 
 from app.main import create_app
 from service.fits import wait_for_background_refits
 from service.settings import Settings
-from store import migrate, queries
+from store import leases, migrate, queries
 from store.db import make_engine, run_in_transaction
-from store.models import Fit, utcnow
+from store.models import Fit
 from tests.conftest import assert_error, bearer, count_rows
 from tests.test_service_limits import loss_law_sweep
 
@@ -71,35 +70,47 @@ def test_fresh_true_waits_for_a_fit_of_the_current_runs(surface: TestClient) -> 
     assert not any("refit is running" in w for w in answer.json()["warnings"])
 
 
+def dead_claim(engine: Engine, study_id: int, version: int, bootstrap: int) -> int:
+    """A 'running' fit left by a process that died: its row, and on SQLite its lease, expired
+    by the database's clock (on PostgreSQL its advisory lock went with its connection)."""
+
+    def work(conn: Connection) -> int:
+        fit_id = queries.claim_fit(conn, study_id, version, bootstrap, "dead-worker", "dead-worker")
+        if conn.dialect.name != "postgresql":
+            assert leases.acquire_lease(conn, study_id, "dead-worker", seconds=-1.0)
+        assert fit_id is not None
+        return fit_id
+
+    return run_in_transaction(engine, work)
+
+
 def test_a_first_fit_waits_only_up_to_the_deadline(engine: Engine, database_url: str, tokens: dict[str, str]) -> None:
     app = create_app(Settings(database_url=database_url, bootstrap=40, fit_wait_seconds=0.3), engine=engine)
     with TestClient(app, headers=bearer(tokens["admin"])) as client:
         assert client.post("/v1/studies", json={"name": "surface", "seq_len": 2048}).status_code == 201
         assert client.post("/v1/studies/surface/runs", json={"runs": loss_law_sweep()}).status_code == 201
-        study_id, version = study_state(client)
-        # Another process holds a live claim on the first fit (and keeps it: nobody renews it
-        # here, but its lease is younger than the deadline).
-        run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study_id, version, 40, "other-worker"))
-        response = client.get(URL, params=TARGET)
-        assert_error(response, 503, "unavailable")
-        assert response.headers["retry-after"]
-        assert "first fit" in response.json()["error"]["message"]
-        assert wait_for_background_refits(10)
+        study_id, _ = study_state(client)
+        # Another process holds the study's fit lock (and keeps it: a live holder), so the
+        # first fit cannot start here.
+        lock = leases.try_lock(engine, study_id, "other-worker")
+        assert lock is not None
+        try:
+            response = client.get(URL, params=TARGET)
+            assert_error(response, 503, "unavailable")
+            assert response.headers["retry-after"]
+            assert "first fit" in response.json()["error"]["message"]
+        finally:
+            lock.release()
+        assert wait_for_background_refits(60)
 
 
-def test_a_recommendation_takes_over_a_claim_whose_lease_ran_out(surface: TestClient, engine: Engine) -> None:
+def test_a_recommendation_takes_over_a_claim_whose_holder_died(surface: TestClient, engine: Engine) -> None:
     study_id, version = study_state(surface)
-    fit_id = run_in_transaction(engine, lambda conn: queries.claim_fit(conn, study_id, version, 40, "dead-worker"))
-    # Its owner stopped renewing the claim 11 s ago (past the lease, service.fits.LEASE_SECONDS).
-    run_in_transaction(
-        engine,
-        lambda conn: conn.execute(
-            update(Fit).where(Fit.id == fit_id).values(created_at=utcnow() - timedelta(seconds=11))
-        ),
-    )
+    fit_id = dead_claim(engine, study_id, version, 40)
     response = surface.get(URL, params=TARGET)
     assert response.status_code == 200, response.text
     assert response.json()["fit_id"] == fit_id
+    assert count_rows(engine, Fit) == 1
 
 
 def test_a_database_that_refuses_writes_gives_503_and_keeps_the_connection(
@@ -132,29 +143,41 @@ def test_readyz_is_ready_on_a_writable_database(client: TestClient) -> None:
     assert response.json()["status"] == "ready"
 
 
-def test_fit_inputs_read_in_chunks_equal_the_records(surface: TestClient, engine: Engine) -> None:
+def test_fit_inputs_read_in_one_snapshot_equal_the_stored_runs(surface: TestClient, engine: Engine) -> None:
+    """The fit's input (COPY on PostgreSQL, keyset chunks on SQLite) is exactly the stored
+    runs, excluded ones left out: numbers, NULLs and defaults, statuses, and run keys with
+    characters COPY's text format escapes."""
     import numpy as np
 
     from fitting.runs import RunTable
-    from service.fits import _run_table
+    from service.fits import read_snapshot, run_table
     from store.db import snapshot_connection
 
     extra = [
-        {**surface.held_back[0], "status": "diverged", "final_loss": None},  # type: ignore[attr-defined]
+        {**surface.held_back[0], "status": "diverged", "final_loss": None, "run_key": "tab\tand\\back\nslash"},  # type: ignore[attr-defined]
         {**surface.held_back[1], "weight_decay": 0.1, "seq_len": 4096, "run_key": None},  # type: ignore[attr-defined]
+        {**surface.held_back[2], "run_key": "ünïcode \x01 key"},  # type: ignore[attr-defined]
     ]
-    assert surface.post("/v1/studies/surface/runs", json={"runs": extra}).status_code == 201
-    study_id, _ = study_state(surface)
+    posted = surface.post("/v1/studies/surface/runs", json={"runs": extra})
+    assert posted.status_code == 201, posted.text
+    excluded = surface.post(f"/v1/studies/surface/runs/{posted.json()['ids'][0] - 5}/exclude", json={"reason": "x"})
+    assert excluded.status_code == 200, excluded.text
+    study_id, version = study_state(surface)
+    stored = [run for run in queries.iter_runs(engine, study_id) if not run["excluded"]]
+    expected = RunTable.from_records(stored, default_seq_len=2048)
+    study, table = read_snapshot(engine, study_id)
     with snapshot_connection(engine) as conn:
-        old = RunTable.from_records(queries.fit_inputs(conn, study_id), default_seq_len=2048)
-        new = _run_table(queries.fit_input_chunks(conn, study_id, chunk=7), 2048)
-    assert len(new) == len(old) > 7
-    for name in old.__dataclass_fields__:
-        a, b = getattr(old, name), getattr(new, name)
-        if a.dtype == object:
-            assert list(a) == list(b), name
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=name)
+        chunked = run_table(queries.fit_input_chunks(conn, study_id, chunk=7), 2048)
+    assert study.data_version == version
+    assert len(table) == len(chunked) == len(expected) > 7
+    for got in (table, chunked):
+        for name in expected.__dataclass_fields__:
+            a, b = getattr(expected, name), getattr(got, name)
+            if a.dtype == object:
+                assert list(a) == list(b), name
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+    assert "tab\tand\\back\nslash" in list(table.run_key)
 
 
 def test_a_failed_final_write_releases_the_claim_and_the_next_request_fits(

@@ -84,6 +84,17 @@ def test_each_law_reports_forward_error_and_calibration(steplaw_fit):
         assert 0.7 <= d["calibration"] <= 3.0
 
 
+def test_the_calibration_factor_scales_the_laws_intervals(steplaw_fit):
+    """Doubling a law's calibration doubles the log-width of the recommendation's interval."""
+    law = steplaw_fit.laws["learning_rate"]
+    widths = []
+    for calibration in (1.0, 2.0):
+        laws = {**steplaw_fit.laws, "learning_rate": dataclasses.replace(law, calibration=calibration)}
+        lr = predict(dataclasses.replace(steplaw_fit, laws=laws), TARGET_7B).learning_rate
+        widths.append(math.log(lr.high / lr.low))
+    assert widths[1] == pytest.approx(2 * widths[0], rel=0.05)
+
+
 def test_fit_document_survives_the_stored_state_round_trip():
     """Every field of the fit document, the weight-decay analysis included, comes back from stored state."""
     fit = fit_study(load_marin("adamw"), bootstrap=50, loss_law=False)

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader
+from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep
 from app.schemas import FIT_ERRORS
 from service import curves
+from service.fits import FitOptions
 
 router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK)
 
@@ -20,11 +21,12 @@ Axis = Literal["learning_rate", "batch_size", "weight_decay"]
 
 
 @router.get("/{name}/fits/{fit_ref}/curves", responses=FIT_ERRORS)
-def fit_curves(
+async def fit_curves(
     name: str,
     fit_ref: FitRef,
-    _: Reader,
+    principal: Reader,
     engine: EngineDep,
+    settings: SettingsDep,
     law: Annotated[list[Axis] | None, Query(description="laws to evaluate (default: all three)")] = None,
     x: Annotated[
         Literal["n_params", "tokens", "width", "depth", "compute"], Query(description="the variable along the curve")
@@ -44,7 +46,7 @@ def fit_curves(
     """Each law along `x` with its 90% predictive band (the recommendation's interval at each
     point; other variables fixed at the given values, default the proxies' geometric centre),
     the prior (published-exponent) line, the loss-law curves and the per-scale fitted bowls."""
-    return curves.fit_curves(
+    return await curves.fit_curves(
         engine,
         name,
         fit_ref,
@@ -53,11 +55,17 @@ def fit_curves(
         points=points,
         fixed={"n_params": n_params, "tokens": tokens, "width": width, "depth": depth},
         x_range=None if x_min is None and x_max is None else (x_min or math.inf, x_max or 0.0),
+        options=FitOptions.of(settings),
+        created_by=principal.name,
     )
 
 
 @router.get("/{name}/fits/{fit_ref}/run-states", responses=FIT_ERRORS)
-def fit_run_states(name: str, fit_ref: FitRef, _: Reader, engine: EngineDep) -> dict[str, Any]:
+async def fit_run_states(
+    name: str, fit_ref: FitRef, principal: Reader, engine: EngineDep, settings: SettingsDep
+) -> dict[str, Any]:
     """How the fit used each run: near_optimal, used, diverged (incl. left the basin), outlier,
     excluded or failed, by run id, with counts."""
-    return curves.fit_run_states(engine, name, fit_ref)
+    return await curves.fit_run_states(
+        engine, name, fit_ref, options=FitOptions.of(settings), created_by=principal.name
+    )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep
 from app.schemas import FIT_ERRORS
-from service import decisions
+from service import decisions, fits
 from service.limits import INT32_MAX
 
 router = APIRouter(prefix="/v1/studies", tags=["fits"], dependencies=UNKNOWN_QUERY_CHECK)
@@ -40,7 +40,6 @@ async def transfer_check(
         {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth},
         tolerance=tolerance,
         fit_id=fit_id,
-        bootstrap=settings.bootstrap,
+        options=fits.FitOptions.of(settings),
         created_by=principal.name,
-        wait_seconds=settings.fit_wait_seconds,
     )

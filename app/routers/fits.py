@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import UNKNOWN_QUERY_CHECK, EngineDep, Reader, SettingsDep, Writer
@@ -29,18 +28,21 @@ class FitRequest(BaseModel):
 
 
 @router.post("/{name}/fits", status_code=201, responses=FIT_ERRORS)
-def create_fit(
+async def create_fit(
     name: str,
     principal: Writer,
     engine: EngineDep,
     settings: SettingsDep,
     body: Annotated[FitRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Fit the study's current runs (or return the fit already made of exactly these runs)."""
+    """A fit of the study's runs as of this request (or a later fit): the one already made, or
+    one made now in the fitting process. Waits at most HPSCALE_FIT_WAIT_SECONDS (then 503)."""
     bootstrap = settings.bootstrap if body is None or body.bootstrap is None else body.bootstrap
     if reason := bootstrap_refusal(bootstrap, settings.bootstrap):
         raise InvalidInput(f"bootstrap {reason}", [field_detail("bootstrap", reason)])
-    return fits.current_fit(engine, name, bootstrap=bootstrap, created_by=principal.name).to_contract()
+    options = fits.FitOptions.of(settings, bootstrap)
+    record = await fits.fit_now_async(engine, name, options=options, created_by=principal.name)
+    return record.to_contract()
 
 
 @router.get("/{name}/fits/latest", responses=FIT_ERRORS)
@@ -88,14 +90,13 @@ async def recommendation(
         engine,
         name,
         {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth, "seq_len": seq_len},
-        bootstrap=settings.bootstrap,
+        options=fits.FitOptions.of(settings),
         created_by=principal.name,
         batch_size=batch_size,
         batch_multiple=batch_multiple,
         compute=compute,
         fit_id=fit_id,
         fresh=fresh,
-        wait_seconds=settings.fit_wait_seconds,
         max_loss_increase=max_loss_increase,
     )
     return Response(content=body, media_type="application/json")
@@ -125,6 +126,7 @@ async def suggestions(
     loss penalty per FLOP within that budget (contract 1.2)."""
     target = {"n_params": n_params, "tokens": tokens, "width": width, "depth": depth}
     decisions.check_budget(budget_flops, max_n_params, max_tokens)
+    options = fits.FitOptions.of(settings)
     if budget_flops is not None:
         return await decisions.budget_suggestions(
             engine,
@@ -134,19 +136,16 @@ async def suggestions(
             max_n_params=max_n_params,
             max_tokens=max_tokens,
             count=count or MAX_DESIGNS,
-            bootstrap=settings.bootstrap,
+            options=options,
             created_by=principal.name,
-            wait_seconds=settings.fit_wait_seconds,
         )
-    return await run_in_threadpool(
-        lambda: recommendations.suggestions(
-            engine, name, target, count or 5, bootstrap=settings.bootstrap, created_by=principal.name
-        )
+    return await recommendations.suggestions(
+        engine, name, target, count or 5, options=options, created_by=principal.name
     )
 
 
 @router.get("/{name}/compute-optimal", responses=FIT_ERRORS)
-def compute_optimal_allocation(
+async def compute_optimal_allocation(
     name: str,
     principal: Reader,
     engine: EngineDep,
@@ -155,6 +154,6 @@ def compute_optimal_allocation(
     samples: Annotated[bool, Query(description="include the loss law's raw bootstrap samples")] = False,
 ) -> dict[str, Any]:
     """Compute-optimal n_params and tokens for a FLOP budget, from the study's loss law."""
-    return recommendations.compute_optimal_allocation(
-        engine, name, compute, bootstrap=settings.bootstrap, created_by=principal.name, samples=samples
+    return await recommendations.compute_optimal_allocation(
+        engine, name, compute, options=fits.FitOptions.of(settings), created_by=principal.name, samples=samples
     )
