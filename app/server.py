@@ -30,6 +30,7 @@ import asyncio
 import functools
 import ipaddress
 import json
+import re
 from typing import Any
 
 import h11
@@ -40,6 +41,9 @@ from uvicorn.server import ServerState
 from app.errors import error_response
 from app.security import client_key
 from service.settings import Settings, parse_trusted_proxies
+
+# Where a request head ends (h11 also accepts bare LF line endings).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 # File descriptors a worker keeps for itself (database connections, log files, the refit child).
 RESERVED_FILES = 64
@@ -285,12 +289,37 @@ class LimitedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.conn.their_state
+        if state is h11.IDLE and self._head_too_long(data):
+            return
         if state is h11.IDLE and self._head_timer is None and not self.transport.is_closing():
             # The first bytes of a later request on a keep-alive connection: its head's deadline.
             self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_deadline)
         elif state is h11.SEND_BODY:
             self._body_received += len(data)
         super().data_received(data)
+
+    def _head_too_long(self, data: bytes) -> bool:
+        """Refuse (431, then close) a request head longer than `h11_max_incomplete_event_size`.
+
+        h11 applies that bound only while a head is incomplete, so a long head was refused
+        (400) when TCP delivered it in pieces and served when it arrived whole: the same
+        request got different answers. Measuring the head here makes the bound exact."""
+        limit = self.config.h11_max_incomplete_event_size
+        buffered = self.conn.trailing_data[0]
+        if len(buffered) + len(data) <= limit:
+            return False
+        pending = buffered + data
+        end = _HEAD_END.search(pending)
+        if end is not None and end.end() <= limit:
+            return False
+        if not self.transport.is_closing():
+            message = f"request line and headers exceed {limit} bytes (HPSCALE_H11_MAX_INCOMPLETE_EVENT_SIZE)"
+            self.transport.write(
+                _raw_response(431, "Request Header Fields Too Large", "request_head_too_large", message)
+            )
+            self._cancel_timers()
+            self.transport.close()
+        return True
 
     def handle_events(self) -> None:
         # Also called for pipelined requests once a response completes, not only on new data.

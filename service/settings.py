@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     max_connections_per_client: Annotated[int, Field(gt=0)] = 64
     # Requests in progress per worker (not connections): past it, 503 + Retry-After at once.
     limit_concurrency: Annotated[int, Field(gt=0, description="requests in progress per worker before 503")] = 512
-    h11_max_incomplete_event_size: Annotated[int, Field(gt=0, description="request line + headers bytes")] = 16384
+    # Bytes of a request line + headers; a longer head gets 431 whichever way TCP split it.
+    # 64 KiB: room for the longest URL common clients send (httpx refuses over 64 KB).
+    h11_max_incomplete_event_size: Annotated[int, Field(gt=0, description="request line + headers bytes")] = 65536
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses
     # or networks, `*` for any); unset: none, the TCP peer is the client.
     forwarded_allow_ips: str | None = None

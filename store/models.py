@@ -262,6 +262,9 @@ class Fit(Base):
     # pin policy does (store.queries.prune_fits); pinned_at is when an answer last used it.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The token of the process computing a running fit: only it may renew, finish or drop it.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(32))
 
 
 class ExpiredFit(Base):
@@ -274,9 +277,6 @@ class ExpiredFit(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
     expired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # The token of the process computing a running fit: only it may renew, finish or drop it.
-    owner: Mapped[str | None] = mapped_column(String(64))
-    error_code: Mapped[str | None] = mapped_column(String(32))
 
 
 class FitLease(Base):

@@ -212,6 +212,19 @@ def test_server_limits_close_idle_keep_alive_connections(database_url: str) -> N
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 8192)
             answer = sock.recv(4096)
             assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:80]
+        # A complete head past the bound gets the same answer whether TCP delivers it whole
+        # or in pieces (h11 alone refused only the pieces).
+        long_head = b"GET /healthz?" + b"a=1&" * 2048 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        for pieces in ([long_head], [long_head[:3000], long_head[3000:]]):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                for piece in pieces:
+                    sock.sendall(piece)
+                    time.sleep(0.05)
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+                assert b"request line and headers exceed 4096 bytes" in answer
 
 
 @pytest.mark.postgres

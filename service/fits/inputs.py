@@ -82,13 +82,12 @@ def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | 
 
 
 def _numbers(values: tuple[Any, ...], default: float) -> np.ndarray:
-    """A column of numbers (None → `default`) without a Python float() per value where possible."""
-    try:
-        return np.array(values, dtype=float)
-    except TypeError:  # a None among them
-        column = np.array(values, dtype=object)
-        column[column == None] = default  # noqa: E711 - elementwise comparison on an object array
-        return column.astype(float)
+    """A column of numbers, None → `default` (as the COPY reader does: numeric fit inputs are
+    never stored NaN, so a NaN here is a NULL), without a Python float() per value."""
+    column = np.array(values, dtype=float)  # None becomes NaN
+    if not math.isnan(default):
+        column[np.isnan(column)] = default
+    return column
 
 
 def copy_table(binary: bytes | bytearray, keys: bytes | bytearray, default_seq_len: float | None) -> RunTable:
