@@ -222,7 +222,8 @@ class PowerLaw:
 
     @property
     def form(self) -> str:
-        terms = " + ".join(f"{chr(ord('a') + i)}·log {v}" for i, v in enumerate(self.variables))
+        # a₁, a₂, …: the exponents, never the constant's letter c.
+        terms = " + ".join(f"a{i + 1}·log {v}" for i, v in enumerate(self.variables))
         return f"log {_SYMBOL[self.axis]} = c" + (f" + {terms}" if terms else "")
 
     @property

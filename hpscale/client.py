@@ -238,7 +238,7 @@ class Client:
         return self._request("GET", f"/v1/studies/{_segment(study)}/runs/{int(run_id)}")
 
     def suggestions(self, study: str, count: int = 5, **target: Any) -> ItemsAnswer:
-        """The HTTP answer `{"items": [...], "fit_id", "data_version"}`. (Earlier versions returned
+        """The HTTP answer `{"items": [...], "fit_id", "data_version", "warnings"}`. (Earlier versions returned
         the list of items; iterating or indexing the answer by position still gives the items,
         with a DeprecationWarning: use answer["items"].)"""
         params = {"count": count, **{k: v for k, v in target.items() if v is not None}}

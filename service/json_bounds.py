@@ -8,8 +8,9 @@ object built -- and parsed only if its shape is one the API could accept:
 - at most `MAX_DEPTH` nested containers (a batch needs 5: body, runs, run, loss curve, point);
 - at most `MAX_ITEMS` items in any array (the batch limit and the loss-curve limit) and
   `MAX_MEMBERS` members in any object;
-- at most `MAX_OBJECTS` objects (a batch: the body, each run, each run's `extra`) and
-  `MAX_ARRAYS` arrays (the `runs` list and each run's loss curve) in the whole body.
+- at most `MAX_OBJECTS` objects (a batch: the body, each run, each run's `extra` and
+  `curves`) and `MAX_ARRAYS` arrays (the `runs` list, each run's loss curve and each of its
+  `curves` series) in the whole body.
   Arrays of two numbers (loss-curve points) are not counted: they are the one thing a
   large legitimate body is made of, and their memory is bounded by the body size.
 
@@ -27,13 +28,15 @@ import re
 from typing import Any
 
 from service.errors import InvalidInput
-from service.limits import MAX_BATCH_RUNS, MAX_EXTRA_KEYS, MAX_LOSS_CURVE_POINTS
+from service.limits import MAX_BATCH_RUNS, MAX_CURVE_SERIES, MAX_EXTRA_KEYS, MAX_LOSS_CURVE_POINTS
 
 MAX_DEPTH = 8
 MAX_ITEMS = max(MAX_BATCH_RUNS, MAX_LOSS_CURVE_POINTS)
 MAX_MEMBERS = 4 * MAX_EXTRA_KEYS
-MAX_OBJECTS = 2 * MAX_BATCH_RUNS + 64
-MAX_ARRAYS = MAX_BATCH_RUNS + 64
+# A full batch whose every run has extra, curves, a loss curve and every curve series it may
+# have passes: ~30k objects and ~180k arrays are a few tens of MB at most, not GBs.
+MAX_OBJECTS = 3 * MAX_BATCH_RUNS + 64
+MAX_ARRAYS = (1 + MAX_CURVE_SERIES) * MAX_BATCH_RUNS + 64
 
 _WS = rb"[ \t\n\r]*+"
 _STRING = rb'"(?:[^"\\]++|\\.)*+"'

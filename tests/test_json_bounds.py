@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from service.errors import InvalidInput
 from service.json_bounds import MAX_ARRAYS, MAX_DEPTH, MAX_ITEMS, MAX_MEMBERS, MAX_OBJECTS, check_shape, loads_bounded
-from service.limits import MAX_BATCH_RUNS
+from service.limits import MAX_BATCH_RUNS, MAX_CURVE_SERIES
 from tests.conftest import assert_error, make_run
 
 JSON_VALUES = st.recursive(
@@ -110,6 +110,10 @@ def test_floods_of_small_containers_anywhere_are_refused() -> None:
 def test_a_full_batch_with_loss_curves_passes() -> None:
     run = {**make_run(), "loss_curve": [[1e7 * (j + 1), 3.0 + j / 1000] for j in range(5)], "extra": {"a": "b"}}
     body = json.dumps({"runs": [run] * MAX_BATCH_RUNS}).encode()
+    assert len(loads_bounded(body)["runs"]) == MAX_BATCH_RUNS
+    # Every run with its loss curve and every further series it may carry (a W&B-style history).
+    series = {f"eval_{k}": [[1e7, 3.0], [2e7, 2.9]] for k in range(MAX_CURVE_SERIES)}
+    body = json.dumps({"runs": [{**run, "curves": series}] * MAX_BATCH_RUNS}).encode()
     assert len(loads_bounded(body)["runs"]) == MAX_BATCH_RUNS
 
 

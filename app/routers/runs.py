@@ -183,7 +183,10 @@ def delete_submission(
 
 
 @router.get(
-    "/{name}/audit", response_model=AuditList, responses=ERRORS, summary="Exclusions and deletions, newest first"
+    "/{name}/audit",
+    response_model=AuditList,
+    responses=ERRORS,
+    summary="Submissions, imports, exclusions, replacements and deletions, newest first",
 )
 def study_audit(name: str, _: Reader, engine: EngineDep) -> AuditList:
     return AuditList(items=[AuditOut(**vars(r)) for r in undo.audit_log(engine, name)])
