@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.scale import _descendants, percentiles, run_measured, server
 from bench.shapes import write_csv
+from store import queries
 from store.db import create_database, drop_database, make_engine
 
 TARGET = {"n_params": 7e9, "tokens": 1.4e12}
@@ -94,13 +95,9 @@ def new_runs(prefix: str, n: int) -> list[dict[str, object]]:
 
 def fits_done(engine: object) -> list[tuple[int, float]]:
     """(id, finished_at as epoch seconds) of every done fit."""
-    from sqlalchemy import select
-
-    from store.models import Fit
-
     with engine.connect() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(select(Fit.id, Fit.finished_at).where(Fit.status == "done")).all()
-    return [(int(i), f.timestamp()) for i, f in rows if f is not None]
+        rows = queries.fits_with_status(conn, "done")
+    return [(i, f.timestamp()) for i, f in rows if f is not None]
 
 
 def import_csv(data: Path, study: str, database_url: str) -> float:
@@ -230,10 +227,6 @@ def fit_children(pid: int) -> list[int]:
 
 
 def fresh_at_kill(url: str, study: str, process: object, engine: object, fit_s: float) -> None:
-    from sqlalchemy import select
-
-    from store.models import Fit
-
     with httpx.Client(timeout=600) as client:
         assert client.post(f"{url}/v1/studies/{study}/runs", json={"runs": new_runs("kill", BATCH)}).status_code == 201
     result: list[Answer] = []
@@ -246,7 +239,7 @@ def fresh_at_kill(url: str, study: str, process: object, engine: object, fit_s: 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the fit of the new runs is claimed
         with engine.connect() as conn:  # type: ignore[attr-defined]
-            if conn.execute(select(Fit.id).where(Fit.status == "running")).first() is not None:
+            if queries.fits_with_status(conn, "running"):
                 break
         time.sleep(0.02)
     killed = fit_children(process.pid)  # type: ignore[attr-defined]
@@ -282,12 +275,8 @@ def answers_during_refit(url: str, database_url: str, workdir: Path) -> None:
             client.get(f"{url}/v1/studies/{study}/recommendation", params=TARGET)  # starts the refit
             running = False
             for _ in range(200):
-                from sqlalchemy import select
-
-                from store.models import Fit
-
                 with engine.connect() as conn:
-                    running = conn.execute(select(Fit.id).where(Fit.status == "running")).first() is not None
+                    running = bool(queries.fits_with_status(conn, "running"))
                 if running:
                     break
                 time.sleep(0.01)
@@ -303,7 +292,7 @@ def answers_during_refit(url: str, database_url: str, workdir: Path) -> None:
                     busy[name].append(answer)
             while True:
                 with engine.connect() as conn:
-                    if conn.execute(select(Fit.id).where(Fit.status == "running")).first() is None:
+                    if not queries.fits_with_status(conn, "running"):
                         break
                 time.sleep(0.05)
     engine.dispose()

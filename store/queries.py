@@ -409,6 +409,12 @@ def run_extra_keys(engine: Engine, study_id: int, *, chunk: int = 20_000) -> set
         after_id = rows[-1][0]
 
 
+def fits_with_status(conn: Connection, status: str) -> list[tuple[int, datetime | None]]:
+    """(id, finished_at) of every fit of any study in `status`, by id (benchmarks and checks)."""
+    c = Fit.__table__.c
+    return [(int(i), f) for i, f in conn.execute(select(c.id, c.finished_at).where(c.status == status).order_by(c.id))]
+
+
 def fit_input_count(conn: Connection, study_id: int, after_id: int = 0) -> tuple[int, int]:
     """How many runs a fit of the study reads now (excluded runs are not counted) with ids
     above `after_id`, and the highest such id (`after_id` if none): a range of the

@@ -94,6 +94,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     url = request.getfixturevalue("postgres_database")
     engine = make_engine(url)
+    # The session's database is reused under one URL and its ids start again: what an earlier
+    # test left running in this process (a background refit) must end first, and what this
+    # process remembers about those studies is forgotten.
+    from service.fits import forget_database, wait_for_background_refits
+
+    assert wait_for_background_refits(120, engine), "an earlier test's background refit never ended"
+    forget_database(str(engine.url))
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

@@ -60,7 +60,7 @@ def test_answers_have_the_http_shapes(client: TestClient) -> None:
         target = {"n_params": 1e9, "tokens": 2e10, "width": 2048, "depth": 8}
         suggestions = hp.suggestions("s", count=3, **target)
         http = client.get("/v1/studies/s/suggestions", params={"count": 3, **target}).json()
-        assert dict(suggestions) == http and set(suggestions.keys()) == {"items", "fit_id", "data_version"}
+        assert dict(suggestions) == http and set(suggestions.keys()) == {"items", "fit_id", "data_version", "warnings"}
         # code written for the old list still works, and is told to move on
         with pytest.warns(DeprecationWarning, match='answer\\["items"\\]'):
             assert list(suggestions) == http["items"]

@@ -4,6 +4,7 @@ leases, and database failures are 503 + Retry-After on a connection that stays u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,14 @@ URL = "/v1/studies/surface/recommendation"
 
 
 @pytest.fixture
-def surface(client: TestClient) -> TestClient:
+def surface(client: TestClient, engine: Engine) -> Iterator[TestClient]:
     assert client.post("/v1/studies", json={"name": "surface", "seq_len": 2048}).status_code == 201
     runs = loss_law_sweep()
     # Hold some runs back: the tests add them to make the fit stale.
     assert client.post("/v1/studies/surface/runs", json={"runs": runs[:-3]}).status_code == 201
     client.held_back = runs[-3:]  # type: ignore[attr-defined]
     yield client
-    assert wait_for_background_refits(60), "background refits still running after the test"
+    assert wait_for_background_refits(60, engine), "background refits still running after the test"
 
 
 def study_state(client: TestClient) -> tuple[int, int]:
@@ -51,7 +52,7 @@ def test_a_stale_fit_answers_at_once_with_a_warning_and_a_refit_follows(surface:
     assert stale.json()["fit_id"] == first.json()["fit_id"]
     assert f"fitted on {n_runs} of {n_runs + 1} runs; a refit is running" in stale.json()["warnings"]
 
-    assert wait_for_background_refits(60)
+    assert wait_for_background_refits(60, engine)
     _, version = study_state(surface)
     fresh = surface.get(URL, params=TARGET)
     assert fresh.status_code == 200
@@ -101,7 +102,7 @@ def test_a_first_fit_waits_only_up_to_the_deadline(engine: Engine, database_url:
             assert "first fit" in response.json()["error"]["message"]
         finally:
             lock.release()
-        assert wait_for_background_refits(60)
+        assert wait_for_background_refits(60, engine)
 
 
 def test_a_recommendation_takes_over_a_claim_whose_holder_died(surface: TestClient, engine: Engine) -> None:

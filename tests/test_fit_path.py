@@ -139,7 +139,7 @@ def test_a_fit_past_the_maximum_duration_is_recorded_failed_and_the_next_starts(
     with TestClient(create_app(normal, engine=engine), headers=bearer(tokens["admin"])) as client:
         response = client.post("/v1/studies/path/fits")
         assert response.status_code == 201, response.text
-    assert wait_for_background_refits(60)
+    assert wait_for_background_refits(60, engine)
 
 
 def test_an_engine_failure_is_recorded_once_and_answered_at_once(
@@ -164,7 +164,7 @@ def test_an_engine_failure_is_recorded_once_and_answered_at_once(
     for _ in range(2):
         assert_error(client.get("/v1/studies/path/recommendation", params=TARGET), 409, "fit_failed")
     assert_error(client.get("/v1/studies/path/suggestions", params=TARGET), 409, "fit_failed")
-    assert wait_for_background_refits(30)
+    assert wait_for_background_refits(30, engine)
     assert len(calls) == 1
     assert client.post("/v1/studies/path/runs", json={**loss_law_sweep()[0], "run_key": "more"}).status_code == 201
     response = client.get("/v1/studies/path/recommendation", params=TARGET)
@@ -219,7 +219,7 @@ def test_a_sweep_without_a_minimum_is_refused_or_bounded_and_answered_at_once(
         else:
             assert answer.status_code in (409, 422) and "learning rate" in answer.json()["error"]["message"]
     assert statuses[0] == statuses[1]
-    assert wait_for_background_refits(30)
+    assert wait_for_background_refits(30, engine)
     assert count_rows(engine, Fit) == 1  # no second fit of that data version
 
 
@@ -241,7 +241,7 @@ def test_a_fit_of_an_older_engine_is_marked_stale_and_refitted(client: TestClien
         assert conn.execute(select(Fit.status).where(Fit.id == old["id"])).scalar_one_or_none() in (None, "stale")
         assert conn.execute(select(Fit.status).where(Fit.id == answer.json()["fit_id"])).scalar_one() == "done"
     assert_error(client.get(f"/v1/studies/path/fits/{old['id']}"), 404, "not_found")
-    assert wait_for_background_refits(30)
+    assert wait_for_background_refits(30, engine)
 
 
 def test_suggestions_and_compute_optimal_answer_from_the_served_fit_while_a_refit_waits(
@@ -268,4 +268,19 @@ def test_suggestions_and_compute_optimal_answer_from_the_served_fit_while_a_refi
     finally:
         holder.kill()
         holder.wait()
-    assert wait_for_background_refits(60)
+    assert wait_for_background_refits(60, engine)
+
+
+def test_an_app_that_stops_its_fitting_child_does_not_stop_later_fits_in_the_process(
+    engine: Engine, database_url: str, tokens: dict[str, str]
+) -> None:
+    """An app that owns its resources kills the process's fitting child at shutdown; another
+    app in the same process (tests, an embedding) must still fit, with a new child."""
+    settings = Settings(database_url=database_url, bootstrap=40, fit_wait_seconds=120)
+    with TestClient(create_app(settings)) as owner:  # no engine given: it owns (and stops) the child
+        assert owner.get("/healthz").status_code == 200
+    with TestClient(create_app(settings, engine=engine), headers=bearer(tokens["admin"])) as client:
+        make_study(client)
+        answer = client.get("/v1/studies/path/recommendation", params=TARGET)
+        assert answer.status_code == 200, answer.text
+    assert wait_for_background_refits(30, engine)

@@ -86,8 +86,6 @@ class FitChild:
         self._stopped = False
 
     def _start(self) -> tuple[Any, Pipe]:
-        if self._stopped:
-            raise ChildStopped("the server is shutting down")
         if self._process is None or not self._process.is_alive():
             context = multiprocessing.get_context("spawn")
             parent_end, child_end = context.Pipe()
@@ -103,7 +101,6 @@ class FitChild:
     def warm(self) -> None:
         """Start the child now (a server's start-up), so the first fit does not wait for it."""
         with self._lock:
-            self._stopped = False  # a new server in this process (tests make several)
             self._start()
 
     def pid(self) -> int | None:
@@ -114,6 +111,9 @@ class FitChild:
         """Make `job` in the child; its outcome. Raises FitTimedOut (the child was killed past
         `max_seconds` from its claim), ChildDied, ChildStopped (shutting down) or ChildError."""
         with self._lock:
+            # `stop()` ends the job in progress (ChildStopped), not every later one: a process
+            # that runs several apps (tests, an embedding) fits again with a new child.
+            self._stopped = False
             process, pipe = self._start()
             try:
                 pipe.send((engine_url(engine), job))

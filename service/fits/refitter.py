@@ -155,10 +155,11 @@ class Refitter:
             return fit_current(engine, job)
         return self._child.run(engine, job, max_seconds)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no refit runs in this process (tests, shutdown); whether it is idle."""
+    def wait_idle(self, timeout: float, url: str | None = None) -> bool:
+        """Wait until no refit runs in this process (of the database at `url`, if given;
+        tests, shutdown); whether it is idle."""
         with self._lock:
-            return self._idle.wait_for(lambda: not self._queued, timeout)
+            return self._idle.wait_for(lambda: not any(url in (None, key[0]) for key in self._queued), timeout)
 
     def warm(self) -> None:
         if REFIT_IN_CHILD_PROCESS:

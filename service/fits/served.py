@@ -205,9 +205,17 @@ async def fit_now_async(engine: Engine, study_name: str, *, options: FitOptions,
     return served.record
 
 
-def wait_for_background_refits(timeout: float) -> bool:
-    """Wait until no refit runs in this process (tests, shutdown); whether it is idle."""
-    return refitter.wait_idle(timeout)
+def wait_for_background_refits(timeout: float, engine: Engine | None = None) -> bool:
+    """Wait until no refit runs in this process (of `engine`'s database, if given: tests,
+    shutdown); whether it is idle."""
+    return refitter.wait_idle(timeout, None if engine is None else str(engine.url))
+
+
+def forget_database(url: str) -> None:
+    """Drop what this process remembers about the database at `url` (its studies' run counts):
+    for a database emptied and refilled under the same URL, whose study ids start again."""
+    for key in [key for key in _run_counts if key[0] == url]:
+        _run_counts.pop(key, None)
 
 
 def start_background_refits() -> None:
