@@ -146,8 +146,9 @@ def test_readyz_is_ready_on_a_writable_database(client: TestClient) -> None:
 
 def test_fit_inputs_read_in_one_snapshot_equal_the_stored_runs(surface: TestClient, engine: Engine) -> None:
     """The fit's input (COPY on PostgreSQL, keyset chunks on SQLite) is exactly the stored
-    runs, excluded ones left out: numbers, NULLs and defaults, statuses, and run keys with
-    characters COPY's text format escapes."""
+    runs, excluded ones left out: numbers, NULLs and defaults (a weight decay never given
+    reads as 0), statuses, and run keys with characters COPY's text format escapes (tab and
+    backslash: the only control character a run key may hold is tab)."""
     import numpy as np
 
     from fitting.runs import RunTable
@@ -155,9 +156,9 @@ def test_fit_inputs_read_in_one_snapshot_equal_the_stored_runs(surface: TestClie
     from store.db import snapshot_connection
 
     extra = [
-        {**surface.held_back[0], "status": "diverged", "final_loss": None, "run_key": "tab\tand\\back\nslash"},  # type: ignore[attr-defined]
+        {**surface.held_back[0], "status": "diverged", "final_loss": None, "run_key": "tab\tand\\back\\slash"},  # type: ignore[attr-defined]
         {**surface.held_back[1], "weight_decay": 0.1, "seq_len": 4096, "run_key": None},  # type: ignore[attr-defined]
-        {**surface.held_back[2], "run_key": "ünïcode \x01 key"},  # type: ignore[attr-defined]
+        {**surface.held_back[2], "run_key": "ünïcode\tkey", "weight_decay": None},  # type: ignore[attr-defined]
     ]
     posted = surface.post("/v1/studies/surface/runs", json={"runs": extra})
     assert posted.status_code == 201, posted.text
@@ -178,7 +179,7 @@ def test_fit_inputs_read_in_one_snapshot_equal_the_stored_runs(surface: TestClie
                 assert list(a) == list(b), name
             else:
                 np.testing.assert_array_equal(a, b, err_msg=name)
-    assert "tab\tand\\back\nslash" in list(table.run_key)
+    assert "tab\tand\\back\\slash" in list(table.run_key)
 
 
 def test_a_failed_final_write_releases_the_claim_and_the_next_request_fits(
@@ -201,8 +202,10 @@ def test_a_failed_final_write_releases_the_claim_and_the_next_request_fits(
         )
     try:
         response = surface.post("/v1/studies/surface/fits", json={"bootstrap": 20})
-        assert_error(response, 503, "unavailable")
+        error = assert_error(response, 503, "unavailable")
         assert response.headers["retry-after"]
+        # Answered when the fit failed, with its reason, not after waiting out the deadline.
+        assert "the fit this request waits for failed" in error["message"] and "disk is full" in error["message"]
         with engine.connect() as conn:
             statuses = [row[0] for row in conn.exec_driver_sql("SELECT status FROM fits")]
         assert "running" not in statuses

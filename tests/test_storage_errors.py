@@ -127,7 +127,7 @@ def test_the_app_answers_a_storage_error_from_a_route_with_its_status(
     def conflict(*_: object, **__: object) -> None:
         raise errors.Conflict("a concurrent change took the same name or key; try again")
 
-    monkeypatch.setattr(service.runs.queries, "list_runs", conflict)
+    monkeypatch.setattr(service.runs.runviews, "list_page", conflict)
     app = create_app(Settings(database_url=database_url), engine=engine)
     with TestClient(app, headers=bearer(tokens["admin"])) as client:
         assert client.post("/v1/studies", json={"name": "s"}).status_code == 201

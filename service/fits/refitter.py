@@ -64,6 +64,9 @@ class Refitter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        # Per (database URL, study id): when the last refit failed outside the engine (the
+        # database, the fitting child), and why, so that requests waiting on it answer now.
+        self._failures: dict[tuple[str, int], tuple[float, str]] = {}
         self._queued: dict[tuple[str, int], _Wanted] = {}  # a key is present while its thread runs
         self._child = FitChild()
 
@@ -108,7 +111,9 @@ class Refitter:
                     self._until_covered(
                         engine, key[1], bootstrap, exact, ask.min_version, ask.created_by, ask.max_seconds
                     )
-                except Exception:
+                except Exception as error:
+                    with self._lock:
+                        self._failures[key] = (time.monotonic(), str(error) or type(error).__name__)
                     log.warning("background refit of study %s failed", key[1], exc_info=True)
                     time.sleep(1.0)  # do not hammer a database that just failed
 
@@ -154,6 +159,13 @@ class Refitter:
         if not REFIT_IN_CHILD_PROCESS or str(engine.url).endswith(":memory:"):
             return fit_current(engine, job)
         return self._child.run(engine, job, max_seconds)
+
+    def failure_since(self, url: str, study_id: int, since: float) -> str | None:
+        """Why the study's last refit failed outside the engine, if it failed after `since`
+        (a `time.monotonic()` value); None otherwise."""
+        with self._lock:
+            failed = self._failures.get((url, study_id))
+        return failed[1] if failed is not None and failed[0] >= since else None
 
     def wait_idle(self, timeout: float, url: str | None = None) -> bool:
         """Wait until no refit runs in this process (of the database at `url`, if given;

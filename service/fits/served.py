@@ -161,7 +161,8 @@ async def served_fit_async(
     """The fit to answer from (see the module docstring). `exact`: it must have exactly
     `options.bootstrap` resamples (`POST .../fits`); implies `fresh`."""
     fresh = fresh or exact
-    deadline = time.monotonic() + options.wait_seconds
+    started = time.monotonic()
+    deadline = started + options.wait_seconds
     wanted: int | None = None
     delay = 0.05
     while True:
@@ -191,6 +192,9 @@ async def served_fit_async(
         )
         if newest is not None and not fresh:
             return ServedFit(newest, (f"fitted on {newest.n_runs} of {state.runs_now} runs; a refit is running",))
+        failure = refitter.failure_since(str(engine.url), study.id, started)
+        if failure is not None:  # not the engine's refusal (that is recorded): the database, the child
+            raise FitInProgress(f"the fit this request waits for failed ({failure[:300]}); try again shortly")
         if time.monotonic() > deadline:
             what = "a fit of the runs as of this request" if newest is not None else "the study's first fit"
             raise FitInProgress(f"{what} is still being computed; try again shortly")
