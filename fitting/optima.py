@@ -29,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from fitting.common import AXES, AXIS_LABEL, InsufficientData, Interval, distinct_log_values, scale_variables
+from fitting.common import (
+    AXES,
+    AXIS_LABEL,
+    InsufficientData,
+    Interval,
+    distinct_log_values,
+    distinct_logs,
+    scale_variables,
+)
 from fitting.neighbours import grid_neighbours, kdtree_neighbours
 from fitting.published import STEP_LAW_NEAR_OPTIMAL
 from fitting.runs import DIVERGED, RunTable
@@ -903,10 +911,8 @@ def _line_through(ev: _Evidence, a: str, m: np.ndarray, ib: int) -> np.ndarray:
 
 
 def _distinct_logs(values: np.ndarray) -> np.ndarray:
-    """Sorted logs of the positive `values`, values within _TOL (log) of the previous one merged."""
-    u = np.sort(np.log(values[values > 0]))
-    distinct: np.ndarray = u[np.concatenate([[True], np.diff(u) > _TOL])]
-    return distinct
+    """Sorted logs of the positive `values`, values within _TOL (log) of the last kept one merged."""
+    return distinct_logs(values, _TOL)
 
 
 def _bracket(values: np.ndarray, best: float, log_cap: float) -> tuple[float, float, bool]:

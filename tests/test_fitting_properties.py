@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import fitting.surface
-from fitting.common import InsufficientData
+from fitting.common import InsufficientData, distinct_log_values, distinct_logs
 from fitting.optima import MAX_BEYOND_SWEEP, OPTIMUM_LIMITS, analyse_sweeps
 from fitting.runs import RunTable
 from fitting.study_fit import fit_study
@@ -175,3 +175,37 @@ def test_a_sweep_the_property_search_found_fits_or_is_refused() -> None:
     ]
     with contextlib.suppress(InsufficientData):  # a refusal is a fine answer; the ValueError is not
         fit_study(RunTable.from_records(records), bootstrap=10, seq_len=2048)
+
+
+def test_a_dense_random_sweep_has_many_distinct_values_spanning_it() -> None:
+    rng = np.random.default_rng(3)
+    lr = np.exp(rng.uniform(math.log(1e-4), math.log(1e-1), 12_500))  # gaps ~0.0006 in log
+    logs = distinct_logs(lr)
+    assert logs[0] == pytest.approx(math.log(lr.min())) and logs[-1] == pytest.approx(math.log(lr.max()))
+    assert np.all(np.diff(logs) > 0.01) and distinct_log_values(lr) > 300  # not the 2 a chain of gaps left
+    grid = np.repeat([1e-3, 2e-3, 4e-3], 5) * (1 + 1e-12 * rng.standard_normal(15))  # replicates merge
+    assert distinct_log_values(grid) == 3
+
+
+def test_a_random_search_of_many_runs_per_scale_fits_its_laws() -> None:
+    """Optuna-style random search: every run draws its own lr and batch (no two alike). With
+    10,000 per scale (log gaps ~0.0007, below the 1% that tells values apart), each scale's optimum
+    is bracketed and both laws are fitted near the truth."""
+    rng = np.random.default_rng(7)
+    records = []
+    for n_params, tokens in ((2e7, 4e8), (1e8, 2e9), (6e8, 1.2e10)):
+        lr_star, bs_star = 3e-3 * (n_params / 1e8) ** -0.3, 256 * (tokens / 2e9) ** 0.3
+        lr = np.exp(rng.uniform(math.log(1e-4), math.log(1e-1), 10_000))
+        bs = np.round(np.exp(rng.uniform(math.log(16.0), math.log(2048.0), 10_000)))
+        loss = 2.0 + 0.05 * np.log(lr / lr_star) ** 2 + 0.02 * np.log(bs / bs_star) ** 2
+        loss *= 1 + 0.002 * rng.standard_normal(lr.size)
+        records += [
+            {"n_params": n_params, "tokens": tokens, "learning_rate": a, "batch_size": b, "final_loss": c}
+            for a, b, c in zip(lr.tolist(), bs.tolist(), loss.tolist())
+        ]
+    fit = fit_study(RunTable.from_records(records), bootstrap=10, seq_len=2048)
+    assert {"learning_rate", "batch_size"} <= set(fit.laws)
+    for optimum in fit.optima:
+        lr_star = 3e-3 * (optimum.scale.n_params / 1e8) ** -0.3
+        found = optimum.optimum["learning_rate"]
+        assert found.status == "bracketed" and abs(math.log(found.value.value / lr_star)) < 0.1
