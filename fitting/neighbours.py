@@ -67,6 +67,26 @@ def _order_by_distance_then_position(dist: np.ndarray, idx: np.ndarray) -> np.nd
     return np.take_along_axis(by_position, by_distance, axis=1)
 
 
+def fill_crowded_points(inverse: np.ndarray, counts: np.ndarray, kk: int, out: np.ndarray) -> np.ndarray:
+    """Rows at a point holding more than kk runs: their kk nearest are the point's other runs
+    (distance 0), the first kk of them by position, written into `out`; which points those were.
+
+    Row i is at point inverse[i]; the point's runs in position order are its members. Each of
+    its first kk + 1 members gets the others of those kk + 1, every later member the first kk.
+    """
+    order = np.argsort(inverse, kind="stable")  # rows grouped by point, by position within it
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    crowded: np.ndarray = counts - 1 >= kk
+    at = np.flatnonzero(crowded[inverse[order]])  # places in `order` of rows at crowded points
+    base = start[inverse[order[at]]]
+    rank = at - base  # each row's place among its point's members
+    # Row j of `drop`: the member places 0..kk without j.
+    drop = np.array([[c for c in range(kk + 1) if c != j] for j in range(kk + 1)], dtype=np.intp).reshape(kk + 1, kk)
+    places = np.where((rank >= kk + 1)[:, None], np.arange(kk)[None, :], drop[np.minimum(rank, kk)])
+    out[order[at]] = order[base[:, None] + places]
+    return crowded
+
+
 def grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int) -> np.ndarray:
     """The same for rows on repeated points (row i is points[inverse[i]]) when the points are
     too many for their all-pairs distance matrix: a point with more than kk runs gives its runs
@@ -76,14 +96,9 @@ def grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray,
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
     out = np.empty((n, kk), dtype=np.intp)
     tree: cKDTree | None = None
-    for p, own in enumerate(members):
-        if own.size - 1 >= kk:
-            # Enough runs at the point itself (distance 0): the first kk others by position.
-            first = own[: kk + 1]
-            out[own[kk + 1 :]] = own[:kk]
-            for j, i in enumerate(first):
-                out[i] = np.delete(first, j)
-            continue
+    crowded = fill_crowded_points(inverse, counts, kk, out)
+    for p in np.flatnonzero(~crowded).tolist():
+        own = members[p]
         tree = tree if tree is not None else cKDTree(points)
         k = min(_EXTRA + kk + 1, n_points)
         while True:

@@ -37,8 +37,10 @@ from fitting.common import (
     distinct_log_values,
     distinct_logs,
     scale_variables,
+    spans_two_values,
+    unique_rows,
 )
-from fitting.neighbours import grid_neighbours, kdtree_neighbours
+from fitting.neighbours import fill_crowded_points, grid_neighbours, kdtree_neighbours
 from fitting.published import STEP_LAW_NEAR_OPTIMAL
 from fitting.runs import DIVERGED, RunTable
 from fitting.surface import DEFAULT_BAND, BowlData, BowlSolution, fit_bowl, linear_bootstrap, select_band
@@ -246,14 +248,8 @@ def group_scales(runs: RunTable) -> tuple[tuple[Scale, ...], np.ndarray]:
     """Distinct scales and each run's scale index (NaN width/depth compare equal)."""
     cols = np.stack([runs.n_params, runs.tokens, runs.width, runs.depth], axis=1)
     key = np.where(np.isfinite(cols), np.round(np.log(np.where(cols > 0, cols, 1.0)), 9), -1e9)
-    # The rows' lexicographic ranks, one column at a time (what np.unique(key, axis=0) gives,
-    # without sorting a million 4-float rows: 3 s at 1M runs, now a few 1-D uniques).
-    inv = np.zeros(key.shape[0], dtype=np.int64)
-    for j in range(key.shape[1]):
-        _, column = np.unique(key[:, j], return_inverse=True)
-        _, inv = np.unique(inv * (int(column.max(initial=0)) + 1) + column.ravel(), return_inverse=True)
-    inv = inv.ravel()
-    first = [int(i) for i in np.unique(inv, return_index=True)[1]]
+    first_rows, inv, _ = unique_rows(key)
+    first = [int(i) for i in first_rows]
     scales = tuple(Scale(*(float(cols[i, j]) for j in range(4))) for i in first)
     order = sorted(
         range(len(scales)), key=lambda s: (scales[s].n_params, scales[s].tokens, scales[s].width, scales[s].depth)
@@ -316,12 +312,13 @@ def nearest_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
         D = np.sqrt(((Z[:, None, :] - Z[None, :, :]) ** 2).sum(-1))
         np.fill_diagonal(D, np.inf)
         return np.argsort(D, axis=1, kind="stable")[:, :kk]
-    points, inverse, counts = np.unique(Z, axis=0, return_inverse=True, return_counts=True)
+    first, inverse, counts = unique_rows(Z)
+    points = Z[first]
     n_points = points.shape[0]
     if n_points <= _GRID_POINTS or (n_points <= _DENSE_NEIGHBOURS and 4 * n_points <= n):
-        return _grid_neighbours(points, inverse.ravel(), counts, kk)
+        return _grid_neighbours(points, inverse, counts, kk)
     if 4 * n_points <= n:  # runs repeated on too many points for their distance matrix
-        return grid_neighbours(points, inverse.ravel(), counts, kk)
+        return grid_neighbours(points, inverse, counts, kk)
     return kdtree_neighbours(Z, kk)
 
 
@@ -331,14 +328,9 @@ def _grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
     DP = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
     out = np.empty((n, kk), dtype=np.intp)
-    for p, own in enumerate(members):
-        if own.size - 1 >= kk:
-            # Enough runs at the point itself (distance 0): the first kk others by position.
-            first = own[: kk + 1]
-            out[own[kk + 1 :]] = own[:kk]
-            for j, i in enumerate(first):
-                out[i] = np.delete(first, j)
-            continue
+    crowded = fill_crowded_points(inverse, counts, kk, out)  # points with > kk runs: each other
+    for p in np.flatnonzero(~crowded).tolist():
+        own = members[p]
         others = counts.copy()
         others[p] -= 1
         order = np.argsort(DP[p], kind="stable")
@@ -524,7 +516,7 @@ def select_rows(
         m = usable & (sidx == s)
         for j, a in enumerate(axes):
             n_values[s, j] = distinct_log_values(hp[a][m], _TOL)
-            active[s, j] = distinct_log_values(hp[a][in_band & (sidx == s)], _TOL) >= 2
+            active[s, j] = spans_two_values(hp[a][in_band & (sidx == s)], _TOL)
     return in_band, active, n_values
 
 
@@ -594,7 +586,7 @@ def fit_scale_bowls(
     designs, col_of = _one_hot(active)
     beta0 = tuple(np.array([_band_centroid(data, s, j) for s in range(S) if active[s, j]]) for j in range(d))
     n_quad = np.unique(data.scale).size + int(active.sum()) + d + int(np.count_nonzero(np.tril(cross, -1)))
-    n_points = np.unique(np.column_stack([data.scale, np.round(data.u / _TOL)]), axis=0).shape[0] if rows.size else 0
+    n_points = unique_rows(np.column_stack([data.scale, np.round(data.u / _TOL)]))[0].size if rows.size else 0
     cubic = n_points - n_quad - d >= MIN_NOISE_DOF
     try:
         fit = fit_bowl(data, designs, beta0, cubic=cubic)
@@ -616,8 +608,7 @@ def pooled_replicates(
     one row each: mean log loss, weight = number of runs. Least squares on these rows equals
     least squares on the runs up to a constant, at a cost set by the grid, not the run count."""
     key = np.column_stack([scale, np.round(u / _TOL)])
-    _, first, g, n = np.unique(key, axis=0, return_index=True, return_inverse=True, return_counts=True)
-    g = g.ravel()
+    first, g, n = unique_rows(key)
     mean_y = np.bincount(g, weights=y) / n
     return BowlData(u[first], mean_y, scale[first], active, cross, active.shape[0], weight=n.astype(float))
 
@@ -660,8 +651,7 @@ def replicate_scatter(
     if idx.size < 2:
         return 0.0, 0
     key = np.column_stack([sidx[idx]] + [np.round(np.log(np.maximum(hp[a][idx], 1e-300)) / _TOL) for a in AXES])
-    _, g = np.unique(key, axis=0, return_inverse=True)
-    g = g.ravel()
+    _, g, _ = unique_rows(key)
     n = np.bincount(g)
     mean = np.bincount(g, weights=y[idx]) / n
     ss = float(np.sum((y[idx] - mean[g]) ** 2))
@@ -874,7 +864,7 @@ def _best_run_optimum(
     if nv <= 1:
         return AxisOptimum(Interval(v, v, v), math.nan, nv, "not_swept")
     line = _line_through(ev, a, m, ib)
-    if distinct_log_values(ev.hp[a][line], _TOL) < 2:
+    if not spans_two_values(ev.hp[a][line], _TOL):
         flags.append(
             f"{AXIS_LABEL[a]} optimum not resolved at this scale: the best run's value (no run varies "
             f"{AXIS_LABEL[a]} alone around it); interval = the near-optimal runs' range"
@@ -959,7 +949,7 @@ def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.
         for j, a in enumerate(ev.axes):
             o = opt.optimum.get(a)
             vals = ev.hp[a][m]
-            if o is None or o.status in ("bracketed", "not_swept") or distinct_log_values(vals, _TOL) < 2:
+            if o is None or o.status in ("bracketed", "not_swept") or not spans_two_values(vals, _TOL):
                 continue
             cap = float(ev.log_lr_cap[s]) if a == "learning_rate" else math.inf
             u = _distinct_logs(vals)
@@ -981,7 +971,7 @@ def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.
                 hi = cap
             elif o.status == "best_run":
                 line = _line_through(ev, a, m, ib)
-                if distinct_log_values(ev.hp[a][line], _TOL) < 2:
+                if not spans_two_values(ev.hp[a][line], _TOL):
                     continue
                 lo, hi, _ = _bracket(ev.hp[a][line], float(ev.hp[a][ib]), cap)
                 step = float(np.median(np.diff(u)))
@@ -998,7 +988,7 @@ def optimum_bounds(ev: _Evidence, optima: tuple[ScaleOptimum, ...]) -> tuple[np.
 
 def _one_axis_swept(ev: _Evidence, a: str, m: np.ndarray) -> bool:
     """Whether the runs `m` vary no modelled axis but `a` (a one-dimensional sweep)."""
-    return all(distinct_log_values(ev.hp[b][m], _TOL) < 2 for b in ev.axes if b != a)
+    return not any(spans_two_values(ev.hp[b][m], _TOL) for b in ev.axes if b != a)
 
 
 # The pipeline ------------------------------------------------------------------------
@@ -1085,7 +1075,7 @@ def centre_overshoot(ev: _Evidence) -> np.ndarray:
         for j, a in enumerate(ev.axes):
             c = ev.centre[s, j]
             vals = ev.hp[a][m]
-            if not np.isfinite(c) or distinct_log_values(vals, _TOL) < 2:
+            if not np.isfinite(c) or not spans_two_values(vals, _TOL):
                 continue
             u = _distinct_logs(vals)
             step = float(np.median(np.diff(u)))

@@ -322,6 +322,10 @@ def quadratic_start(
     return l0, tuple(beta), chol
 
 
+# linear_bootstrap: up to this many resampling groups, one matrix product per group.
+_FEW_GROUPS = 64
+
+
 def one_step_bootstrap(
     fit: BowlSolution, groups: np.ndarray, counts: np.ndarray, columns: np.ndarray | None = None
 ) -> np.ndarray:
@@ -346,8 +350,20 @@ def linear_bootstrap(
     Jw = J * w[:, None]
     A = np.zeros((G, P, P))
     g = np.zeros((G, P))
-    np.add.at(A, groups, Jw[:, :, None] * J[:, None, :])
-    np.add.at(g, groups, Jw * resid[:, None])
+    # Per-group sums of the rows' J_i w_i J_iᵀ and J_i w_i r_i over rows sorted by group
+    # (np.add.at, unbuffered, took 0.5 s at a million runs): a few large groups (scales) by one
+    # matrix product each, many small ones (runs) by reduceat over their blocks of outer products.
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]) if order.size else order
+    Jo, Jwo, ro = J[order], Jw[order], resid[order]
+    if starts.size <= _FEW_GROUPS:
+        for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), order.size]):
+            A[sorted_groups[lo]] = Jwo[lo:hi].T @ Jo[lo:hi]
+            g[sorted_groups[lo]] = Jwo[lo:hi].T @ ro[lo:hi]
+    else:
+        A[sorted_groups[starts]] = np.add.reduceat(Jwo[:, :, None] * Jo[:, None, :], starts, axis=0)
+        g[sorted_groups[starts]] = np.add.reduceat(Jwo * ro[:, None], starts, axis=0)
     Ab = np.einsum("bg,gij->bij", counts, A)
     gb = counts @ g
     # Parameters that a resample does not inform (a scale drawn zero times) get a tiny

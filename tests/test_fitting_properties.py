@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import fitting.surface
-from fitting.common import InsufficientData, distinct_log_values, distinct_logs
+from fitting.common import InsufficientData, distinct_log_values, distinct_logs, unique_rows
 from fitting.optima import MAX_BEYOND_SWEEP, OPTIMUM_LIMITS, analyse_sweeps
 from fitting.runs import RunTable
 from fitting.study_fit import fit_study
+from fitting.surface import linear_bootstrap
 from service.limits import RUN_LIMITS
 
 LIMITS = {axis: RUN_LIMITS[axis].high for axis in OPTIMUM_LIMITS}
@@ -209,3 +210,68 @@ def test_a_random_search_of_many_runs_per_scale_fits_its_laws() -> None:
         lr_star = 3e-3 * (optimum.scale.n_params / 1e8) ** -0.3
         found = optimum.optimum["learning_rate"]
         assert found.status == "bracketed" and abs(math.log(found.value.value / lr_star)) < 0.1
+
+
+def greedy_distinct_logs(x: np.ndarray, rel_tol: float) -> np.ndarray:
+    """The definition `distinct_logs` implements by bisection: one pass over every sorted value."""
+    u = np.unique(np.log(x[np.isfinite(x) & (x > 0)]))
+    if u.size < 2 or np.all(np.diff(u) > rel_tol):
+        return u
+    kept = [float(u[0])]
+    for value in u[1:].tolist():
+        if value - kept[-1] > rel_tol:
+            kept.append(value)
+    if u[-1] > kept[-1]:
+        kept[-1] = float(u[-1])
+    return np.array(kept)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    logs=st.lists(st.floats(-12.0, 2.0), min_size=1, max_size=200),
+    step=st.sampled_from([0.0, 0.005, 0.01]),
+    rel_tol=st.sampled_from([0.01, 0.005, 1e-6]),
+)
+def test_distinct_logs_by_bisection_equals_the_greedy_pass(logs: list[float], step: float, rel_tol: float) -> None:
+    # step > 0 snaps the values to multiples of it: gaps exactly at the tolerance, where rounding decides.
+    v = np.array(logs)
+    x = np.exp(np.round(v / step) * step if step else v)
+    assert np.array_equal(distinct_logs(x, rel_tol), greedy_distinct_logs(x, rel_tol))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    d=st.integers(1, 5),
+    spread=st.integers(1, 4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_unique_rows_equals_numpys_unique_over_rows(n: int, d: int, spread: int, seed: int) -> None:
+    key = np.round(np.random.default_rng(seed).normal(size=(n, d)) * spread)
+    first, inverse, counts = unique_rows(key)
+    if n == 0:
+        assert first.size == inverse.size == counts.size == 0
+        return
+    _, first_np, inverse_np, counts_np = np.unique(
+        key, axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    assert np.array_equal(first, first_np)
+    assert np.array_equal(inverse, inverse_np.ravel())
+    assert np.array_equal(counts, counts_np)
+
+
+@pytest.mark.parametrize("n_groups", [8, 500])  # one matrix product per group / reduceat over many groups
+def test_linear_bootstrap_sums_each_group_like_an_unbuffered_add(n_groups: int) -> None:
+    rng = np.random.default_rng(n_groups)
+    n, P, B = 2_000, 5, 30
+    J, w, resid, base = rng.normal(size=(n, P)), rng.uniform(0.5, 2.0, n), rng.normal(size=n), rng.normal(size=P)
+    groups = rng.integers(0, n_groups, n)
+    groups[groups == 3] = 4  # a group no row belongs to
+    counts = rng.poisson(1.0, size=(B, n_groups)).astype(float)
+    A, g = np.zeros((n_groups, P, P)), np.zeros((n_groups, P))
+    np.add.at(A, groups, (J * w[:, None])[:, :, None] * J[:, None, :])
+    np.add.at(g, groups, (J * w[:, None]) * resid[:, None])
+    Ab = np.einsum("bg,gij->bij", counts, A)
+    Ab = Ab + (1e-9 * np.maximum(np.einsum("bii->bi", Ab).max(axis=1), 1e-12))[:, None, None] * np.eye(P)
+    expected = base[None, :] - np.linalg.solve(Ab, (counts @ g)[:, :, None])[:, :, 0]
+    np.testing.assert_allclose(linear_bootstrap(J, w, resid, base, groups, counts), expected, rtol=1e-9, atol=1e-12)
