@@ -216,6 +216,24 @@ def test_loss_law_refuses_an_unidentified_irreducible_loss():
         fit_loss_law(n, d, np.array(list(best.values())), bootstrap=0)
 
 
+def test_loss_law_refuses_a_flat_valley_at_once():
+    """Losses that do not depend on tokens (bench/shapes.py's sharp study: 12 per-scale best losses
+    of a million runs): B/D^beta can trade B against beta without end. Most bootstrap refits never
+    settle; the law is refused saying so, instead of polishing each for thousands of iterations
+    (3 s for 12 points) to withhold it anyway."""
+    n = np.repeat([3.145728e6, 1.0616832e7, 2.5165824e7, 8.4934656e7, 2.01326592e8, 6.79477248e8], 2)
+    d = n * np.tile([10.0, 40.0], 6)
+    loss = np.array([4.273221, 4.271809, 3.444886, 3.444666, 3.012579, 3.013059])
+    loss = np.concatenate([loss, [2.643656, 2.6437, 2.399223, 2.401734, 2.211964, 2.208296]])
+    with pytest.raises(InsufficientData, match="bootstrap refits do not settle") as refused:
+        fit_loss_law(n, d, loss, bootstrap=200)
+    assert "token budgets" in refused.value.missing
+    # The same points with a token term are identified and keep their law.
+    law = fit_loss_law(n, d, loss + 2000 / d**0.36, bootstrap=200)
+    assert law.unidentified() is None
+    assert law.params["beta"].low <= 0.36 <= law.params["beta"].high
+
+
 def test_synthetic_recovery():
     truth = {"E": 1.7, "A": 350.0, "B": 1500.0, "alpha": 0.32, "beta": 0.29}
     rng = np.random.default_rng(3)
