@@ -58,36 +58,23 @@ def _columns_to_table(columns: dict[str, np.ndarray]) -> RunTable:
 
 def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | None) -> RunTable:
     """`RunTable.from_records` of row tuples (`queries.FIT_INPUT_COLUMNS`), built chunk by chunk
-    into numpy columns."""
+    into numpy columns: each chunk becomes one structured array in a single C pass (None → NaN
+    in the numeric fields), not a transposition and a conversion per column (about 1 s less per
+    million runs)."""
     names = queries.FIT_INPUT_COLUMNS
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    row = np.dtype([(name, object if name in ("status", "run_key") else float) for name in names])
+    parts = [np.array(rows, dtype=row) for rows in chunks]
+    table = np.concatenate(parts) if parts else np.zeros(0, dtype=row)
+    columns = {name: np.ascontiguousarray(table[name]) for name in names}
     defaults = {**_FLOAT_DEFAULTS, "seq_len": math.nan if default_seq_len is None else float(default_seq_len)}
+    for name, default in defaults.items():
+        if not math.isnan(default):
+            columns[name][np.isnan(columns[name])] = default
     statuses: dict[str, str] = {}  # one string object per distinct status
-    for rows in chunks:
-        for name, values in zip(names, zip(*rows)):
-            if name == "status":
-                column = [statuses.setdefault(v, v) if v else COMPLETED for v in values]
-                parts[name].append(np.array(column, dtype=object))
-            elif name == "run_key":
-                parts[name].append(np.array([None if v is None else str(v) for v in values], dtype=object))
-            else:
-                parts[name].append(_numbers(values, defaults.get(name, math.nan)))
-    columns = {
-        name: np.concatenate(chunks_)
-        if chunks_
-        else np.zeros(0, dtype=object if name in ("status", "run_key") else float)
-        for name, chunks_ in parts.items()
-    }
+    columns["status"] = np.array(
+        [statuses.setdefault(v, v) if v else COMPLETED for v in columns["status"]], dtype=object
+    )
     return _columns_to_table(columns)
-
-
-def _numbers(values: tuple[Any, ...], default: float) -> np.ndarray:
-    """A column of numbers, None → `default` (as the COPY reader does: numeric fit inputs are
-    never stored NaN, so a NaN here is a NULL), without a Python float() per value."""
-    column = np.array(values, dtype=float)  # None becomes NaN
-    if not math.isnan(default):
-        column[np.isnan(column)] = default
-    return column
 
 
 def copy_table(binary: bytes | bytearray, keys: bytes | bytearray, default_seq_len: float | None) -> RunTable:
