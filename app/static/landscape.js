@@ -302,7 +302,9 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
     const loss = ok.length ? Math.min(...ok.map(r => r.final_loss)) : NaN;
     const t = isFinite(loss) ? Math.min(1, (loss / best - 1) / Y_ABOVE_BEST) : 1;
     const st = rs.map(r => states[String(r.id)]).filter(Boolean);
-    const fill = isFinite(loss) ? Charts.rampColor(t) : "#5a1a14";
+    // Dark red as in the key: no finite loss, or every run here treated as diverged by the fit.
+    const treatedDiverged = st.length === rs.length && st.every(x => x === "diverged");
+    const fill = isFinite(loss) && !treatedDiverged ? Charts.rampColor(t) : "#5a1a14";
     const rect = scatter
       ? s("circle", {
           cx: X(lx(lrs[i])),
@@ -431,7 +433,8 @@ export function renderHeatmap(box, runs, fit, states, bowls, key) {
         fmt(best, 4) +
         " (dark) to " +
         100 * Y_ABOVE_BEST +
-        "% above or more (light), as the bar shows; dark red: diverged. Lines: the fitted bowl at " +
+        "% above or more (light), as the bar shows; dark red: diverged, or more than 20% above the scale's best " +
+        "(the fit treats such runs as diverged). Lines: the fitted bowl at " +
         "0.25%, 1% and 3% above the optimum (●), each labelled.",
     }),
   );
