@@ -447,14 +447,27 @@ FIT_INPUT_NUMBERS = tuple(name for name in FIT_INPUT_COLUMNS if name not in ("ru
 FIT_STATUS_CODES = ("completed", "diverged", "failed")
 
 
+def _status_code_sql() -> str:
+    """SQL of a run's status as its index in FIT_STATUS_CODES (NULL is completed, anything else
+    len(FIT_STATUS_CODES)): readers get a small integer per run, not a string object."""
+    cases = " ".join(f"WHEN '{code}' THEN {i}" for i, code in enumerate(FIT_STATUS_CODES))
+    return f"CASE COALESCE(status, 'completed') {cases} ELSE {len(FIT_STATUS_CODES)} END"
+
+
 def _fit_input_select(study_id: int, after_id: int = 0) -> Any:
     c = Run.__table__.c
-    stmt = select(*[c[name] for name in FIT_INPUT_COLUMNS])
+    status = case(
+        {code: i for i, code in enumerate(FIT_STATUS_CODES)},
+        value=func.coalesce(c.status, FIT_STATUS_CODES[0]),
+        else_=len(FIT_STATUS_CODES),
+    )
+    stmt = select(*[status if name == "status" else c[name] for name in FIT_INPUT_COLUMNS])
     return stmt.where(c.study_id == study_id, c.excluded == false(), c.id > after_id).order_by(c.id)
 
 
 def fit_input_chunks(conn: Connection, study_id: int, *, chunk: int = 50_000) -> Iterator[list[tuple[Any, ...]]]:
-    """The study's fit inputs as plain row tuples (`FIT_INPUT_COLUMNS`), `chunk` rows at a time in id order.
+    """The study's fit inputs as plain row tuples (`FIT_INPUT_COLUMNS`, the status as its index in
+    FIT_STATUS_CODES), `chunk` rows at a time in id order.
 
     Keyset pages on the caller's connection, so inside a snapshot transaction every page
     sees the same data; no per-row dicts, so a million runs need tens of MB, not a GB.
@@ -462,7 +475,7 @@ def fit_input_chunks(conn: Connection, study_id: int, *, chunk: int = 50_000) ->
     if conn.dialect.name == "sqlite":
         # One statement on the driver's own cursor: plain tuples, no SQLAlchemy row per run (a
         # million runs read in about half the time); the transaction keeps it one snapshot.
-        columns = ", ".join(FIT_INPUT_COLUMNS)
+        columns = ", ".join(_status_code_sql() if name == "status" else name for name in FIT_INPUT_COLUMNS)
         sql = f"SELECT {columns} FROM runs WHERE study_id = ? AND NOT excluded ORDER BY id"
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -494,11 +507,7 @@ def fit_input_copy(conn: Connection, study_id: int) -> tuple[bytearray, bytearra
     """
     table = f"runs WHERE study_id = {int(study_id)} AND NOT excluded ORDER BY id"
     numbers = ", ".join(f"COALESCE({name}::float8, 'NaN'::float8)" for name in FIT_INPUT_NUMBERS)
-    status = (
-        "CASE COALESCE(status, 'completed') "
-        + " ".join(f"WHEN '{code}' THEN {i}" for i, code in enumerate(FIT_STATUS_CODES))
-        + f" ELSE {len(FIT_STATUS_CODES)} END::int2"
-    )
+    status = f"{_status_code_sql()}::int2"
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         # One block per row: appended to one buffer as they come (no object kept per row).

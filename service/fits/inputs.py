@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fitting.runs import COMPLETED, RunTable
+from fitting.runs import RunTable
 from store import queries
 from store.db import Engine, snapshot_connection
 from store.models import Study
@@ -62,7 +62,7 @@ def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | 
     in the numeric fields), not a transposition and a conversion per column (about 1 s less per
     million runs)."""
     names = queries.FIT_INPUT_COLUMNS
-    row = np.dtype([(name, object if name in ("status", "run_key") else float) for name in names])
+    row = np.dtype([(name, object if name == "run_key" else float) for name in names])  # status: its code
     parts = [np.array(rows, dtype=row) for rows in chunks]
     table = np.concatenate(parts) if parts else np.zeros(0, dtype=row)
     columns = {name: np.ascontiguousarray(table[name]) for name in names}
@@ -70,11 +70,14 @@ def run_table(chunks: Iterable[list[tuple[Any, ...]]], default_seq_len: float | 
     for name, default in defaults.items():
         if not math.isnan(default):
             columns[name][np.isnan(columns[name])] = default
-    statuses: dict[str, str] = {}  # one string object per distinct status
-    columns["status"] = np.array(
-        [statuses.setdefault(v, v) if v else COMPLETED for v in columns["status"]], dtype=object
-    )
+    columns["status"] = _status_names(columns["status"])
     return _columns_to_table(columns)
+
+
+def _status_names(codes: np.ndarray) -> np.ndarray:
+    """Status codes (indexes in `queries.FIT_STATUS_CODES`) as the status strings, one object each."""
+    names = np.array([*queries.FIT_STATUS_CODES, "unknown"], dtype=object)
+    return names[np.clip(codes.astype(np.intp), 0, len(names) - 1)]
 
 
 def copy_table(binary: bytes | bytearray, keys: bytes | bytearray, default_seq_len: float | None) -> RunTable:
@@ -99,8 +102,7 @@ def copy_table(binary: bytes | bytearray, keys: bytes | bytearray, default_seq_l
         if not math.isnan(default):
             column = columns[name]
             column[np.isnan(column)] = default
-    codes = np.array([*queries.FIT_STATUS_CODES, "unknown"], dtype=object)
-    columns["status"] = codes[np.clip(rows["status"], 0, len(codes) - 1)]
+    columns["status"] = _status_names(rows["status"])
     columns["run_key"] = _text_column(keys, len(rows))
     return _columns_to_table(columns)
 
