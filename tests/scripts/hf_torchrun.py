@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from transformers import Trainer
@@ -23,3 +25,8 @@ with Client(os.environ["HP_URL"], os.environ["HP_TOKEN"]) as hp:
     callback.train(trainer)
     if trainer.is_world_process_zero():
         Path(os.environ["HP_OUT"]).write_text(json.dumps(trainer.state.log_history))
+# Tear the process group down before the interpreter does: a rank that exits with gloo's threads
+# still alive can abort ("terminate called without an active exception", SIGABRT), which CI saw once.
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
