@@ -67,14 +67,16 @@ def _order_by_distance_then_position(dist: np.ndarray, idx: np.ndarray) -> np.nd
     return np.take_along_axis(by_position, by_distance, axis=1)
 
 
-def fill_crowded_points(inverse: np.ndarray, counts: np.ndarray, kk: int, out: np.ndarray) -> np.ndarray:
+def fill_crowded_points(
+    order: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int, out: np.ndarray
+) -> np.ndarray:
     """Rows at a point holding more than kk runs: their kk nearest are the point's other runs
     (distance 0), the first kk of them by position, written into `out`; which points those were.
 
-    Row i is at point inverse[i]; the point's runs in position order are its members. Each of
-    its first kk + 1 members gets the others of those kk + 1, every later member the first kk.
+    Row i is at point inverse[i]; `order` is `np.argsort(inverse, kind="stable")` (rows grouped by
+    point, by position within it), the callers' own. Each of a point's first kk + 1 members gets
+    the others of those kk + 1, every later member the first kk.
     """
-    order = np.argsort(inverse, kind="stable")  # rows grouped by point, by position within it
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     crowded: np.ndarray = counts - 1 >= kk
     at = np.flatnonzero(crowded[inverse[order]])  # places in `order` of rows at crowded points
@@ -93,10 +95,11 @@ def grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray,
     each other; one with fewer asks a k-d tree of the points for the nearest points holding kk
     other runs (twice as many until every point at the kk-th run's distance is among them)."""
     n, n_points = inverse.size, points.shape[0]
-    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
+    by_point = np.argsort(inverse, kind="stable")
+    members = np.split(by_point, np.cumsum(counts)[:-1])  # by position
     out = np.empty((n, kk), dtype=np.intp)
     tree: cKDTree | None = None
-    crowded = fill_crowded_points(inverse, counts, kk, out)
+    crowded = fill_crowded_points(by_point, inverse, counts, kk, out)
     for p in np.flatnonzero(~crowded).tolist():
         own = members[p]
         tree = tree if tree is not None else cKDTree(points)

@@ -325,10 +325,11 @@ def nearest_neighbours(Z: np.ndarray, kk: int) -> np.ndarray:
 def _grid_neighbours(points: np.ndarray, inverse: np.ndarray, counts: np.ndarray, kk: int) -> np.ndarray:
     """`nearest_neighbours` of rows that sit on few distinct `points` (row i is points[inverse[i]])."""
     n = inverse.size
-    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # by position
+    by_point = np.argsort(inverse, kind="stable")
+    members = np.split(by_point, np.cumsum(counts)[:-1])  # by position
     DP = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
     out = np.empty((n, kk), dtype=np.intp)
-    crowded = fill_crowded_points(inverse, counts, kk, out)  # points with > kk runs: each other
+    crowded = fill_crowded_points(by_point, inverse, counts, kk, out)  # points with > kk runs: each other
     for p in np.flatnonzero(~crowded).tolist():
         own = members[p]
         others = counts.copy()
