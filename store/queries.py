@@ -15,7 +15,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, case, delete, false, func, insert, null, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from store import curves
@@ -456,11 +470,7 @@ def _status_code_sql() -> str:
 
 def _fit_input_select(study_id: int, after_id: int = 0) -> Any:
     c = Run.__table__.c
-    status = case(
-        {code: i for i, code in enumerate(FIT_STATUS_CODES)},
-        value=func.coalesce(c.status, FIT_STATUS_CODES[0]),
-        else_=len(FIT_STATUS_CODES),
-    )
+    status: Any = literal_column(_status_code_sql())
     stmt = select(*[status if name == "status" else c[name] for name in FIT_INPUT_COLUMNS])
     return stmt.where(c.study_id == study_id, c.excluded == false(), c.id > after_id).order_by(c.id)
 
